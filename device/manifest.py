@@ -1,0 +1,124 @@
+"""The manifest that travels beside every model: what the file is, where it came from, and what
+was measured on the host. Written by the host compiler, checked by the agent before install.
+
+JSON (schema 1)::
+
+    {"schema": 1, "name": "digits", "version": "3f2a9c1b0d4e", "mode": "int8",
+     "label": "int8", "file": "digits.int8.tflite", "sha256": "…", "size": 132328,
+     "gzip_size": 101234,
+     "inputs":  [{"name": "serving_default_image:0", "index": 0, "shape": [1, 32, 32, 1],
+                  "dtype": "uint8", "scale": 0.0039, "zero_point": 0}],
+     "outputs": [...same fields...],
+     "quantization": {"io": "uint8", "float_fallback": false, "float_ops": [],
+                      "calibration": {"source": "calib.npz", "sha256": "…", "samples": 179,
+                                      "shape": [179, 32, 32, 1], "dtype": "float32",
+                                      "min": 0.0, "max": 1.0}},
+     "training": {"qat": false, "prune": null, "cluster": null, "epochs": null, "data": null},
+     "source": {"path": "digits.keras", "sha256": "…", "format": "keras"},
+     "converter": {"tensorflow": "2.21.0", "tf_keras": "2.21.0", "edgedeploy": "0.1.0", …},
+     "edgetpu": null | {"compiled": false, "message": "…", "preflight": {…}, "log": {…}},
+     "host_figures": null | {"accuracy": 0.98, "top1_agreement": 1.0, "max_abs_error": 0.01,
+                             "latency_ms": {"p50": 0.21, …}, "eval_data": "test.npz"},
+     "created": "2026-11-24T08:00:00Z"}
+
+Stdlib only: the agent reads it on the board.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+SCHEMA = 1
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    index: int
+    shape: list[int]
+    dtype: str
+    scale: float = 0.0
+    zero_point: int = 0
+
+
+@dataclass
+class Manifest:
+    name: str
+    version: str
+    mode: str
+    label: str
+    file: str
+    sha256: str
+    size: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    gzip_size: int | None = None
+    quantization: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
+    converter: dict[str, Any] = field(default_factory=dict)
+    edgetpu: dict[str, Any] | None = None
+    host_figures: dict[str, Any] | None = None
+    created: str = ""
+    schema: int = SCHEMA
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "manifest") -> "Manifest":
+        if not isinstance(data, dict):
+            raise InputError(f"{source}: a manifest is a JSON object")
+        if data.get("schema") != SCHEMA:
+            raise InputError(f"{source}: manifest schema {data.get('schema')!r}, this edgedeploy "
+                             f"reads schema {SCHEMA}")
+        names = {f.name for f in fields(cls)}
+        missing = [n for n in ("name", "version", "mode", "file", "sha256", "size",
+                               "inputs", "outputs") if n not in data]
+        if missing:
+            raise InputError(f"{source}: manifest lacks {', '.join(missing)}")
+        kw = {k: v for k, v in data.items() if k in names}
+        try:
+            kw["inputs"] = [TensorSpec(**t) for t in data["inputs"]]
+            kw["outputs"] = [TensorSpec(**t) for t in data["outputs"]]
+            kw.setdefault("label", data["mode"])
+            return cls(**kw)
+        except TypeError as exc:
+            raise InputError(f"{source}: malformed manifest ({exc})") from exc
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Manifest":
+        path = Path(path)
+        try:
+            return cls.from_dict(json.loads(path.read_text()), str(path))
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such manifest file")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: not a JSON manifest ({exc})") from exc
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_tree(path: str | Path) -> str:
+    """Hash of a folder: every regular file's relative path and content, in sorted order."""
+    root = Path(path)
+    h = hashlib.sha256()
+    for p in sorted(q for q in root.rglob("*") if q.is_file()):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0")
+        h.update(sha256_file(p).encode() + b"\n")
+    return h.hexdigest()
