@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .compiler.preflight import edgetpu_preflight
-from .compiler.tflite_reader import ModelInfo, read_model
+from .compiler.tflite_reader import read_model
 
 
 def inspect_payload(path: Path, target: str | None) -> dict:
@@ -35,7 +35,7 @@ def render(payload: dict, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    console = console or Console(width=max(Console().width, 140))
     console.print(f"[bold]{payload['file']}[/bold]: {payload['size']:,} B, "
                   f"{len(payload['ops'])} ops, {payload['param_bytes']:,} B of parameters")
     for kind in ("inputs", "outputs"):

@@ -59,3 +59,38 @@ def stage_device_package(dest: Path) -> Path:
     shutil.copytree(REPO / "device", pkg / "device",
                     ignore=shutil.ignore_patterns("__pycache__"))
     return dest
+
+
+def _sin(t):
+    import tensorflow as tf
+
+    return tf.math.sin(t)
+
+
+@pytest.fixture(scope="session")
+def odd_models(tmp_path_factory) -> Path:
+    """Small models with ops that matter to the checks:
+    sin_sm/   SavedModel Dense → sin → Dense (SIN has no int8 kernel); calib16.npz
+    leaky.keras  Conv → LeakyReLU → Conv → Dense (LEAKY_RELU is int8 but not on the Edge TPU);
+    calib8.npz"""
+    import numpy as np
+
+    from edgedeploy.host.compiler.convert import import_tf
+
+    import_tf()
+    import tf_keras as keras
+
+    out = tmp_path_factory.mktemp("odd")
+    rng = np.random.default_rng(0)
+    keras.utils.set_random_seed(0)
+    sin = keras.Sequential([keras.layers.Input((16,)), keras.layers.Dense(8),
+                            keras.layers.Lambda(_sin), keras.layers.Dense(4)])
+    sin.save(out / "sin_sm", save_format="tf")
+    np.savez(out / "calib16.npz", x=rng.random((64, 16), dtype=np.float32))
+    leaky = keras.Sequential([
+        keras.layers.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, padding="same"),
+        keras.layers.LeakyReLU(0.1), keras.layers.Conv2D(4, 3, padding="same"),
+        keras.layers.Flatten(), keras.layers.Dense(3)])
+    leaky.save(out / "leaky.keras")
+    np.savez(out / "calib8.npz", x=rng.random((32, 8, 8, 1), dtype=np.float32))
+    return out

@@ -82,7 +82,8 @@ def load_source(path: str | Path) -> SourceModel:
         if not (path / "saved_model.pb").is_file():
             raise InputError(f"{path}: a folder but not a SavedModel (no saved_model.pb in it)")
         try:
-            loaded = tf.saved_model.load(str(path))
+            with CapturedNativeOutput():
+                loaded = tf.saved_model.load(str(path))
             sig = loaded.signatures["serving_default"]
             spec = list(sig.structured_input_signature[1].values())[0]
             shape = [int(d) if d is not None else -1 for d in spec.shape[1:]]
@@ -95,7 +96,8 @@ def load_source(path: str | Path) -> SourceModel:
                          hint="give a .keras or .h5 file, or a SavedModel folder")
     import tf_keras
     try:
-        model = tf_keras.models.load_model(str(path))
+        with CapturedNativeOutput():
+            model = tf_keras.models.load_model(str(path))
     except Exception as exc:
         raise InputError(f"{path}: cannot be loaded as a Keras model ({_first_line(exc)})",
                          hint="is the file whole, and saved by Keras 2 / tf_keras?") from exc
@@ -215,11 +217,15 @@ def _raise_if_float(src: SourceModel, mode: str, model: bytes, reason: str | Non
     ops = float_ops(read_model(model))
     if not ops:
         return
-    names = [f"{op.type} (op {op.index}, {op.signature})" for op in ops]
+    # Name the float compute ops; the (DE)QUANTIZE ops around them are their consequence.
+    compute = [op for op in ops if op.type not in ("QUANTIZE", "DEQUANTIZE")] or ops
+    names = [f"{op.type} (op {op.index}, {op.signature})" for op in compute]
+    extra = len(ops) - len(compute)
     raise QuantizationError(
-        f"{src.path}: {len(ops)} op(s) cannot be made integer-only in mode {mode}: "
-        + "; ".join(names[:8]) + (" …" if len(names) > 8 else ""),
-        [op.type for op in ops],
+        f"{src.path}: {len(compute)} op(s) cannot be made integer-only in mode {mode}: "
+        + "; ".join(names[:8]) + (" …" if len(names) > 8 else "")
+        + (f" (+{extra} QUANTIZE/DEQUANTIZE around them)" if extra else ""),
+        [op.type for op in compute],
         hint="pass --allow-float-fallback to keep them in float, or replace them in the model")
 
 

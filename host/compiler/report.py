@@ -74,7 +74,7 @@ def render(table_rows: list[Row], console=None) -> None:
             t.add_row(r.label, "[red]failed[/red]", "", "", "", "", "", "", "", "")
             continue
         t.add_row(r.label, _fmt(r.size and r.size / 1000, ".1f"),
-                  _fmt(r.gzip_size and r.gzip_size / 1000, ".1f"), _fmt(r.size_ratio, ".2f") + "x",
+                  _fmt(r.gzip_size and r.gzip_size / 1000, ".1f"), _fmt(r.size_ratio, ".2f") + ("x" if r.size_ratio else ""),
                   _fmt(r.accuracy and r.accuracy * 100, ".2f", "–") + ("%" if r.accuracy else ""),
                   _fmt(r.accuracy_delta_pts, "+.2f"), _fmt(r.top1_agreement and
                                                           r.top1_agreement * 100, ".1f"),
