@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -20,14 +21,13 @@ import numpy as np
 
 from ... import __version__
 from ...device.manifest import Manifest, TensorSpec, sha256_file
-from ...device.runtime import make_interpreter
 from ...errors import EdgeDeployError, InputError
 from . import data as datamod
 from . import edgetpu, measure
 from .convert import SourceModel, convert, load_source, versions
 from .modes import Plan, Training, io_for, label, plan_modes
 from .preflight import edgetpu_preflight
-from .tflite_reader import float_ops, read_model
+from .tflite_reader import TensorInfo, float_ops, read_model
 
 
 @dataclass
@@ -88,13 +88,16 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def tensor_specs(details: list[dict]) -> list[TensorSpec]:
-    specs = []
-    for d in details:
-        scale, zp = d.get("quantization", (0.0, 0))
-        specs.append(TensorSpec(d["name"], int(d["index"]), [int(v) for v in d["shape"]],
-                                np.dtype(d["dtype"]).name, float(scale), int(zp)))
-    return specs
+def tensor_specs(tensors: list[TensorInfo]) -> list[TensorSpec]:
+    """Manifest specs from the flatbuffer (the same names, indices and quantization the
+    interpreter reports: a test checks that)."""
+    return [TensorSpec(t.name, t.index, list(t.shape), t.dtype,
+                       float(t.scale[0]) if t.scale else 0.0,
+                       int(t.zero_point[0]) if t.zero_point else 0) for t in tensors]
+
+
+def _gzip_size(data: bytes) -> int:
+    return len(gzip.compress(data, 6))
 
 
 def _now() -> str:
@@ -185,6 +188,18 @@ def compile_model(opts: CompileOptions, progress: Callable[[str], None] | None =
 
 def _finish(opts: CompileOptions, name: str, mode: str, io: str, model: bytes, inputs: _Inputs,
             reference, conv_versions: dict, say) -> ModeResult:
+    # gzip (zlib releases the GIL) runs beside the checks and measurements below
+    pool = ThreadPoolExecutor(max_workers=1)
+    gzip_future = pool.submit(_gzip_size, model)
+    try:
+        return _finish_mode(opts, name, mode, io, model, inputs, reference, conv_versions, say,
+                            gzip_future)
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _finish_mode(opts, name, mode, io, model, inputs, reference, conv_versions, say,
+                 gzip_future) -> ModeResult:
     info = read_model(model)
     float_left = [f"{op.type}#{op.index}" for op in float_ops(info)]
     notes: list[str] = []
@@ -214,7 +229,6 @@ def _finish(opts: CompileOptions, name: str, mode: str, io: str, model: bytes, i
         say(f"measuring {lbl} on {opts.eval_data}")
         figures = measure.host_figures(model, *inputs.eval, source=str(opts.eval_data),
                                        reference=reference, latency_runs=opts.latency_runs)
-    interp = make_interpreter(model, num_threads=1)
     sha = hashlib.sha256(final).hexdigest()
     fname = f"{name}.{lbl}.tflite"
     integer = mode in ("int8", "int16x8", "edgetpu")
@@ -227,9 +241,8 @@ def _finish(opts: CompileOptions, name: str, mode: str, io: str, model: bytes, i
                 "data": str(opts.train_data) if opts.training.active else None}
     manifest = Manifest(
         name=name, version=sha[:12], mode=mode, label=lbl, file=fname, sha256=sha,
-        size=len(final), gzip_size=len(gzip.compress(final, 9)),
-        inputs=tensor_specs(interp.get_input_details()),
-        outputs=tensor_specs(interp.get_output_details()),
+        size=len(final), gzip_size=gzip_future.result() if final is model else _gzip_size(final),
+        inputs=tensor_specs(info.inputs), outputs=tensor_specs(info.outputs),
         quantization=quant, training=training, source=inputs.src.describe(),
         converter=conv_versions, edgetpu=etpu, host_figures=figures, created=_now())
     model_path = opts.out / fname
