@@ -65,3 +65,102 @@ def time_invokes(interp, runs: int, warmup: int = 10, inputs: list[np.ndarray] |
         if deadline is not None and time.perf_counter() > deadline:
             break
     return summarize(samples, warmup)
+
+
+def peak_rss_bytes() -> int | None:
+    try:
+        import resource
+        import sys
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(rss if sys.platform == "darwin" else rss * 1024)
+    except Exception:
+        return None
+
+
+def load_inputs(path: str, interp) -> list[np.ndarray]:
+    """Inputs from an .npz/.npy: one array per model input (npz keys in input order, or 'x');
+    a batch is cut to its first sample; float data for a quantized input is quantized."""
+    from ..errors import InputError
+    from .evaluate import check_inputs, quantize
+
+    details = interp.get_input_details()
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable .npz/.npy ({exc})") from exc
+    if isinstance(data, np.ndarray):
+        arrays = [data]
+    else:
+        keys = list(data.keys())
+        if "x" in keys:
+            keys = ["x"] + [k for k in keys if k not in ("x", "y")]
+        arrays = [data[k] for k in keys[:len(details)]]
+    if len(arrays) < len(details):
+        raise InputError(f"{path}: holds {len(arrays)} arrays, the model has {len(details)} "
+                         f"inputs")
+    out = []
+    for d, a in zip(details, arrays):
+        want = list(d["shape"])
+        if list(a.shape) == want:
+            a = a.reshape([1] + want[1:]) if want and want[0] == 1 else a
+        else:
+            check_inputs(a, d, path)
+            a = a[:1]
+        out.append(quantize(a, d) if a.dtype != np.dtype(d["dtype"]) else a)
+    return out
+
+
+def bench_model(model_path: str, *, runs: int = 100, warmup: int = 10, threads: int = 1,
+                delegate: str = "auto", max_seconds: float | None = None,
+                inputs_path: str | None = None, op_profile: bool = False,
+                edgetpu_model: bool = False, runtime=None) -> dict:
+    """Cold load, first invoke, warm runs; the delegate actually applied and how many ops it
+    took. An Edge TPU model whose delegate took no op raises SilentCpuFallback."""
+    from ..errors import InputError, SilentCpuFallback
+    from .runtime import DELEGATE_CHOICES, delegation, load_edgetpu, load_runtime, \
+        make_interpreter
+
+    if delegate not in DELEGATE_CHOICES:
+        raise InputError(f"unknown delegate {delegate!r}",
+                         hint=f"choose one of {', '.join(DELEGATE_CHOICES)}")
+    if runs < 1 or warmup < 0 or threads < 1:
+        raise InputError("--runs and --threads must be ≥ 1 and --warmup ≥ 0")
+    rt = runtime or load_runtime()
+    delegates = [load_edgetpu(rt)] if delegate == "edgetpu" else None
+    t0 = time.perf_counter_ns()
+    interp = make_interpreter(model_path, num_threads=threads, runtime=rt, delegates=delegates,
+                              default_delegates=delegate != "none")
+    load_ms = (time.perf_counter_ns() - t0) / 1e6
+    placed = delegation(interp)
+    names = [o["op"].lower() for o in placed["ops"]]
+    is_edgetpu = edgetpu_model or any("edgetpu" in n for n in names)
+    if is_edgetpu and not placed["delegated_ops"]:
+        raise SilentCpuFallback(
+            f"{model_path}: an Edge TPU model, but the Edge TPU delegate took no op: it would "
+            f"run on the CPU", hint="bench it with --delegate edgetpu on a board with an "
+                                    "Edge TPU; this timing would not be the Edge TPU's")
+    applied = None
+    if placed["delegate_nodes"]:
+        applied = "edgetpu" if delegate == "edgetpu" else "xnnpack"
+    arrays = load_inputs(inputs_path, interp) if inputs_path else random_inputs(interp)
+    for d, a in zip(interp.get_input_details(), arrays):
+        interp.set_tensor(d["index"], a)
+    t0 = time.perf_counter_ns()
+    interp.invoke()
+    first_ms = (time.perf_counter_ns() - t0) / 1e6
+    timing = time_invokes(interp, runs, warmup, arrays, max_seconds)
+    result = {
+        "threads": threads,
+        "delegate": {"requested": delegate, "applied": applied,
+                     "delegated_ops": placed["delegated_ops"], "total_ops": placed["total_ops"]},
+        "load_ms": round(load_ms, 4), "first_invoke_ms": round(first_ms, 4),
+        "timing": timing.__dict__, "peak_rss_bytes": peak_rss_bytes(),
+        "inputs": inputs_path or "random",
+        "ops": placed["ops"] if op_profile else None,
+        "op_timing": None,
+    }
+    if op_profile:
+        result["note"] = ("per-op timings are not exposed by the TFLite Python API; the op list "
+                          "shows which ops the delegate took")
+    return result

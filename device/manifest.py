@@ -19,6 +19,7 @@ JSON (schema 1)::
      "edgetpu": null | {"compiled": false, "message": "…", "preflight": {…}, "log": {…}},
      "host_figures": null | {"accuracy": 0.98, "top1_agreement": 1.0, "max_abs_error": 0.01,
                              "latency_ms": {"p50": 0.21, …}, "eval_data": "test.npz"},
+     "files": {"gate.npz": "<sha256>"},   # other files that travel in the bundle (optional)
      "created": "2026-11-24T08:00:00Z"}
 
 Stdlib only: the agent reads it on the board.
@@ -65,6 +66,7 @@ class Manifest:
     converter: dict[str, Any] = field(default_factory=dict)
     edgetpu: dict[str, Any] | None = None
     host_figures: dict[str, Any] | None = None
+    files: dict[str, str] = field(default_factory=dict)  # extra bundle files: path → sha256
     created: str = ""
     schema: int = SCHEMA
 

@@ -4,9 +4,18 @@
 
     EdgeDeployError                 exit 1   root; ``str(e)`` is the one line a user reads
     ├── InputError                  exit 2   bad file or argument: names the file and what was expected
+    │   └── ModelLoadFailed         exit 2   the runtime cannot load a .tflite (corrupt, missing op)
     ├── CompileError                exit 1   the converter or a training step failed
     │   └── QuantizationError       exit 1   an op cannot be made integer-only (names the ops)
-    └── EnvironmentProblem          exit 3   something the machine lacks (a package, a tool)
+    ├── EnvironmentProblem          exit 3   something the machine lacks (a package, a tool)
+    │   └── DelegateMissing         exit 3   a delegate (Edge TPU) asked for does not load
+    ├── StoreError                  exit 1   the board's model store refused or failed an operation
+    │   ├── NotFound                exit 2   no such model / version in the store
+    │   ├── Conflict                exit 4   a version that exists with other content; the active one
+    │   ├── HashMismatch            exit 1   a file's sha256 differs from its manifest
+    │   └── UnsafeBundle            exit 2   absolute path, "..", a link or special file in a bundle
+    └── RunFailure                  exit 1   the model loaded but could not be measured as asked
+        └── SilentCpuFallback       exit 1   an Edge TPU model whose delegate took no op
 
 Errors from TensorFlow, the TFLite runtime and the file system are translated into these at the
 boundary, so the CLI maps any of them to an exit code without knowing where they came from.
@@ -41,6 +50,12 @@ class InputError(EdgeDeployError):
     code = "bad_input"
 
 
+class ModelLoadFailed(InputError):
+    """The TFLite runtime cannot load a model: truncated, not a flatbuffer, or an op it lacks."""
+
+    code = "model_load_failed"
+
+
 class CompileError(EdgeDeployError):
     """The TFLite converter, a training step or the Edge TPU compiler failed."""
 
@@ -62,3 +77,62 @@ class EnvironmentProblem(EdgeDeployError):
 
     exit_code = 3
     code = "environment"
+
+
+class DelegateMissing(EnvironmentProblem):
+    """A delegate asked for (Edge TPU, XNNPACK) does not load on this machine."""
+
+    code = "delegate_missing"
+
+
+class StoreError(EdgeDeployError):
+    """The model store on a board refused or failed an operation; the store is unchanged."""
+
+    code = "store_error"
+
+
+class NotFound(StoreError):
+    exit_code = 2
+    code = "not_found"
+
+
+class Conflict(StoreError):
+    exit_code = 4
+    code = "conflict"
+
+
+class HashMismatch(StoreError):
+    code = "hash_mismatch"
+
+
+class UnsafeBundle(StoreError):
+    exit_code = 2
+    code = "unsafe_bundle"
+
+
+class RunFailure(EdgeDeployError):
+    """A model loaded but the measurement asked for cannot be made truthfully."""
+
+    code = "run_failed"
+
+
+class SilentCpuFallback(RunFailure):
+    """An Edge TPU model ran with no op on the Edge TPU: a timing would be a lie."""
+
+    code = "silent_cpu_fallback"
+
+
+def _all_subclasses(cls: type) -> list[type]:
+    out = [cls]
+    for sub in cls.__subclasses__():
+        out.extend(_all_subclasses(sub))
+    return out
+
+
+def from_message(code: str, message: str) -> EdgeDeployError:
+    """The error a JSON ``{"code", "message"}`` (from the agent) stands for, same class and exit
+    code as where it was raised. QuantizationError comes back without its op list."""
+    for cls in _all_subclasses(EdgeDeployError):
+        if cls.code == code and cls is not QuantizationError:
+            return cls(message)
+    return EdgeDeployError(message)

@@ -1,0 +1,95 @@
+"""A small client for apps on the board that talk to ``edgedeploy-agent serve``.
+
+    from edgedeploy.device.client import Client
+    with Client(socket="/tmp/edgedeploy.sock") as c:      # or Client(port=8765)
+        p = c.predict("digits", x)                        # x: one array, or a list per input
+        p.outputs[0].argmax(), p.version
+
+One connection, requests answered in order; not shared between threads (make one per thread).
+Errors from the endpoint raise the same EdgeDeployError subclass the agent raised.
+"""
+
+from __future__ import annotations
+
+import json
+import socket as _socket
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import EdgeDeployError, EnvironmentProblem, from_message
+from . import protocol
+
+
+@dataclass
+class Prediction:
+    model: str
+    version: str
+    outputs: list  # float32 numpy arrays, dequantized
+    latency_ms: float
+
+
+class Client:
+    def __init__(self, socket: str | None = None, port: int | None = None,
+                 timeout: float = 30.0) -> None:
+        if (socket is None) == (port is None):
+            raise ValueError("give socket=PATH or port=N")
+        try:
+            if socket is not None:
+                self._sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+                self._sock.settimeout(timeout)
+                self._sock.connect(socket)
+            else:
+                self._sock = _socket.create_connection(("127.0.0.1", port), timeout=timeout)
+                self._sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            raise EnvironmentProblem(f"no edgedeploy endpoint at {socket or port} ({exc})",
+                                     hint="start it with `edgedeploy-agent serve`") from exc
+        self._rfile = self._sock.makefile("rb")
+        self._next_id = 0
+
+    def call(self, request: dict) -> dict:
+        try:
+            self._sock.sendall(json.dumps(request).encode() + b"\n")
+            line = self._rfile.readline()
+        except OSError as exc:
+            raise EnvironmentProblem(f"edgedeploy endpoint connection failed ({exc})") from exc
+        if not line:
+            raise EnvironmentProblem("edgedeploy endpoint closed the connection")
+        reply = json.loads(line)
+        if not reply.get("ok"):
+            raise from_message(reply.get("code", "error"), reply.get("message", "failed"))
+        return reply
+
+    def predict(self, model: str, inputs: Any) -> Prediction:
+        arrays = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+        self._next_id += 1
+        reply = self.call({"op": "predict", "model": model, "id": self._next_id,
+                           "inputs": [protocol.encode_array(a) for a in arrays]})
+        return Prediction(reply["model"], reply["version"],
+                          [protocol.decode_array(o) for o in reply["outputs"]],
+                          reply["latency_ms"])
+
+    def health(self) -> dict:
+        return self.call({"op": "health"})
+
+    def metrics(self) -> dict:
+        return self.call({"op": "metrics"})
+
+    def reload(self) -> dict:
+        return self.call({"op": "reload"})
+
+    def close(self) -> None:
+        try:
+            self._rfile.close()
+            self._sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+__all__ = ["Client", "Prediction", "EdgeDeployError"]

@@ -1,0 +1,131 @@
+"""A bounds check of a .tflite flatbuffer before any runtime sees it. Stdlib only.
+
+tflite-runtime 2.14 does not verify a model file: a truncated one crashes the process (SIGSEGV,
+measured here). This walks the parts of the schema the interpreter touches first — the Model
+table, its operator codes, subgraphs (tensors, operators, inputs, outputs) and buffers — and
+checks every offset, vector length and index against the file, so a truncated, padded or random
+file is refused with a message instead of a crash. It is not a full flatbuffers verifier.
+"""
+
+from __future__ import annotations
+
+import struct
+
+
+class FlatbufferError(ValueError):
+    pass
+
+
+class _Buf:
+    def __init__(self, data: bytes) -> None:
+        self.d = data
+        self.n = len(data)
+
+    def need(self, pos: int, size: int, what: str) -> None:
+        if pos < 0 or pos + size > self.n:
+            raise FlatbufferError(f"{what} at byte {pos} runs past the end of the file "
+                                  f"({self.n} bytes): truncated or not a TFLite model")
+
+    def u32(self, pos: int, what: str) -> int:
+        self.need(pos, 4, what)
+        return int(struct.unpack_from("<I", self.d, pos)[0])
+
+    def i32(self, pos: int, what: str) -> int:
+        self.need(pos, 4, what)
+        return int(struct.unpack_from("<i", self.d, pos)[0])
+
+    def u16(self, pos: int, what: str) -> int:
+        self.need(pos, 2, what)
+        return int(struct.unpack_from("<H", self.d, pos)[0])
+
+    def u64(self, pos: int, what: str) -> int:
+        self.need(pos, 8, what)
+        return int(struct.unpack_from("<Q", self.d, pos)[0])
+
+    def table(self, pos: int, what: str) -> "_Table":
+        vt = pos - self.i32(pos, what)
+        vsize = self.u16(vt, f"{what} vtable")
+        tsize = self.u16(vt + 2, f"{what} vtable")
+        if vsize < 4 or vsize % 2:
+            raise FlatbufferError(f"{what}: malformed vtable at byte {vt}")
+        self.need(vt, vsize, f"{what} vtable")
+        self.need(pos, tsize, what)
+        return _Table(self, pos, vt, vsize, what)
+
+
+class _Table:
+    def __init__(self, buf: _Buf, pos: int, vt: int, vsize: int, what: str) -> None:
+        self.b, self.pos, self.vt, self.vsize, self.what = buf, pos, vt, vsize, what
+
+    def field(self, i: int) -> int | None:
+        if 4 + 2 * i >= self.vsize:
+            return None
+        off = self.b.u16(self.vt + 4 + 2 * i, self.what)
+        return self.pos + off if off else None
+
+    def ref(self, i: int, name: str) -> int | None:
+        p = self.field(i)
+        return None if p is None else p + self.b.u32(p, f"{self.what}.{name}")
+
+    def vector(self, i: int, name: str, elem: int) -> tuple[int, int]:
+        """(position of the first element, length); (0, 0) when absent."""
+        p = self.ref(i, name)
+        if p is None:
+            return 0, 0
+        n = self.b.u32(p, f"{self.what}.{name}")
+        self.b.need(p + 4, n * elem, f"{self.what}.{name} ({n} elements)")
+        return p + 4, n
+
+    def tables(self, i: int, name: str) -> list[_Table]:
+        start, n = self.vector(i, name, 4)
+        return [self.b.table(start + 4 * k + self.b.u32(start + 4 * k, name),
+                             f"{self.what}.{name}[{k}]") for k in range(n)]
+
+    def ints(self, i: int, name: str) -> list[int]:
+        start, n = self.vector(i, name, 4)
+        return [self.b.i32(start + 4 * k, name) for k in range(n)]
+
+    def u32(self, i: int, name: str, default: int = 0) -> int:
+        p = self.field(i)
+        return default if p is None else self.b.u32(p, f"{self.what}.{name}")
+
+
+def check_tflite(data: bytes) -> None:
+    """Raise FlatbufferError (a ValueError) unless DATA is a structurally sound .tflite."""
+    b = _Buf(data)
+    if b.n < 8 or data[4:8] != b"TFL3":
+        raise FlatbufferError("not a TFLite flatbuffer (no TFL3 identifier at byte 4)")
+    model = b.table(b.u32(0, "root offset"), "Model")
+    n_codes = len(model.tables(1, "operator_codes"))
+    buffers = model.tables(4, "buffers")
+    for k, buf in enumerate(buffers):
+        buf.vector(0, "data", 1)
+        offset, size = buf.field(1), buf.field(2)
+        if offset is not None and size is not None:
+            o, s = b.u64(offset, f"buffers[{k}].offset"), b.u64(size, f"buffers[{k}].size")
+            if o > 1:
+                b.need(o, s, f"buffers[{k}] (external data)")
+    subgraphs = model.tables(2, "subgraphs")
+    if not subgraphs:
+        raise FlatbufferError("the model has no subgraph")
+    for g, sg in enumerate(subgraphs):
+        tensors = sg.tables(0, "tensors")
+        nt = len(tensors)
+        for t, tensor in enumerate(tensors):
+            tensor.ints(0, "shape")
+            if tensor.u32(2, "buffer") >= max(len(buffers), 1):
+                raise FlatbufferError(f"subgraph {g} tensor {t} names buffer "
+                                      f"{tensor.u32(2, 'buffer')} of {len(buffers)}")
+        for name, idx in (("inputs", 1), ("outputs", 2)):
+            for i in sg.ints(idx, name):
+                if not 0 <= i < nt:
+                    raise FlatbufferError(f"subgraph {g} {name} names tensor {i} of {nt}")
+        for o, op in enumerate(sg.tables(3, "operators")):
+            if op.u32(0, "opcode_index") >= n_codes:
+                raise FlatbufferError(f"subgraph {g} operator {o} names opcode "
+                                      f"{op.u32(0, 'opcode_index')} of {n_codes}")
+            for name, idx in (("inputs", 1), ("outputs", 2)):
+                for i in op.ints(idx, name):
+                    if not -1 <= i < nt:
+                        raise FlatbufferError(f"subgraph {g} operator {o} {name} names tensor "
+                                              f"{i} of {nt}")

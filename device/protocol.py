@@ -1,0 +1,113 @@
+"""The JSON messages the agent and the host speak. Versioned; stdlib only; shared by both sides.
+
+Every message is one JSON object with ``"schema": 1`` and ``"ok"``. The agent CLI prints exactly
+one message on stdout per command (progress goes to stderr); its exit status is 0 when ``ok`` is
+true and the error's exit code otherwise (2 bad input, 3 environment, 4 conflict in the store,
+1 anything else). The serve endpoint exchanges the same objects, one per line (NDJSON).
+
+Errors (any command)::
+
+    {"schema": 1, "ok": false, "kind": "error", "code": "bad_input" | "environment" |
+     "conflict" | "not_found" | "hash_mismatch" | "unsafe_bundle" | "delegate_missing" |
+     "silent_cpu_fallback" | "model_load_failed" | "store_error" | "run_failed" | "error",
+     "message": "one line naming the file/model and what to do"}
+
+Agent commands (``edgedeploy-agent [--store DIR] CMD``) and their answers (``kind`` = CMD)::
+
+    version   {"agent": "0.1.0", "content_hash": "<sha256 of the agent's sources>",
+               "python": "3.11.2"}
+    info      {"agent": {...version...}, "arch": "aarch64", "os": "Linux 6.1 ...",
+               "python": "3.11.2", "numpy": "1.24.2",
+               "runtimes": {"litert": "2.3.0" | null, "tflite_runtime": ..., "tensorflow": ...},
+               "runtime": "litert",            # the one make_interpreter would pick
+               "delegates": {"xnnpack": {"available": true},
+                             "edgetpu": {"available": false, "error": "...", "devices": []}},
+               "cpu": {"model": "...", "cores": 4, "governor": "ondemand" | null,
+                       "temperature_c": 48.3 | null},
+               "memory": {"total_bytes": ..., "available_bytes": ...},
+               "store": {"path": "...", "free_bytes": ..., "total_bytes": ...}}
+    install   {"name": "digits", "version": "3f2a9c1b0d4e", "path": ".../models/digits/3f2a9c1b0d4e",
+               "files": 3, "bytes": 133000, "already_present": false}
+    activate  {"name": ..., "current": "v2", "previous": "v1", "removed": ["v0"]}
+    rollback  {"name": ..., "current": "v1", "previous": "v2"}
+    list      {"models": [{"name": ..., "current": ..., "previous": ...,
+                           "versions": [{"version": ..., "mode": "int8", "size": ...,
+                                         "created": ..., "installed": ...}]}]}
+    remove    {"name": ..., "version": ..., "removed": true}
+    verify    {"name": ..., "version": ..., "valid": true, "problems": []}
+    bench     {"model": {"name", "version", "mode", "sha256"}, "runtime": {"name", "version"},
+               "threads": 1, "delegate": {"requested": "auto", "applied": "xnnpack" | null,
+                                          "delegated_ops": 8, "total_ops": 11},
+               "load_ms": 3.1, "first_invoke_ms": 0.9,
+               "timing": {"runs", "warmup", "min_ms", "mean_ms", "p50_ms", "p90_ms", "p99_ms",
+                          "max_ms", "std_ms", "samples_ms": [...]},
+               "peak_rss_bytes": ..., "inputs": "random" | "FILE.npz",
+               "ops": null | [{"index", "op", "delegated"}], "op_timing": null | ..., "note": ...}
+    eval      {"model": {...}, "runtime": {...}, "data": "test.npz", "samples": 540,
+               "top1": 0.979, "top5": 1.0 | null,
+               "agreement": null | {"samples", "top1_agreement", "mean_abs_error", "max_abs_error"},
+               "seconds": 0.21}
+
+Serve endpoint (``serve --socket PATH`` or ``--port N`` on 127.0.0.1), one JSON object per line
+each way; a connection may carry any number of requests, answered in order::
+
+    → {"op": "predict", "model": "digits", "id": 7,
+       "inputs": [{"dtype": "float32", "shape": [1, 32, 32, 1], "data": "<base64 raw bytes>"}]}
+       (float inputs for a quantized tensor are quantized with its scale/zero point)
+    ← {"schema": 1, "ok": true, "kind": "predict", "id": 7, "model": "digits",
+       "version": "3f2a…", "outputs": [{"dtype": "float32", "shape": [1, 10], "data": "…"}],
+       "latency_ms": 0.21}         # outputs are dequantized to float32
+    → {"op": "health"}   ← {"kind": "health", "models": {"digits": {"version": ..., "loaded_at": ...,
+                             "last_error": null | "..."}}, "uptime_s": ...}
+    → {"op": "metrics"}  ← {"kind": "metrics", "requests": N, "errors": N,
+                             "latency_ms": {"p50", "p90", "p99", "count"},
+                             "models": {"digits": {"requests", "errors", "swaps"}}}
+    → {"op": "reload"}   ← {"kind": "reload", "models": {...as health...}}
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+SCHEMA = 1
+
+ERROR_CODES = ("bad_input", "environment", "conflict", "not_found", "hash_mismatch",
+               "unsafe_bundle", "delegate_missing", "silent_cpu_fallback", "model_load_failed",
+               "store_error", "run_failed", "error")
+
+
+def ok(kind: str, **data: Any) -> dict:
+    return {"schema": SCHEMA, "ok": True, "kind": kind, **data}
+
+
+def error(code: str, message: str, **data: Any) -> dict:
+    return {"schema": SCHEMA, "ok": False, "kind": "error", "code": code, "message": message,
+            **data}
+
+
+def encode_array(a: Any) -> dict:
+    """A numpy array as a JSON-safe dict (raw bytes, base64)."""
+    import numpy as np
+
+    a = np.ascontiguousarray(a)
+    return {"dtype": str(a.dtype), "shape": list(a.shape),
+            "data": base64.b64encode(a.tobytes()).decode("ascii")}
+
+
+def decode_array(d: dict) -> Any:
+    import numpy as np
+
+    try:
+        dtype = np.dtype(d["dtype"])
+        shape = tuple(int(s) for s in d["shape"])
+        raw = base64.b64decode(d["data"], validate=True)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"malformed array ({type(exc).__name__}: {exc})") from exc
+    count = 1
+    for s in shape:
+        count *= s
+    if count * dtype.itemsize != len(raw):
+        raise ValueError(f"array data holds {len(raw)} bytes, shape {list(shape)} of {dtype} "
+                         f"needs {count * dtype.itemsize}")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)

@@ -1,0 +1,103 @@
+"""Facts about the board the agent runs on (``edgedeploy-agent info``). Every probe reads a
+file or asks the runtime, and yields ``None`` where the board doesn't say — never guesses."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from pathlib import Path
+
+CORAL_USB_IDS = {("1a6e", "089a"), ("18d1", "9302")}  # before / after firmware load
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def cpu_model() -> str | None:
+    text = _read("/proc/cpuinfo") or ""
+    for key in ("model name", "Model", "Hardware", "cpu model", "Processor"):
+        for line in text.splitlines():
+            k, _, v = line.partition(":")
+            if k.strip() == key and v.strip():
+                return v.strip()
+    return platform.processor() or None
+
+
+def temperature_c() -> float | None:
+    for zone in sorted(Path("/sys/class/thermal").glob("thermal_zone*")):
+        raw = _read(str(zone / "temp"))
+        if raw and raw.lstrip("-").isdigit():
+            return round(int(raw) / 1000.0, 1)
+    return None
+
+
+def memory() -> dict:
+    info: dict = {"total_bytes": None, "available_bytes": None}
+    for line in (_read("/proc/meminfo") or "").splitlines():
+        k, _, v = line.partition(":")
+        if k in ("MemTotal", "MemAvailable") and v.split():
+            info["total_bytes" if k == "MemTotal" else "available_bytes"] = \
+                int(v.split()[0]) * 1024
+    return info
+
+
+def edgetpu_devices() -> list[str]:
+    found = [str(p) for p in sorted(Path("/dev").glob("apex_*"))]  # PCIe / Dev Board
+    for dev in sorted(Path("/sys/bus/usb/devices").glob("*")):
+        ids = (_read(str(dev / "idVendor")), _read(str(dev / "idProduct")))
+        if ids in CORAL_USB_IDS:
+            found.append(f"usb:{dev.name}")
+    return found
+
+
+def disk(path: Path) -> dict:
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        du = shutil.disk_usage(p)
+        return {"path": str(path), "free_bytes": du.free, "total_bytes": du.total}
+    except OSError:
+        return {"path": str(path), "free_bytes": None, "total_bytes": None}
+
+
+def board_info(store_root: Path, prefer_runtime: str | None = None) -> dict:
+    from ..errors import EdgeDeployError
+    from .ship import identity
+    from .runtime import load_edgetpu, load_runtime, runtime_versions
+
+    try:
+        import numpy
+
+        numpy_version: str | None = numpy.__version__
+    except ImportError:
+        numpy_version = None
+    runtime, runtime_error, edgetpu = None, None, {"available": False, "devices": []}
+    try:
+        rt = load_runtime(prefer_runtime)
+        runtime = rt.name
+        try:
+            load_edgetpu(rt)
+            edgetpu["available"] = True
+        except EdgeDeployError as exc:
+            edgetpu["error"] = str(exc)
+    except EdgeDeployError as exc:
+        runtime_error = str(exc)
+    edgetpu["devices"] = edgetpu_devices()
+    return {
+        "agent": identity(), "arch": platform.machine(), "os": platform.platform(),
+        "system": platform.system(), "python": platform.python_version(),
+        "numpy": numpy_version, "runtimes": runtime_versions(), "runtime": runtime,
+        "runtime_error": runtime_error,
+        "delegates": {"xnnpack": {"available": runtime is not None}, "edgetpu": edgetpu},
+        "cpu": {"model": cpu_model(), "cores": os.cpu_count(),
+                "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+                "temperature_c": temperature_c()},
+        "memory": memory(),
+        "store": disk(Path(store_root)),
+    }
