@@ -47,9 +47,9 @@ class Client:
         self._rfile = self._sock.makefile("rb")
         self._next_id = 0
 
-    def call(self, request: dict) -> dict:
+    def call(self, request: dict, blobs: list | None = None) -> dict:
         try:
-            self._sock.sendall(json.dumps(request).encode() + b"\n")
+            self._sock.sendall(b"".join([json.dumps(request).encode(), b"\n", *(blobs or [])]))
             line = self._rfile.readline()
         except OSError as exc:
             raise EnvironmentProblem(f"edgedeploy endpoint connection failed ({exc})") from exc
@@ -61,13 +61,27 @@ class Client:
         return reply
 
     def predict(self, model: str, inputs: Any) -> Prediction:
+        """Run MODEL on INPUTS (one array, or a list with one per input) — binary frames."""
         arrays = inputs if isinstance(inputs, (list, tuple)) else [inputs]
         self._next_id += 1
-        reply = self.call({"op": "predict", "model": model, "id": self._next_id,
-                           "inputs": [protocol.encode_array(a) for a in arrays]})
+        heads, blobs = [], []
+        for a in arrays:
+            h, b = protocol.array_header(a)
+            heads.append(h)
+            blobs.append(b)
+        req = {"op": "predict", "model": model, "id": self._next_id, "binary": True,
+               "inputs": heads}
+        reply = self.call(req, blobs)
+        raws = [self._read_exact(o["nbytes"]) for o in reply["outputs"]]
         return Prediction(reply["model"], reply["version"],
-                          [protocol.decode_array(o) for o in reply["outputs"]],
+                          [protocol.array_from_raw(o, r) for o, r in zip(reply["outputs"], raws)],
                           reply["latency_ms"])
+
+    def _read_exact(self, n: int) -> bytes:
+        data = self._rfile.read(n)
+        if len(data) != n:
+            raise EnvironmentProblem("edgedeploy endpoint closed the connection mid-answer")
+        return data
 
     def health(self) -> dict:
         return self.call({"op": "health"})

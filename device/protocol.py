@@ -57,6 +57,10 @@ each way; a connection may carry any number of requests, answered in order::
     ← {"schema": 1, "ok": true, "kind": "predict", "id": 7, "model": "digits",
        "version": "3f2a…", "outputs": [{"dtype": "float32", "shape": [1, 10], "data": "…"}],
        "latency_ms": 0.21}         # outputs are dequantized to float32
+    Binary frames (what the client uses; saves base64 and a large JSON string): add
+    ``"binary": true`` and give each array as {"dtype", "shape", "nbytes"} without "data"; the
+    raw bytes of every array follow the request line back to back. The answer then carries its
+    outputs the same way: header line, then the raw bytes.
     → {"op": "health"}   ← {"kind": "health", "models": {"digits": {"version": ..., "loaded_at": ...,
                              "last_error": null | "..."}}, "uptime_s": ...}
     → {"op": "metrics"}  ← {"kind": "metrics", "requests": N, "errors": N,
@@ -111,3 +115,42 @@ def decode_array(d: dict) -> Any:
         raise ValueError(f"array data holds {len(raw)} bytes, shape {list(shape)} of {dtype} "
                          f"needs {count * dtype.itemsize}")
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def array_header(a: Any) -> tuple[dict, bytes]:
+    """(header without data, raw bytes) of a numpy array, for binary frames."""
+    import numpy as np
+
+    a = np.ascontiguousarray(a)
+    raw = a.tobytes()
+    return {"dtype": str(a.dtype), "shape": list(a.shape), "nbytes": len(raw)}, raw
+
+
+def array_from_raw(header: dict, raw: bytes) -> Any:
+    import numpy as np
+
+    try:
+        dtype = np.dtype(header["dtype"])
+        shape = tuple(int(s) for s in header["shape"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"malformed array header ({type(exc).__name__}: {exc})") from exc
+    count = 1
+    for s in shape:
+        count *= s
+    if count * dtype.itemsize != len(raw):
+        raise ValueError(f"array data holds {len(raw)} bytes, shape {list(shape)} of {dtype} "
+                         f"needs {count * dtype.itemsize}")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def frame_sizes(req: Any) -> list[int]:
+    """Byte counts of the raw arrays that follow a binary request line (validated)."""
+    if not isinstance(req, dict) or not req.get("binary"):
+        return []
+    sizes = []
+    for h in req.get("inputs") or []:
+        n = h.get("nbytes") if isinstance(h, dict) else None
+        if not isinstance(n, int) or n < 0 or n > 1 << 30:
+            raise ValueError("binary frame: every input needs \"nbytes\" (0 … 1 GiB)")
+        sizes.append(n)
+    return sizes

@@ -166,8 +166,10 @@ class Service:
         self.metrics = Metrics()
         self.started = time.time()
 
-    def handle(self, req: Any) -> dict:
+    def handle(self, req: Any, raw: list | None = None) -> tuple[dict, list]:
+        """One request → (answer, raw output bytes for a binary frame)."""
         t0 = time.perf_counter_ns()
+        blobs: list = []
         model = None
         try:
             if not isinstance(req, dict):
@@ -178,18 +180,30 @@ class Service:
                 if not isinstance(model, str):
                     raise InputError("predict needs \"model\": a model name")
                 try:
-                    arrays = [protocol.decode_array(d) for d in req.get("inputs") or []]
+                    if raw is not None:
+                        arrays = [protocol.array_from_raw(h, b)
+                                  for h, b in zip(req.get("inputs") or [], raw)]
+                    else:
+                        arrays = [protocol.decode_array(d) for d in req.get("inputs") or []]
                 except ValueError as exc:
                     raise InputError(f"model {model}: {exc}") from exc
                 version, outs, ms = self.registry.predict(model, arrays)
+                if raw is not None:
+                    heads = []
+                    for o in outs:
+                        h, b = protocol.array_header(o)
+                        heads.append(h)
+                        blobs.append(b)
+                else:
+                    heads = [protocol.encode_array(o) for o in outs]
                 msg = protocol.ok("predict", id=req.get("id"), model=model, version=version,
-                                  outputs=[protocol.encode_array(o) for o in outs],
-                                  latency_ms=round(ms, 4))
+                                  outputs=heads, latency_ms=round(ms, 4),
+                                  **({"binary": True} if raw is not None else {}))
             elif op == "health":
                 msg = protocol.ok("health", models=self.registry.health(),
                                   uptime_s=round(time.time() - self.started, 3), pid=os.getpid())
             elif op == "metrics":
-                return protocol.ok("metrics", **self.metrics.snapshot(self.registry.swaps))
+                return protocol.ok("metrics", **self.metrics.snapshot(self.registry.swaps)), []
             elif op == "reload":
                 self.registry.refresh()
                 msg = protocol.ok("reload", models=self.registry.health())
@@ -198,26 +212,41 @@ class Service:
         except EdgeDeployError as exc:
             self.metrics.record(model, False, (time.perf_counter_ns() - t0) / 1e6)
             return protocol.error(exc.code, str(exc), id=req.get("id") if isinstance(req, dict)
-                                  else None)
+                                  else None), []
         self.metrics.record(model, True, (time.perf_counter_ns() - t0) / 1e6)
-        return msg
+        return msg, blobs
 
 
 def _handler(service: Service):
     class Handler(socketserver.StreamRequestHandler):
         def handle(self) -> None:
             for line in self.rfile:
+                blobs: list = []
                 try:
                     req = json.loads(line)
-                except ValueError:
-                    reply = protocol.error("bad_input", "a request is one JSON object per line")
-                else:
-                    reply = service.handle(req)
-                try:
-                    self.wfile.write(json.dumps(reply).encode() + b"\n")
-                    self.wfile.flush()
-                except OSError:
+                    sizes = protocol.frame_sizes(req)
+                except ValueError as exc:
+                    # the stream can't be trusted past a bad frame: answer, then hang up
+                    reply = protocol.error("bad_input", f"a request is one JSON object per line "
+                                                        f"({exc})")
+                    self._send(reply, [])
                     return
+                raw = None
+                if sizes or (isinstance(req, dict) and req.get("binary")):
+                    raw = [self.rfile.read(n) for n in sizes]
+                    if any(len(b) != n for b, n in zip(raw, sizes)):
+                        return  # the client went away mid-frame
+                reply, blobs = service.handle(req, raw)
+                if not self._send(reply, blobs):
+                    return
+
+        def _send(self, reply: dict, blobs: list) -> bool:
+            try:
+                self.wfile.write(b"".join([json.dumps(reply).encode(), b"\n", *blobs]))
+                self.wfile.flush()
+                return True
+            except OSError:
+                return False
     return Handler
 
 

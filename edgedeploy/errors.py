@@ -14,8 +14,15 @@
     │   ├── Conflict                exit 4   a version that exists with other content; the active one
     │   ├── HashMismatch            exit 1   a file's sha256 differs from its manifest
     │   └── UnsafeBundle            exit 2   absolute path, "..", a link or special file in a bundle
-    └── RunFailure                  exit 1   the model loaded but could not be measured as asked
-        └── SilentCpuFallback       exit 1   an Edge TPU model whose delegate took no op
+    ├── RunFailure                  exit 1   the model loaded but could not be measured as asked
+    │   └── SilentCpuFallback       exit 1   an Edge TPU model whose delegate took no op
+    └── BoardError                  exit 1   something on or on the way to a board (names it)
+        ├── Unreachable             exit 5   connect refused / timed out / link cut
+        ├── HostKeyRefused          exit 6   unknown or changed SSH host key
+        ├── AuthFailed              exit 6   the board refused our key
+        ├── RemoteFailure           exit 1   a command on the board failed (command, code, stderr)
+        ├── Incompatible            exit 1   the model or agent does not fit the board
+        └── AgentError              exit *   the agent answered with an error (its own code)
 
 Errors from TensorFlow, the TFLite runtime and the file system are translated into these at the
 boundary, so the CLI maps any of them to an exit code without knowing where they came from.
@@ -120,6 +127,57 @@ class SilentCpuFallback(RunFailure):
     """An Edge TPU model ran with no op on the Edge TPU: a timing would be a lie."""
 
     code = "silent_cpu_fallback"
+
+
+class BoardError(EdgeDeployError):
+    """Something went wrong on a board or on the way to it; the message names the board."""
+
+    code = "board_error"
+
+    def __init__(self, board: str, message: str, *, hint: str | None = None) -> None:
+        super().__init__(f"{board}: {message}", hint=hint)
+        self.board = board
+
+
+class Unreachable(BoardError):
+    exit_code = 5
+    code = "unreachable"
+
+
+class HostKeyRefused(BoardError):
+    exit_code = 6
+    code = "host_key_refused"
+
+
+class AuthFailed(BoardError):
+    exit_code = 6
+    code = "auth_failed"
+
+
+class RemoteFailure(BoardError):
+    """A command on the board exited non-zero; carries the command, exit code and stderr."""
+
+    code = "remote_failed"
+
+    def __init__(self, board: str, command: str, exit_code: int | None, stderr: str,
+                 *, hint: str | None = None) -> None:
+        tail = " | ".join(stderr.strip().splitlines()[-3:])
+        super().__init__(board, f"`{command}` exited {exit_code}" + (f": {tail}" if tail else ""),
+                         hint=hint)
+        self.command, self.remote_exit, self.stderr = command, exit_code, stderr
+
+
+class Incompatible(BoardError):
+    code = "incompatible"
+
+
+class AgentError(BoardError):
+    """The agent on a board answered with a JSON error; keeps its code and exit status."""
+
+    def __init__(self, board: str, code: str, message: str, exit_code: int) -> None:
+        super().__init__(board, message)
+        self.code = code
+        self.exit_code = exit_code if exit_code > 0 else 1
 
 
 def _all_subclasses(cls: type) -> list[type]:
