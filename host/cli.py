@@ -33,7 +33,8 @@ INSPECT_EXAMPLES = """examples:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edgedeploy",
-        description="Compile TensorFlow models for small boards and compare the results.")
+        description="Compile TensorFlow models for small boards, push them over SSH, and "
+                    "measure them there.")
     p.add_argument("--version", action="version", version=f"edgedeploy {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -77,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model", type=Path, metavar="MODEL.tflite")
     i.add_argument("--target", choices=["coral"], help="predict the Edge TPU op mapping")
     i.add_argument("--json", action="store_true")
+    from .board_cli import add_parsers
+    add_parsers(sub)
     return p
 
 
@@ -134,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     try:
-        return {"compile": cmd_compile, "inspect": cmd_inspect}[a.command](a)
+        from .board_cli import COMMANDS
+        return {"compile": cmd_compile, "inspect": cmd_inspect, **COMMANDS}[a.command](a)
     except EdgeDeployError as exc:
         if getattr(a, "json", False):
             print(json.dumps({"error": exc.to_dict()}))

@@ -1,0 +1,299 @@
+"""The board-facing subcommands of ``edgedeploy``: push, bench, eval, status, rollback, targets,
+report. Parsing lives here, the work in deploy.py / results.py; errors map to exit codes in
+cli.main."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from ..errors import EdgeDeployError, InputError
+
+PUSH_EXAMPLES = """examples:
+  edgedeploy push out/digits.int8.tflite pi-kitchen
+  edgedeploy push out/digits.int8.tflite local               # this machine, no SSH
+  edgedeploy push out/digits.int8.tflite b0 --fleet fleet.toml --no-activate
+  edgedeploy bench b0 digits --runs 1000 --fleet fleet.toml
+  edgedeploy eval b0 digits --data test.npz --fleet fleet.toml
+  edgedeploy status --all --fleet fleet.toml
+  edgedeploy rollback b0 digits --fleet fleet.toml
+  edgedeploy report --model digits --html report.html
+
+BOARD is a name in the fleet file (--fleet, else $EDGEDEPLOY_FLEET, else ./fleet.toml),
+or `local`. Unknown SSH host keys are refused unless --accept-new-host-key."""
+
+
+def add_parsers(sub) -> None:
+    def common(p, board: bool = True) -> None:
+        if board:
+            p.add_argument("board", metavar="BOARD")
+        p.add_argument("--fleet", type=Path, metavar="FILE", help="inventory (fleet.toml)")
+        p.add_argument("--accept-new-host-key", action="store_true",
+                       help="record an unknown host key (a changed one is still refused)")
+        p.add_argument("--db", type=Path, metavar="FILE", help="results history (SQLite)")
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("push", help="send a model to a board, install and activate it",
+                       epilog=PUSH_EXAMPLES, formatter_class=fmt)
+    p.add_argument("model", metavar="MODEL", help="a .tflite with its manifest, or a bundle dir")
+    common(p)
+    p.add_argument("--no-activate", action="store_true", help="install only")
+
+    b = sub.add_parser("bench", help="time a model on a board", epilog=PUSH_EXAMPLES,
+                       formatter_class=fmt)
+    common(b)
+    b.add_argument("model", nargs="?", default=None, metavar="NAME[@VERSION]",
+                   help="default: every active model")
+    b.add_argument("--runs", type=int, default=100)
+    b.add_argument("--warmup", type=int, default=10)
+    b.add_argument("--threads", type=int, help="default: the board profile's")
+    b.add_argument("--delegate", default="auto", choices=["auto", "xnnpack", "none", "edgetpu"])
+
+    e = sub.add_parser("eval", help="accuracy of a model on a board", epilog=PUSH_EXAMPLES,
+                       formatter_class=fmt)
+    common(e)
+    e.add_argument("model", metavar="NAME[@VERSION]")
+    e.add_argument("--data", type=Path, required=True, metavar="FILE.npz", help="x, y")
+    e.add_argument("--reference", type=Path, metavar="FILE.npz", help="host outputs")
+
+    s = sub.add_parser("status", help="active and previous versions, agent, health")
+    s.add_argument("board", nargs="?", metavar="BOARD")
+    s.add_argument("--all", action="store_true", help="every board in the fleet")
+    common(s, board=False)
+
+    r = sub.add_parser("rollback", help="switch a board back to a model's previous version")
+    common(r)
+    r.add_argument("model", metavar="NAME")
+
+    t = sub.add_parser("targets", help="board profiles and the fleet: list, show, check")
+    t.add_argument("action", choices=["list", "show", "check", "profiles"])
+    t.add_argument("board", nargs="?", metavar="BOARD")
+    common(t, board=False)
+
+    rp = sub.add_parser("report", help="tables (and HTML with plots) from the results history")
+    rp.add_argument("--model")
+    rp.add_argument("--board")
+    rp.add_argument("--html", type=Path, metavar="FILE")
+    rp.add_argument("--db", type=Path, metavar="FILE")
+    rp.add_argument("--json", action="store_true")
+
+
+def _fleet_path(a) -> Path:
+    return a.fleet or Path(os.environ.get("EDGEDEPLOY_FLEET", "fleet.toml"))
+
+
+def resolve_board(a, name: str):
+    from ..targets import load_fleet, local_board
+
+    path = _fleet_path(a)
+    if name == "local" and not path.exists():
+        return local_board()
+    fleet = load_fleet(path)
+    if name == "local" and "local" not in fleet.boards:
+        return local_board()
+    return fleet.get(name)
+
+
+def _session(a, name: str):
+    from .deploy import BoardSession
+
+    return BoardSession(resolve_board(a, name), accept_new_host_key=a.accept_new_host_key)
+
+
+def _results(a):
+    from .results import Results
+
+    return Results(a.db)
+
+
+def _print(a, payload, text: str) -> None:
+    print(json.dumps(payload, indent=2) if a.json else text)
+
+
+def cmd_push(a) -> int:
+    from rich.progress import Progress
+
+    from .bundle import load_bundle
+
+    bundle = load_bundle(a.model)
+    with _session(a, a.board) as s:
+        if a.json or not sys.stderr.isatty():
+            result = s.push(bundle, activate=not a.no_activate)
+        else:
+            with Progress(transient=True) as bar:
+                task = bar.add_task(f"{a.board}: {bundle.name}", total=bundle.size)
+                result = s.push(bundle, activate=not a.no_activate,
+                                progress=lambda done, total: bar.update(task, completed=done))
+    payload = {**result.to_dict(), "size": bundle.manifest.size}
+    _results(a).record("push", a.board, payload, model=bundle.name, version=bundle.version,
+                       label=bundle.manifest.label)
+    state = (f"active (previous {result.previous})" if result.activated else "installed")
+    _print(a, payload, f"{a.board}: {bundle.name} {bundle.version} ({bundle.manifest.label}) "
+                       f"{state}; sent {result.bytes_sent} model bytes"
+                       f"{', agent updated' if result.agent_uploaded else ''} in "
+                       f"{result.seconds:.2f} s")
+    return 0
+
+
+def cmd_bench(a) -> int:
+    res = _results(a)
+    out = []
+    with _session(a, a.board) as s:
+        specs = [a.model] if a.model else \
+            [e["name"] for e in s.agent("list")["models"] if e["current"]]
+        if not specs:
+            raise InputError(f"{a.board}: no active model to bench",
+                             hint="push one, or name NAME@VERSION")
+        for spec in specs:
+            r = s.bench(spec, runs=a.runs, warmup=a.warmup, threads=a.threads,
+                        delegate=a.delegate)
+            res.record("bench", a.board, r)
+            out.append(r)
+    if a.json:
+        print(json.dumps(out if len(out) > 1 else out[0], indent=2))
+    else:
+        for r in out:
+            t = r["timing"]
+            print(f"{a.board}: {r['model']['name']} {r['model']['version']} "
+                  f"({r['model']['mode']}, {r['runtime']['name']} {r['runtime']['version']}, "
+                  f"{r['threads']} thread(s), delegate {r['delegate']['applied'] or 'none'}): "
+                  f"p50 {t['p50_ms']:.3f} ms, p90 {t['p90_ms']:.3f}, p99 {t['p99_ms']:.3f}, "
+                  f"load {r['load_ms']:.1f} ms, peak RSS {r['peak_rss_bytes'] // 1024} KB")
+    return 0
+
+
+def cmd_eval(a) -> int:
+    for f in (a.data, a.reference):
+        if f is not None and not f.is_file():
+            raise InputError(f"{f}: no such data file")
+    with _session(a, a.board) as s:
+        r = s.eval(a.model, a.data, a.reference)
+    _results(a).record("eval", a.board, r)
+    ag = r.get("agreement")
+    _print(a, r, f"{a.board}: {r['model']['name']} {r['model']['version']} "
+                 f"({r['model']['mode']}): top-1 {100 * r['top1']:.2f}% on {r['samples']} "
+                 f"samples" + (f", agreement {100 * ag['top1_agreement']:.2f}%" if ag else ""))
+    return 0
+
+
+def cmd_status(a) -> int:
+    from ..targets import load_fleet
+
+    if a.all:
+        names = list(load_fleet(_fleet_path(a)).boards)
+    elif a.board:
+        names = [a.board]
+    else:
+        raise InputError("name a BOARD or pass --all")
+    out, failed = [], 0
+    for n in names:
+        try:
+            with _session(a, n) as s:
+                out.append(s.status())
+        except EdgeDeployError as exc:
+            if not a.all:
+                raise
+            failed += 1
+            out.append({"board": n, "error": str(exc)})
+    if a.json:
+        print(json.dumps(out if a.all else out[0], indent=2))
+    else:
+        for st in out:
+            if "error" in st:
+                print(f"{st['board']}: UNREACHABLE/FAILED: {st['error']}")
+                continue
+            models = ", ".join(f"{m['name']} {m['current']} (previous {m['previous']})"
+                               for m in st["models"]) or "no models"
+            agent = "agent current" if st["agent_current"] else \
+                ("agent outdated" if st["agent"] else "no agent")
+            print(f"{st['board']}: {models}; {agent}; health {st['health']}")
+    return 1 if failed else 0
+
+
+def cmd_rollback(a) -> int:
+    with _session(a, a.board) as s:
+        r = s.rollback(a.model)
+    _print(a, r, f"{a.board}: {a.model} now {r['current']} (was {r['previous']})")
+    return 0
+
+
+def cmd_targets(a) -> int:
+    from dataclasses import asdict
+
+    from ..targets import load_fleet, load_profile, profile_names
+
+    if a.action == "profiles":
+        profs = [asdict(load_profile(n)) for n in profile_names()]
+        _print(a, profs, "\n".join(f"{p['name']:16} {p['description']}" for p in profs))
+        return 0
+    fleet = load_fleet(_fleet_path(a))
+    boards = fleet.select([a.board] if a.board else None)
+    if a.action == "list":
+        rows = [{"name": b.name, "address": b.address, "profile": b.profile.name,
+                 "tags": b.tags, "groups": b.groups} for b in boards]
+        _print(a, rows, "\n".join(f"{r['name']:12} {r['address']:28} {r['profile']:16} "
+                                  f"tags={','.join(r['tags'])} groups={','.join(r['groups'])}"
+                                  for r in rows))
+        return 0
+    if a.action == "show":
+        rows = [{**asdict(b), "profile": asdict(b.profile)} for b in boards]
+        print(json.dumps(rows if len(rows) > 1 else rows[0], indent=2))
+        return 0
+    from .deploy import board_problems
+
+    failed, out = 0, []
+    for b in boards:
+        try:
+            with _session(a, b.name) as s:
+                s.ensure_agent()
+                info = s.agent("info")
+            problems = board_problems(b, info)
+            out.append({"board": b.name, "ok": not problems, "problems": problems,
+                        "arch": info["arch"], "python": info["python"],
+                        "runtime": info["runtime"], "numpy": info["numpy"]})
+        except EdgeDeployError as exc:
+            out.append({"board": b.name, "ok": False, "problems": [str(exc)]})
+        failed += 0 if out[-1]["ok"] else 1
+    _print(a, out, "\n".join(
+        f"{r['board']:12} {'ok' if r['ok'] else 'MISMATCH'} "
+        + (f"{r.get('arch')} Python {r.get('python')} {r.get('runtime')} numpy {r.get('numpy')}"
+           if r["ok"] else "; ".join(r["problems"])) for r in out))
+    return 1 if failed else 0
+
+
+def cmd_report(a) -> int:
+    from .results import Results, summary, write_html
+
+    res = Results(a.db)
+    lines = summary(res, model=a.model, board=a.board)
+    payload: dict = {"db": str(res.path), "rows": lines}
+    if a.html:
+        payload["html"] = str(write_html(res, a.html, model=a.model, board=a.board))
+    if a.json:
+        print(json.dumps(payload, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"edgedeploy results ({res.path})")
+    for c in ("board", "model", "label", "version", "runtime", "size KB", "accuracy",
+              "p50 ms", "p99 ms"):
+        t.add_column(c, justify="right")
+    for ln in lines:
+        t.add_row(ln["board"], ln["model"] or "", ln["label"] or "", ln["version"],
+                  ln["runtime"] or "", f"{ln['size'] / 1024:.1f}" if ln["size"] else "–",
+                  f"{100 * ln['accuracy']:.2f}%" if ln["accuracy"] is not None else "–",
+                  f"{ln['p50_ms']:.3f}" if ln["p50_ms"] else "–",
+                  f"{ln['p99_ms']:.3f}" if ln["p99_ms"] else "–")
+    Console().print(t)
+    if a.html:
+        print(f"wrote {payload['html']}")
+    return 0
+
+
+COMMANDS = {"push": cmd_push, "bench": cmd_bench, "eval": cmd_eval, "status": cmd_status,
+            "rollback": cmd_rollback, "targets": cmd_targets, "report": cmd_report}

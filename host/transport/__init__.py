@@ -1,0 +1,85 @@
+"""How the host reaches a board: run a command, put a file, get a file, close.
+
+Two implementations: ``ssh`` (paramiko; known_hosts enforced) and ``local`` (this machine).
+Commands are argv lists; they reach the remote shell only through ``shlex.quote`` (see
+:func:`shell_join`). A leading ``~/`` in an argument is the board's home, expanded by the shell
+as ``"$HOME"/…`` with the rest quoted. Errors are BoardError subclasses naming the board.
+"""
+
+from __future__ import annotations
+
+import shlex
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ...errors import RemoteFailure
+
+Progress = Callable[[int, int], None]  # (bytes sent, total)
+
+
+@dataclass
+class RunResult:
+    command: str
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+def quote_arg(arg: str) -> str:
+    """shlex.quote, except that a leading ``~/`` stays the board's home."""
+    arg = str(arg)
+    if arg == "~":
+        return '"$HOME"'
+    if arg.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(arg[2:])
+    return shlex.quote(arg)
+
+
+def shell_join(argv: Sequence[str]) -> str:
+    return " ".join(quote_arg(a) for a in argv)
+
+
+class Transport(ABC):
+    board: str
+
+    @abstractmethod
+    def run(self, argv: Sequence[str] | str, *, timeout: float | None = None,
+            input: bytes | None = None) -> RunResult:
+        """Run a command (an argv list, or a shell string built with shell_join)."""
+
+    @abstractmethod
+    def put(self, local: Path, remote: str, progress: Progress | None = None) -> int:
+        """Copy a local file to a remote path (``~/`` allowed); returns bytes sent."""
+
+    @abstractmethod
+    def get(self, remote: str, local: Path) -> None:
+        """Copy a remote file to a local path."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def check(self, argv: Sequence[str] | str, *, timeout: float | None = None,
+              input: bytes | None = None) -> RunResult:
+        r = self.run(argv, timeout=timeout, input=input)
+        if r.exit_code != 0:
+            raise RemoteFailure(self.board, r.command, r.exit_code, r.stderr)
+        return r
+
+    def __enter__(self) -> "Transport":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_transport(board, *, accept_new_host_key: bool = False) -> Transport:
+    """The transport a board's inventory entry asks for."""
+    if board.transport == "local":
+        from .local import LocalTransport
+
+        return LocalTransport(board.name)
+    from .ssh import SshTransport
+
+    return SshTransport(board, accept_new_host_key=accept_new_host_key)

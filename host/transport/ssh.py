@@ -1,0 +1,230 @@
+"""The ``ssh`` transport on paramiko: ~/.ssh/config (Host aliases, User, Port, IdentityFile,
+ProxyJump), ssh-agent, known_hosts.
+
+Host keys: the board's key must already be in known_hosts (the inventory's ``known_hosts``, the
+config's UserKnownHostsFile, else ~/.ssh/known_hosts). An unknown key is refused unless
+``accept_new_host_key`` (OpenSSH's accept-new: the key is recorded); a *changed* key is always
+refused. paramiko hangs on a cut link, keepalives notwithstanding (measured here), so the socket
+is made here with TCP_USER_TIMEOUT and handed to paramiko.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from pathlib import Path
+from typing import Sequence
+
+import paramiko
+
+from ...errors import AuthFailed, HostKeyRefused, Unreachable
+from . import Progress, RunResult, Transport, shell_join
+
+TCP_USER_TIMEOUT_MS = 15000
+
+
+class _AcceptNew(paramiko.MissingHostKeyPolicy):
+    """OpenSSH accept-new: record an unknown key; a changed key never reaches here."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def missing_host_key(self, client, hostname, key) -> None:
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+
+
+class _Reject(paramiko.MissingHostKeyPolicy):
+    def __init__(self, board: str, path: Path) -> None:
+        self.board, self.path = board, path
+
+    def missing_host_key(self, client, hostname, key) -> None:
+        fp = key.fingerprint if hasattr(key, "fingerprint") else key.get_name()
+        raise HostKeyRefused(self.board, f"unknown host key for {hostname} ({fp}): not in "
+                                         f"{self.path}",
+                             hint="check the fingerprint, then pass --accept-new-host-key "
+                                  "to record it")
+
+
+def _ssh_config(path: str | None) -> paramiko.SSHConfig:
+    p = Path(os.path.expanduser(path or "~/.ssh/config"))
+    if p.is_file():
+        return paramiko.SSHConfig.from_path(str(p))
+    return paramiko.SSHConfig()
+
+
+def _socket(board: str, host: str, port: int, timeout: float) -> socket.socket:
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except socket.timeout as exc:
+        raise Unreachable(board, f"connecting to {host}:{port} timed out after {timeout} s",
+                          hint="is the board on and on the network?") from exc
+    except OSError as exc:
+        raise Unreachable(board, f"cannot connect to {host}:{port} ({exc.strerror or exc})",
+                          hint="is the board on, and sshd running?") from exc
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if hasattr(socket, "TCP_USER_TIMEOUT"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, TCP_USER_TIMEOUT_MS)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+class SshTransport(Transport):
+    def __init__(self, board, *, accept_new_host_key: bool = False) -> None:
+        self.board = board.name
+        self.spec = board
+        cfg = _ssh_config(board.ssh_config).lookup(board.host)
+        self.host = cfg.get("hostname", board.host)
+        self.port = int(board.port or cfg.get("port", board.profile.port))
+        self.user = board.user or cfg.get("user") or os.environ.get("USER", "root")
+        keys = [board.key] if board.key else cfg.get("identityfile", [])
+        self.keys = [os.path.expanduser(k) for k in keys if os.path.exists(os.path.expanduser(k))]
+        kh = board.known_hosts or (cfg.get("userknownhostsfile") or "").split(" ")[0] or \
+            "~/.ssh/known_hosts"
+        self.known_hosts = Path(os.path.expanduser(kh))
+        self.timeout = board.connect_timeout
+        self.command_timeout = board.command_timeout
+        self._jump: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self.client = self._connect(cfg.get("proxyjump"), accept_new_host_key)
+
+    def _connect(self, proxyjump: str | None, accept_new: bool) -> paramiko.SSHClient:
+        if proxyjump and proxyjump.lower() != "none":
+            sock = self._through_jump(proxyjump, accept_new)
+        else:
+            sock = _socket(self.board, self.host, self.port, self.timeout)
+        client = paramiko.SSHClient()
+        if self.known_hosts.is_file():
+            client.load_host_keys(str(self.known_hosts))
+        client.set_missing_host_key_policy(_AcceptNew(self.known_hosts) if accept_new
+                                           else _Reject(self.board, self.known_hosts))
+        try:
+            client.connect(self.host, port=self.port, username=self.user,
+                           key_filename=self.keys or None, sock=sock, timeout=self.timeout,
+                           banner_timeout=self.timeout, auth_timeout=self.timeout,
+                           allow_agent=True, look_for_keys=not self.keys)
+        except paramiko.BadHostKeyException as exc:
+            sock.close()
+            raise HostKeyRefused(self.board, f"the host key of {self.host}:{self.port} CHANGED "
+                                             f"(known_hosts {self.known_hosts} has another "
+                                             f"one)",
+                                 hint="if the board was reinstalled, remove the old line with "
+                                      "ssh-keygen -R; otherwise someone may be in the "
+                                      "middle") from exc
+        except HostKeyRefused:
+            sock.close()
+            raise
+        except paramiko.AuthenticationException as exc:
+            sock.close()
+            raise AuthFailed(self.board, f"{self.user}@{self.host}:{self.port} refused our "
+                                         f"key(s) ({', '.join(self.keys) or 'agent/default'})",
+                             hint="check `key` in fleet.toml and the board's "
+                                  "authorized_keys") from exc
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            sock.close()
+            raise Unreachable(self.board, f"SSH to {self.host}:{self.port} failed "
+                                          f"({type(exc).__name__}: {exc})") from exc
+        transport = client.get_transport()
+        if transport is not None:
+            transport.set_keepalive(5)
+        return client
+
+    def _through_jump(self, proxyjump: str, accept_new: bool):
+        from dataclasses import replace
+
+        jump_host = proxyjump.split(",")[0]
+        user, _, hostport = jump_host.rpartition("@")
+        host, _, port = hostport.partition(":")
+        jump = replace(self.spec, name=f"{self.board} (via {jump_host})", host=host,
+                       user=user or None, port=int(port) if port else None)
+        jt = SshTransport(jump, accept_new_host_key=accept_new)
+        self._jump = jt.client
+        transport = jt.client.get_transport()
+        assert transport is not None
+        try:
+            return transport.open_channel("direct-tcpip", (self.host, self.port),
+                                          ("127.0.0.1", 0), timeout=self.timeout)
+        except (paramiko.SSHException, OSError) as exc:
+            raise Unreachable(self.board, f"jump host {jump_host} cannot reach "
+                                          f"{self.host}:{self.port} ({exc})") from exc
+
+    # -- operations --------------------------------------------------------------------
+    def run(self, argv: Sequence[str] | str, *, timeout: float | None = None,
+            input: bytes | None = None) -> RunResult:
+        cmd = argv if isinstance(argv, str) else shell_join(argv)
+        timeout = timeout or self.command_timeout
+        try:
+            transport = self.client.get_transport()
+            if transport is None or not transport.is_active():
+                raise Unreachable(self.board, "the SSH connection is closed")
+            chan = transport.open_session(timeout=self.timeout)
+            chan.settimeout(timeout)
+            chan.exec_command(cmd)
+            if input:
+                chan.sendall(input)
+            chan.shutdown_write()
+            out = chan.makefile("rb").read()
+            err = chan.makefile_stderr("rb").read()
+            code = chan.recv_exit_status()
+            chan.close()
+        except socket.timeout as exc:
+            raise Unreachable(self.board, f"`{cmd}` gave no output for {timeout} s",
+                              hint="the board or its link may be down") from exc
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise Unreachable(self.board, f"`{cmd}` failed: the connection broke "
+                                          f"({type(exc).__name__}: {exc})") from exc
+        return RunResult(cmd, code, out.decode("utf-8", "replace"),
+                         err.decode("utf-8", "replace"))
+
+    def sftp(self) -> paramiko.SFTPClient:
+        if self._sftp is None:
+            try:
+                self._sftp = self.client.open_sftp()
+                self._sftp.get_channel().settimeout(self.command_timeout)
+            except (paramiko.SSHException, OSError) as exc:
+                raise Unreachable(self.board, f"SFTP failed ({exc})") from exc
+        return self._sftp
+
+    @staticmethod
+    def _sftp_path(remote: str) -> str:
+        return remote[2:] if remote.startswith("~/") else remote  # SFTP paths start at home
+
+    def put(self, local: Path, remote: str, progress: Progress | None = None) -> int:
+        size = Path(local).stat().st_size
+        try:
+            with open(local, "rb") as f:
+                self.sftp().putfo(f, self._sftp_path(remote), file_size=size,
+                                  callback=progress, confirm=True)
+        except socket.timeout as exc:
+            raise Unreachable(self.board, f"upload of {local} stalled",
+                              hint="the link may be down") from exc
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise Unreachable(self.board, f"upload of {local} to {remote} failed "
+                                          f"({type(exc).__name__}: {exc})",
+                              hint="is the board's disk full?") from exc
+        return size
+
+    def get(self, remote: str, local: Path) -> None:
+        try:
+            self.sftp().get(self._sftp_path(remote), str(local))
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise Unreachable(self.board, f"download of {remote} failed ({exc})") from exc
+
+    def close(self) -> None:
+        for c in (self._sftp, self.client, self._jump):
+            try:
+                if c is not None:
+                    c.close()
+            except Exception:
+                pass
+
+
+def fix_key_mode(path: Path) -> None:
+    """OpenSSH and paramiko want private keys readable by the owner only."""
+    path.chmod(stat.S_IRUSR | stat.S_IWUSR)
+
+
+__all__ = ["SshTransport", "fix_key_mode"]

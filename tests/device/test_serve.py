@@ -1,0 +1,136 @@
+"""`edgedeploy-agent serve` in both board envs: several concurrent clients keep getting answers
+while a new version is activated (0 failed requests), and a broken new version leaves the old
+one serving with the reason in `health`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from edgedeploy.device.client import Client
+from edgedeploy.device.manifest import Manifest
+from edgedeploy.errors import InputError, NotFound
+
+from .conftest import bundle_dir
+from .test_agent import _bundle_for_bytes
+
+pytestmark = pytest.mark.board
+
+
+class Served:
+    def __init__(self, agent, *args):
+        self.proc = subprocess.Popen(
+            [agent.python, str(agent.pyz), "--store", str(agent.store), "serve", *map(str, args)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={"PATH": "/usr/bin:/bin"})
+        line = self.proc.stdout.readline()
+        assert line, self.proc.stderr.read()
+        self.ready = json.loads(line)
+        assert self.ready["kind"] == "serving", self.ready
+
+    def stop(self) -> dict:
+        self.proc.terminate()
+        out, err = self.proc.communicate(timeout=30)
+        assert self.proc.returncode == 0, err
+        return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def served(agent, models, tmp_path):
+    b32 = bundle_dir(models["float32"], tmp_path / "b32")
+    agent("install", b32, "--activate")
+    s = Served(agent, "--socket", tmp_path / "ed.sock", "--poll", 0.05)
+    yield s
+    if s.proc.poll() is None:
+        s.stop()
+
+
+def _wait_for(pred, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_hot_swap_under_concurrent_load(agent, models, served, tmp_path):
+    sock = served.ready["socket"]
+    x = np.load(models["test"])["x"].astype(np.float32)
+    y = np.load(models["test"])["y"]
+    v_old = served.ready["models"]["digits"]["version"]
+    b8 = bundle_dir(models["int8"], tmp_path / "b8")
+    v_new = Manifest.load(next(b8.glob("*.manifest.json"))).version
+    stop = threading.Event()
+    seen: list[tuple[str, bool]] = []
+    failures: list[str] = []
+
+    def client_loop(k: int) -> None:
+        with Client(socket=sock) as c:
+            i = k
+            while not stop.is_set() and i < 100_000:  # bounded
+                try:
+                    p = c.predict("digits", x[i % len(x)][None])
+                    seen.append((p.version, int(p.outputs[0].argmax()) == int(y[i % len(x)])))
+                except Exception as exc:  # any failure at all counts
+                    failures.append(f"{type(exc).__name__}: {exc}")
+                i += 4
+
+    threads = [threading.Thread(target=client_loop, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    assert _wait_for(lambda: len(seen) > 200)
+    agent("install", b8, "--activate")  # the switch, mid-traffic
+    assert _wait_for(lambda: any(v == v_new for v, _ in seen[-50:]))
+    n_at_swap = len(seen)
+    assert _wait_for(lambda: len(seen) > n_at_swap + 200)
+
+    # a broken new version: installs (hashes match) but cannot load → old one keeps serving
+    bad, m_bad = _bundle_for_bytes(tmp_path, "broken", b"\0" * 4096,
+                                   Manifest.load(next(b8.glob("*.manifest.json"))))
+    agent("install", bad, "--activate")
+    with Client(socket=sock) as c:
+        assert _wait_for(lambda: c.health()["models"]["digits"]["last_error"] is not None)
+        h = c.health()["models"]["digits"]
+        assert h["version"] == v_new and m_bad.version in h["last_error"]
+        assert "still serving" in h["last_error"] and "cannot load" in h["last_error"]
+    n_after_bad = len(seen)
+    assert _wait_for(lambda: len(seen) > n_after_bad + 200)
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+
+    assert failures == []
+    versions = [v for v, _ in seen]
+    assert set(versions) == {v_old, v_new}
+    assert versions[n_after_bad:].count(v_new) == len(versions[n_after_bad:])
+    assert np.mean([ok for _, ok in seen]) > 0.95  # real predictions, both versions
+    with Client(socket=sock) as c:
+        m = c.metrics()
+        assert m["errors"] == 0 and m["requests"] >= len(seen)
+        assert m["latency_ms"]["p50"] > 0 and m["models"]["digits"]["swaps"] == 1
+    assert served.stop()["kind"] == "serve"
+
+
+def test_errors_and_tcp(agent, models, tmp_path):
+    agent("install", bundle_dir(models["int8"], tmp_path / "b8"), "--activate")
+    s = Served(agent, "--port", 0)
+    try:
+        assert s.ready["host"] == "127.0.0.1" and s.ready["port"] > 0
+        with Client(port=s.ready["port"]) as c:
+            with pytest.raises(NotFound, match="nosuch"):
+                c.predict("nosuch", np.zeros((1, 32, 32, 1), np.float32))
+            with pytest.raises(InputError, match=r"shape \[1, 32, 32, 1\]"):
+                c.predict("digits", np.zeros((1, 28, 28, 1), np.float32))
+            with pytest.raises(InputError, match="uint8"):
+                c.predict("digits", np.zeros((1, 32, 32, 1), np.int32))
+            p = c.predict("digits", np.zeros((1, 32, 32, 1), np.uint8))
+            assert p.outputs[0].shape == (1, 10) and p.outputs[0].dtype == np.float32
+            assert c.metrics()["errors"] == 3
+    finally:
+        s.stop()

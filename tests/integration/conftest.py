@@ -1,0 +1,57 @@
+"""Simulated boards for integration tests: real OpenSSH servers from scripts/fleet, each in its
+own network namespace (loopback ports where namespaces are not allowed), each running the agent
+with a board env that has no TensorFlow."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, run_cli
+
+
+def fleet_up(d: Path, n: int, *extra: str) -> Path:
+    p = subprocess.run([sys.executable, str(REPO / "scripts" / "fleet"), "up", str(n), "--dir",
+                        str(d), *extra], capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr
+    return d / "fleet.toml"
+
+
+def fleet_down(d: Path) -> None:
+    subprocess.run([sys.executable, str(REPO / "scripts" / "fleet"), "down", "--dir", str(d)],
+                   capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def fleet(tmp_path_factory):
+    """Two boards: b0 ai-edge-litert + numpy 2, b1 tflite-runtime 2.14 + numpy 1."""
+    d = tmp_path_factory.mktemp("fleet")
+    path = fleet_up(d, 2, "--rate", "200mbit")
+    yield path
+    fleet_down(d)
+
+
+@pytest.fixture(scope="session")
+def pushed_models(digits, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("pushmodels")
+    for mode, extra in (("float32", []), ("int8", ["--io", "uint8"])):
+        run_cli("compile", digits / "digits.keras", "--mode", mode, "--calib",
+                digits / "calib.npz", "--eval", digits / "test.npz", "--latency-runs", "10",
+                "--out", out, *extra, check=True)
+    return {"float32": out / "digits.float32.tflite", "int8": out / "digits.int8.tflite",
+            "test": digits / "test.npz", "dir": out}
+
+
+def ed(*args, db: Path, check: bool = False, env: dict | None = None) -> subprocess.CompletedProcess:
+    return run_cli(*args, check=check, env={"EDGEDEPLOY_RESULTS": str(db), **(env or {})})
+
+
+def ed_json(*args, db: Path, env: dict | None = None) -> dict:
+    p = ed(*args, "--json", db=db, env=env)
+    assert p.returncode == 0, f"edgedeploy {args}: {p.stdout}\n{p.stderr}"
+    return json.loads(p.stdout)
