@@ -289,7 +289,7 @@ def cmd_report(a) -> int:
                   f"{100 * ln['accuracy']:.2f}%" if ln["accuracy"] is not None else "–",
                   f"{ln['p50_ms']:.3f}" if ln["p50_ms"] else "–",
                   f"{ln['p99_ms']:.3f}" if ln["p99_ms"] else "–")
-    Console().print(t)
+    Console(width=140).print(t)
     if a.html:
         print(f"wrote {payload['html']}")
     return 0

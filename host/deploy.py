@@ -43,7 +43,6 @@ def local_agent() -> dict:
 
 @dataclass
 class PushPlan:
-    upload_agent: bool
     upload_model: bool
     activate: bool
     problems: list[str] = field(default_factory=list)
@@ -79,7 +78,7 @@ def model_problems(board: Board, m: Manifest) -> list[str]:
 
 
 def plan_push(board: Board, info: dict, listing: list[dict], bundle: Bundle,
-              agent_hash: str | None, our_hash: str, activate: bool) -> PushPlan:
+              activate: bool) -> PushPlan:
     """Pure: what a push must do on this board, and why it cannot (problems)."""
     m = bundle.manifest
     problems = board_problems(board, info) + model_problems(board, m)
@@ -89,8 +88,7 @@ def plan_push(board: Board, info: dict, listing: list[dict], bundle: Bundle,
     if not present and free is not None and free < 2 * bundle.size:
         problems.append(f"only {free} bytes free in the store, the bundle needs 2 x "
                         f"{bundle.size}")
-    return PushPlan(upload_agent=agent_hash != our_hash, upload_model=not present,
-                    activate=activate, problems=problems)
+    return PushPlan(upload_model=not present, activate=activate, problems=problems)
 
 
 @dataclass
@@ -182,16 +180,10 @@ class BoardSession:
     def push(self, bundle: Bundle, *, activate: bool = True,
              progress: Callable[[int, int], None] | None = None) -> PushResult:
         t0 = time.perf_counter()
-        ours = local_agent()
-        theirs = self.agent_hash()
-        agent_uploaded = False
-        if theirs != ours["content_hash"]:
-            self._upload_agent(ours["path"])
-            agent_uploaded = True
+        agent_uploaded = self.ensure_agent()
         info = self.agent("info")
         listing = self.agent("list")["models"]
-        plan = plan_push(self.board, info, listing, bundle, ours["content_hash"],
-                         ours["content_hash"], activate)
+        plan = plan_push(self.board, info, listing, bundle, activate)
         if plan.problems:
             raise Incompatible(self.board.name, "; ".join(plan.problems),
                                hint="nothing was changed on the board")

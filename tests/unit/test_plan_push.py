@@ -1,0 +1,93 @@
+"""Push decisions and inventory checks are pure: tables of cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgedeploy.device.manifest import Manifest, TensorSpec
+from edgedeploy.errors import InputError
+from edgedeploy.host.bundle import Bundle
+from edgedeploy.host.deploy import plan_push
+from edgedeploy.targets import Board, load_fleet, load_profile, profile_names
+
+INFO = {"arch": "aarch64", "python": "3.11.2", "runtime": "tflite_runtime",
+        "store": {"free_bytes": 10_000_000}}
+
+
+def _bundle(tmp_path: Path, size: int = 1000, etpu: bool = False) -> Bundle:
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"\0" * size)
+    m = Manifest(name="digits", version="v2", mode="int8", label="int8", file="m.tflite",
+                 sha256="x", size=size, inputs=[TensorSpec("x", 0, [1], "int8")], outputs=[],
+                 edgetpu={"compiled": True} if etpu else None)
+    return Bundle(m, model)
+
+
+LISTED = [{"name": "digits", "current": "v1", "previous": None,
+           "versions": [{"version": "v1"}, {"version": "v2"}]}]
+
+
+@pytest.mark.parametrize("profile, info, listing, size, etpu, upload, problem", [
+    ("rpi-aarch64", INFO, [], 1000, False, True, None),
+    ("rpi-aarch64", INFO, LISTED, 1000, False, False, None),            # has it: 0 bytes
+    ("rpi-aarch64", {**INFO, "arch": "armv7l"}, [], 1000, False, True, "arch armv7l"),
+    ("rpi-armv7", {**INFO, "arch": "armv7l", "python": "3.12.1"}, [], 1000, False, True,
+     "Python 3.12.1"),
+    ("rpi-aarch64", {**INFO, "runtime": None, "runtime_error": "no"}, [], 1000, False, True,
+     "no TFLite runtime"),
+    ("rpi-armv7", {**INFO, "arch": "armv7l", "runtime": "litert"}, [], 1000, False, True,
+     "runtime litert"),
+    ("coral-devboard", INFO, [], 1000, False, True, "needs an Edge TPU model"),
+    ("coral-devboard", INFO, [], 1000, True, True, None),
+    ("rpi-aarch64", INFO, [], 1000, True, True, "compiled for the Edge TPU"),
+    ("rpi-aarch64", INFO, [], 6_000_000, False, True, "bytes free"),     # needs 2x
+    ("rpi-aarch64", INFO, LISTED, 6_000_000, False, False, None),       # present: no disk need
+])
+def test_plan_push(tmp_path, profile, info, listing, size, etpu, upload, problem):
+    board = Board(name="b", host="h", profile=load_profile(profile))
+    plan = plan_push(board, info, listing, _bundle(tmp_path, size, etpu), True)
+    assert plan.upload_model is upload
+    if problem is None:
+        assert plan.problems == []
+    else:
+        assert any(problem in p for p in plan.problems), plan.problems
+
+
+def test_profiles_load():
+    assert set(profile_names()) >= {"rpi-aarch64", "rpi-armv7", "coral-devboard", "coral-usb",
+                                    "android-termux", "local"}
+    assert load_profile("android-termux").port == 8022
+    assert load_profile("coral-usb").model_format == "edgetpu"
+
+
+@pytest.mark.parametrize("text, words", [
+    ('[boards.a]\nhost = "h"\nprofile = "nope"\n', "unknown board profile 'nope'"),
+    ('[boards.a]\nhost = "h"\n[boards.a]\nhost = "i"\n', "not valid TOML"),
+    ('[boards.a]\nhost = "h"\n[boards.b]\nhost = "h"\n', "same host, port and user as board a"),
+    ('[boards.a]\nport = 22\n', "board a: no host"),
+    ('[boards.a]\nhost = "h"\nport = "22"\n', "port = '22' has the wrong type"),
+    ('[boards.a]\nhost = "h"\nhostname = "x"\n', "unknown field 'hostname'"),
+    ('[defaults]\nuser = "pi"\n', "no [boards.NAME] sections"),
+])
+def test_bad_fleet_files(tmp_path, text, words):
+    f = tmp_path / "fleet.toml"
+    f.write_text(text)
+    with pytest.raises(InputError) as err:
+        load_fleet(f)
+    assert words in str(err.value) and str(f) in str(err.value)
+
+
+def test_fleet_select(tmp_path):
+    f = tmp_path / "fleet.toml"
+    f.write_text('[defaults]\nuser = "pi"\nprofile = "rpi-aarch64"\n'
+                 '[boards.a]\nhost = "h1"\ngroups = ["canary"]\ntags = ["cam"]\n'
+                 '[boards.b]\nhost = "h2"\ntags = ["cam"]\n'
+                 '[boards.c]\nhost = "h3"\nprofile = "android-termux"\n')
+    fleet = load_fleet(f)
+    assert [b.name for b in fleet.select(group="canary")] == ["a"]
+    assert [b.name for b in fleet.select(tag="cam")] == ["a", "b"]
+    assert fleet.get("c").port == 8022 and fleet.get("a").user == "pi"
+    with pytest.raises(InputError, match="no board named zz"):
+        fleet.get("zz")
