@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import socket
-import stat
 from pathlib import Path
 from typing import Sequence
 
@@ -220,11 +219,3 @@ class SshTransport(Transport):
                     c.close()
             except Exception:
                 pass
-
-
-def fix_key_mode(path: Path) -> None:
-    """OpenSSH and paramiko want private keys readable by the owner only."""
-    path.chmod(stat.S_IRUSR | stat.S_IWUSR)
-
-
-__all__ = ["SshTransport", "fix_key_mode"]
