@@ -100,21 +100,11 @@ def encode_array(a: Any) -> dict:
 
 
 def decode_array(d: dict) -> Any:
-    import numpy as np
-
     try:
-        dtype = np.dtype(d["dtype"])
-        shape = tuple(int(s) for s in d["shape"])
         raw = base64.b64decode(d["data"], validate=True)
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"malformed array ({type(exc).__name__}: {exc})") from exc
-    count = 1
-    for s in shape:
-        count *= s
-    if count * dtype.itemsize != len(raw):
-        raise ValueError(f"array data holds {len(raw)} bytes, shape {list(shape)} of {dtype} "
-                         f"needs {count * dtype.itemsize}")
-    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    return array_from_raw(d, raw)
 
 
 def array_header(a: Any) -> tuple[dict, bytes]:

@@ -75,14 +75,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def write_atomic(path: Path, data: bytes, *, crash_point: str | None = None) -> None:
+    """Write to a temporary file beside PATH, fsync, rename, fsync the folder: PATH is whole
+    or absent, whatever instant the process dies at."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        checkpoint("pointer:written")
+        if crash_point:
+            checkpoint(crash_point)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -308,7 +311,7 @@ class Store:
         ptr.updated = _iso(time.time())
         data = json.dumps({"current": ptr.current, "previous": ptr.previous,
                            "updated": ptr.updated}).encode()
-        _write_atomic(self.models / name / POINTER, data)
+        write_atomic(self.models / name / POINTER, data, crash_point="pointer:written")
 
     def _prune(self, name: str, ptr: Pointer) -> list[str]:
         """Keep the newest ``keep`` versions, and always current and previous."""

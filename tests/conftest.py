@@ -28,6 +28,18 @@ def digits(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def models(digits, tmp_path_factory) -> dict[str, Path]:
+    """Shared by the agent and integration tests: digits float32 and int8 (uint8 I/O) .tflite files with manifests and host figures."""
+    out = tmp_path_factory.mktemp("models")
+    for mode, extra in (("float32", []), ("int8", ["--io", "uint8"])):
+        run_cli("compile", digits / "digits.keras", "--mode", mode, "--calib",
+                digits / "calib.npz", "--eval", digits / "test.npz", "--latency-runs", "20",
+                "--out", out, *extra, check=True)
+    return {"float32": out / "digits.float32.tflite", "int8": out / "digits.int8.tflite",
+            "test": digits / "test.npz", "dir": out}
+
+
 def run_cli(*args: str, check: bool = False, env: dict | None = None
             ) -> subprocess.CompletedProcess:
     """``edgedeploy ARGS`` in a subprocess of this (host) Python."""

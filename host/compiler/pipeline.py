@@ -10,8 +10,6 @@ from __future__ import annotations
 import datetime as _dt
 import gzip
 import hashlib
-import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ import numpy as np
 
 from ... import __version__
 from ...device.manifest import Manifest, TensorSpec, sha256_file
+from ...device.store import write_atomic as atomic_write
 from ...errors import EdgeDeployError, InputError
 from . import data as datamod
 from . import edgetpu, measure
@@ -69,23 +68,6 @@ class CompileReport:
     @property
     def ok(self) -> bool:
         return all(r.ok for r in self.results)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside PATH, fsync, rename: PATH is whole or absent."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def tensor_specs(tensors: list[TensorInfo]) -> list[TensorSpec]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import board_pythons, run_cli
+from tests.conftest import board_pythons
 
 RUNTIMES = ["litert", "tflite_runtime"]
 
@@ -21,18 +21,6 @@ def agent_pyz(tmp_path_factory) -> Path:
     from edgedeploy.device.ship import build_zipapp
 
     return Path(build_zipapp(tmp_path_factory.mktemp("agent") / "edgedeploy-agent.pyz")["path"])
-
-
-@pytest.fixture(scope="session")
-def models(digits, tmp_path_factory) -> dict[str, Path]:
-    """digits float32 and int8 (uint8 I/O) .tflite files with manifests and host figures."""
-    out = tmp_path_factory.mktemp("models")
-    for mode, extra in (("float32", []), ("int8", ["--io", "uint8"])):
-        run_cli("compile", digits / "digits.keras", "--mode", mode, "--calib",
-                digits / "calib.npz", "--eval", digits / "test.npz", "--latency-runs", "20",
-                "--out", out, *extra, check=True)
-    return {"float32": out / "digits.float32.tflite", "int8": out / "digits.int8.tflite",
-            "test": digits / "test.npz", "dir": out}
 
 
 @dataclass

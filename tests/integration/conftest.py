@@ -36,17 +36,6 @@ def fleet(tmp_path_factory):
     fleet_down(d)
 
 
-@pytest.fixture(scope="session")
-def pushed_models(digits, tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("pushmodels")
-    for mode, extra in (("float32", []), ("int8", ["--io", "uint8"])):
-        run_cli("compile", digits / "digits.keras", "--mode", mode, "--calib",
-                digits / "calib.npz", "--eval", digits / "test.npz", "--latency-runs", "10",
-                "--out", out, *extra, check=True)
-    return {"float32": out / "digits.float32.tflite", "int8": out / "digits.int8.tflite",
-            "test": digits / "test.npz", "dir": out}
-
-
 def ed(*args, db: Path, check: bool = False, env: dict | None = None) -> subprocess.CompletedProcess:
     return run_cli(*args, check=check, env={"EDGEDEPLOY_RESULTS": str(db), **(env or {})})
 

@@ -21,24 +21,24 @@ def _manifest(model) -> Manifest:
 
 
 @pytest.mark.parametrize("board", ["b0", "b1"])
-def test_push_bench_eval_roundtrip(fleet, pushed_models, tmp_path, board):
+def test_push_bench_eval_roundtrip(fleet, models, tmp_path, board):
     db = tmp_path / "results.db"
-    m32, m8 = _manifest(pushed_models["float32"]), _manifest(pushed_models["int8"])
-    first = ed_json("push", pushed_models["float32"], board, "--fleet", fleet, db=db)
+    m32, m8 = _manifest(models["float32"]), _manifest(models["int8"])
+    first = ed_json("push", models["float32"], board, "--fleet", fleet, db=db)
     assert first["current"] == m32.version and first["bytes_sent"] > m32.size
-    second = ed_json("push", pushed_models["int8"], board, "--fleet", fleet, db=db)
+    second = ed_json("push", models["int8"], board, "--fleet", fleet, db=db)
     assert (second["current"], second["previous"]) == (m8.version, m32.version)
     assert second["agent_uploaded"] is False
-    again = ed_json("push", pushed_models["int8"], board, "--fleet", fleet, db=db)
+    again = ed_json("push", models["int8"], board, "--fleet", fleet, db=db)
     assert again["bytes_sent"] == 0  # the board has that content: 0 model bytes
 
     bench = ed_json("bench", board, "digits", "--runs", 50, "--fleet", fleet, db=db)
     assert bench["model"]["version"] == m8.version and bench["timing"]["runs"] == 50
     assert bench["runtime"]["name"] == ("litert" if board == "b0" else "tflite_runtime")
-    ev = ed_json("eval", board, "digits", "--data", pushed_models["test"], "--fleet", fleet,
+    ev = ed_json("eval", board, "digits", "--data", models["test"], "--fleet", fleet,
                  db=db)
     assert ev["top1"] == pytest.approx(m8.host_figures["accuracy"], abs=1e-12)
-    ev32 = ed_json("eval", board, f"digits@{m32.version}", "--data", pushed_models["test"],
+    ev32 = ed_json("eval", board, f"digits@{m32.version}", "--data", models["test"],
                    "--fleet", fleet, db=db)
     assert ev32["top1"] == pytest.approx(m32.host_figures["accuracy"], abs=1e-12)
 
@@ -53,10 +53,10 @@ def test_push_bench_eval_roundtrip(fleet, pushed_models, tmp_path, board):
     rep = ed_json("report", "--model", "digits", "--html", tmp_path / "r.html", db=db)
     assert any(r["accuracy"] for r in rep["rows"]) and (tmp_path / "r.html").exists()
     assert (tmp_path / "r.latency.png").exists() and (tmp_path / "r.tradeoff.png").exists()
-    ed("push", pushed_models["int8"], board, "--fleet", fleet, db=db, check=True)
+    ed("push", models["int8"], board, "--fleet", fleet, db=db, check=True)
 
 
-def test_host_keys_unknown_refused_accept_new_changed_refused(fleet, pushed_models, tmp_path):
+def test_host_keys_unknown_refused_accept_new_changed_refused(fleet, models, tmp_path):
     db = tmp_path / "r.db"
     kh = fleet.parent / "known_hosts"
     saved = kh.read_text()
@@ -76,7 +76,7 @@ def test_host_keys_unknown_refused_accept_new_changed_refused(fleet, pushed_mode
                    check=True)
     other = (tmp_path / "k.pub").read_text().split()[:2]
     own_kh.write_text(f"{recorded[0]} {other[0]} {other[1]}\n")
-    p = ed("push", pushed_models["int8"], "b0", "--fleet", fleet_copy,
+    p = ed("push", models["int8"], "b0", "--fleet", fleet_copy,
            "--accept-new-host-key", db=db)
     assert p.returncode == 6 and "CHANGED" in p.stderr and "b0" in p.stderr
     assert kh.read_text() == saved
@@ -114,47 +114,47 @@ def _one_board(fleet, dest, name: str, **fields) -> object:
     return dest
 
 
-def test_unreachable_wrong_key_incompatible_and_crashing_agent(fleet, pushed_models, tmp_path):
+def test_unreachable_wrong_key_incompatible_and_crashing_agent(fleet, models, tmp_path):
     import socket
     db = tmp_path / "r.db"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
-    p = ed("push", pushed_models["int8"], "gone", "--fleet", _one_board(
+    p = ed("push", models["int8"], "gone", "--fleet", _one_board(
         fleet, tmp_path / "gone.toml", "gone", host="127.0.0.1", port=free,
         connect_timeout=3), db=db)
     assert p.returncode == 5 and "gone" in p.stderr and "cannot connect" in p.stderr
 
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "wrong")],
                    check=True)
-    p = ed("push", pushed_models["int8"], "wrongkey", "--fleet", _one_board(
+    p = ed("push", models["int8"], "wrongkey", "--fleet", _one_board(
         fleet, tmp_path / "wk.toml", "wrongkey", key=str(tmp_path / "wrong")), db=db)
     assert p.returncode == 6 and "wrongkey" in p.stderr and "refused our key" in p.stderr
 
     # a coral-usb profile needs an Edge TPU model: refused before anything changes
     root = tmp_path / "coralroot"
-    p = ed("push", pushed_models["int8"], "coral", "--fleet", _one_board(
+    p = ed("push", models["int8"], "coral", "--fleet", _one_board(
         fleet, tmp_path / "coral.toml", "coral", profile="coral-usb", root=str(root)), db=db)
     assert p.returncode == 1 and "coral" in p.stderr and "Edge TPU model" in p.stderr
     assert not (root / "store").exists()
 
     # an agent that cannot run (the board's python is broken): one line naming the board
-    p = ed("push", pushed_models["int8"], "crashy", "--fleet", _one_board(
+    p = ed("push", models["int8"], "crashy", "--fleet", _one_board(
         fleet, tmp_path / "crash.toml", "crashy", python="/bin/false", root=str(root)), db=db)
     assert p.returncode != 0 and "crashy" in p.stderr and "agent" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
 
 
-def test_disk_full_keeps_the_old_model(digits, pushed_models, tmp_path, tmp_path_factory):
+def test_disk_full_keeps_the_old_model(digits, models, tmp_path, tmp_path_factory):
     """A board with a 2 MB filesystem: the preflight refuses what can't fit; an upload that
     fills the disk fails clearly; the active model stays, whole."""
     db = tmp_path / "r.db"
     d = tmp_path_factory.mktemp("smallfleet")
     fleet = fleet_up(d, 1, "--disk-mb", "2")
     try:
-        m8 = _manifest(pushed_models["int8"])
-        ed_json("push", pushed_models["int8"], "b0", "--fleet", fleet, db=db)
-        p = ed("push", pushed_models["float32"], "b0", "--fleet", fleet, db=db)
+        m8 = _manifest(models["int8"])
+        ed_json("push", models["int8"], "b0", "--fleet", fleet, db=db)
+        p = ed("push", models["float32"], "b0", "--fleet", fleet, db=db)
         assert p.returncode == 1 and "b0" in p.stderr and "bytes free" in p.stderr
         # fill the disk behind the preflight's back, then upload for real
         home = d / "b0" / "home"
@@ -168,7 +168,7 @@ def test_disk_full_keeps_the_old_model(digits, pushed_models, tmp_path, tmp_path
         from edgedeploy.errors import BoardError
         with BoardSession(load_fleet(fleet).get("b0")) as s:
             with pytest.raises(BoardError) as err:
-                s._upload_and_install(load_bundle(pushed_models["float32"]), None)
+                s._upload_and_install(load_bundle(models["float32"]), None)
         assert "b0" in str(err.value) and "disk full" in str(err.value)
         filler.unlink()
         st_ = ed_json("status", "b0", "--fleet", fleet, db=db)
@@ -178,10 +178,10 @@ def test_disk_full_keeps_the_old_model(digits, pushed_models, tmp_path, tmp_path
         fleet_down(d)
 
 
-def test_local_target(pushed_models, tmp_path):
+def test_local_target(models, tmp_path):
     db = tmp_path / "r.db"
     env = {"HOME": str(tmp_path / "home"), "EDGEDEPLOY_FLEET": str(tmp_path / "none.toml")}
-    r = ed_json("push", pushed_models["int8"], "local", db=db, env=env)
+    r = ed_json("push", models["int8"], "local", db=db, env=env)
     assert r["board"] == "local" and r["activated"]
     b = ed_json("bench", "local", "digits", "--runs", 10, db=db, env=env)
     assert b["timing"]["runs"] == 10
