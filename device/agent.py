@@ -46,10 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("version", help="agent version and content hash")
     sub.add_parser("info", help="board facts: arch, Python, numpy, runtimes, delegates, CPU, "
                                 "memory, disk")
+    sub.add_parser("batch", help="read commands from stdin (a JSON argv list per line), "
+                                 "answer each on a line; for deployers")
+    sub.add_parser("state", help="one round trip for a deployer: version, info (runtime facts "
+                                 "cached while Python and packages are unchanged) and list")
     i = sub.add_parser("install", help="check a bundle's hashes and store it as NAME/VERSION")
     i.add_argument("bundle", metavar="BUNDLE", help="a folder or .tar/.tar.gz with a manifest")
     i.add_argument("--activate", action="store_true", help="activate it after installing")
     i.add_argument("--keep", type=int, default=3, help="versions to keep per model (3)")
+    i.add_argument("--remove-bundle", action="store_true",
+                   help="delete the bundle folder afterwards, installed or not (uploads)")
     a = sub.add_parser("activate", help="make VERSION the current one (atomic)")
     a.add_argument("name")
     a.add_argument("version")
@@ -124,15 +130,30 @@ def cmd_info(a, store) -> dict:
     return protocol.ok("info", **board_info(store.root, a.runtime))
 
 
+def cmd_state(a, store) -> dict:
+    from .sysinfo import board_info
+
+    info = board_info(store.root, a.runtime, cached=True)
+    return protocol.ok("state", agent=info["agent"], info=info, store=str(store.root),
+                       models=store.listing())
+
+
 def cmd_install(a, store) -> dict:
     store.keep = a.keep
-    with store.locked():
-        got = store.install(a.bundle)
-        out = {"name": got.name, "version": got.version, "path": str(got.path),
-               "files": got.files, "bytes": got.bytes, "already_present": got.already_present}
-        if a.activate:
-            ptr, removed = store.activate(got.name, got.version)
-            out.update(current=ptr.current, previous=ptr.previous, removed=removed)
+    try:
+        with store.locked():
+            got = store.install(a.bundle)
+            out = {"name": got.name, "version": got.version, "path": str(got.path),
+                   "files": got.files, "bytes": got.bytes,
+                   "already_present": got.already_present}
+            if a.activate:
+                ptr, removed = store.activate(got.name, got.version)
+                out.update(current=ptr.current, previous=ptr.previous, removed=removed)
+    finally:
+        if a.remove_bundle and os.path.isdir(a.bundle) and not os.path.islink(a.bundle):
+            import shutil
+
+            shutil.rmtree(a.bundle, ignore_errors=True)
     return protocol.ok("install", **out)
 
 
@@ -244,10 +265,48 @@ def cmd_serve(a, store) -> dict:
     return protocol.ok("serve", stopped=True)
 
 
-COMMANDS = {"version": cmd_version, "info": cmd_info, "install": cmd_install,
+COMMANDS = {"version": cmd_version, "info": cmd_info, "state": cmd_state, "install": cmd_install,
             "activate": cmd_activate, "rollback": cmd_rollback, "list": cmd_list,
             "remove": cmd_remove, "verify": cmd_verify, "bench": cmd_bench, "eval": cmd_eval,
             "serve": cmd_serve}
+
+
+def run(a: argparse.Namespace, store) -> tuple[int, dict]:
+    """One parsed command against STORE: (exit status, the message)."""
+    try:
+        return 0, COMMANDS[a.command](a, store)
+    except EdgeDeployError as exc:
+        return exc.exit_code, protocol.error(exc.code, str(exc))
+    except KeyboardInterrupt:
+        return 130, protocol.error("error", "interrupted")
+    except OSError as exc:  # the board's filesystem said no: name the file
+        return 1, protocol.error("store_error",
+                                 f"{exc.filename or store.root}: {exc.strerror or exc}")
+
+
+def batch(parser: argparse.ArgumentParser, prefix: list[str], store) -> int:
+    """Commands from stdin, one JSON argv list per line; one answer per line on stdout (with
+    "exit", the status the command would have exited with), in order, until stdin closes. A
+    deployer runs a session's commands through one such process: one Python start-up, not
+    one per command."""
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            argv = json.loads(line)
+            if not isinstance(argv, list):
+                raise ValueError
+            a = parser.parse_args([*prefix, *map(str, argv)])
+            if a.command == "batch":
+                raise ValueError
+            code, msg = run(a, store)
+            if "edgedeploy.device.sysinfo" in sys.modules:
+                sys.modules["edgedeploy.device.sysinfo"].flush_cache()
+        except (ValueError, SystemExit):  # argparse has said why on stderr
+            code, msg = 2, protocol.error("bad_input", f"batch: not a command: {line.strip()}")
+        sys.stdout.write(json.dumps({**msg, "exit": code}) + "\n")
+        sys.stdout.flush()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,18 +315,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     store = Store(a.store or default_store())
-    try:
-        msg = COMMANDS[a.command](a, store)
-        code = 0
-    except EdgeDeployError as exc:
-        msg = protocol.error(exc.code, str(exc))
-        code = exc.exit_code
-    except KeyboardInterrupt:
-        msg = protocol.error("error", "interrupted")
-        code = 130
-    except OSError as exc:  # the board's filesystem said no: name the file
-        msg = protocol.error("store_error", f"{exc.filename or store.root}: {exc.strerror or exc}")
-        code = 1
+    if a.command == "batch":
+        prefix = (["--store", a.store] if a.store else []) + \
+            (["--runtime", a.runtime] if a.runtime else [])
+        return batch(parser, prefix, store)
+    code, msg = run(a, store)
     sys.stdout.write(json.dumps(msg) + "\n")
     sys.stdout.flush()
     return code

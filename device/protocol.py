@@ -26,6 +26,10 @@ Agent commands (``edgedeploy-agent [--store DIR] CMD``) and their answers (``kin
                        "temperature_c": 48.3 | null},
                "memory": {"total_bytes": ..., "available_bytes": ...},
                "store": {"path": "...", "free_bytes": ..., "total_bytes": ...}}
+    state     {"agent": {...version...}, "info": {...info...}, "store": "/…/store",
+               "models": [...list...]}   # one round trip; info's runtime facts are cached in
+                                         # STORE/info-cache.json while Python, the agent and
+                                         # every sys.path folder are unchanged
     install   {"name": "digits", "version": "3f2a9c1b0d4e", "path": ".../models/digits/3f2a9c1b0d4e",
                "files": 3, "bytes": 133000, "already_present": false}
     activate  {"name": ..., "current": "v2", "previous": "v1", "removed": ["v0"]}

@@ -2,7 +2,10 @@
 
 ``edgedeploy-agent.pyz`` holds ``__main__.py``, ``edgedeploy/__init__.py``,
 ``edgedeploy/errors.py``, ``edgedeploy/device/*.py`` and ``edgedeploy/device/_build.json``
-(version + content hash). The content hash is the sha256 over every shipped source's path and
+(version + content hash), and beside each module its bytecode for the building Python
+(unchecked hash-based .pyc): a board on the same Python minor version skips compiling at every
+start (~25 ms of an ~100 ms agent call); any other Python sees the magic number differ and
+compiles the source as before. The content hash is the sha256 over every shipped source's path and
 sha256, so the host can tell whether a board's agent is the one it would send. The archive is
 deterministic: same sources, same bytes. Stdlib only.
 """
@@ -60,6 +63,20 @@ def identity() -> dict:
     return {"agent": __version__, "content_hash": content_hash(source_files()), "zipapp": False}
 
 
+def _bytecode(files: dict[str, bytes]) -> dict[str, bytes]:
+    """NAME.pyc for every module NAME.py (not __main__, which runs as a script)."""
+    import importlib.util
+    from importlib._bootstrap_external import _code_to_hash_pyc  # type: ignore[attr-defined]
+
+    out = {}
+    for name, src in files.items():
+        if name.endswith(".py") and name != "__main__.py":
+            code = compile(src, name, "exec", dont_inherit=True, optimize=0)
+            out[name + "c"] = bytes(_code_to_hash_pyc(code, importlib.util.source_hash(src),
+                                                      checked=False))
+    return out
+
+
 def build_zipapp(out: str | Path) -> dict:
     """Write the agent zipapp to OUT (atomically); return its identity and size."""
     import os
@@ -70,6 +87,7 @@ def build_zipapp(out: str | Path) -> dict:
     files = source_files()
     info = {"agent": __version__, "content_hash": content_hash(files)}
     files[f"edgedeploy/device/{BUILD_INFO}"] = json.dumps(info, sort_keys=True).encode()
+    files.update(_bytecode(files))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)

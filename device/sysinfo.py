@@ -66,9 +66,9 @@ def disk(path: Path) -> dict:
         return {"path": str(path), "free_bytes": None, "total_bytes": None}
 
 
-def board_info(store_root: Path, prefer_runtime: str | None = None) -> dict:
+def _runtime_facts(prefer_runtime: str | None) -> dict:
+    """numpy, the runtime that imports, Edge TPU library: the slow part of `info` (imports)."""
     from ..errors import EdgeDeployError
-    from .ship import identity
     from .runtime import load_edgetpu, load_runtime, runtime_versions
 
     try:
@@ -77,7 +77,7 @@ def board_info(store_root: Path, prefer_runtime: str | None = None) -> dict:
         numpy_version: str | None = numpy.__version__
     except ImportError:
         numpy_version = None
-    runtime, runtime_error, edgetpu = None, None, {"available": False, "devices": []}
+    runtime, runtime_error, edgetpu = None, None, {"available": False}
     try:
         rt = load_runtime(prefer_runtime)
         runtime = rt.name
@@ -88,13 +88,85 @@ def board_info(store_root: Path, prefer_runtime: str | None = None) -> dict:
             edgetpu["error"] = str(exc)
     except EdgeDeployError as exc:
         runtime_error = str(exc)
-    edgetpu["devices"] = edgetpu_devices()
+    return {"numpy": numpy_version, "runtimes": runtime_versions(), "runtime": runtime,
+            "runtime_error": runtime_error, "edgetpu": edgetpu,
+            "os": platform.platform()}  # reads the Python binary for its libc: ~20 ms
+
+
+def _facts_key(prefer_runtime: str | None) -> str:
+    """What the runtime facts depend on: this Python, the agent, the runtime asked for, and
+    every import folder (a package installed or removed changes its folder's mtime)."""
+    import hashlib
+    import json
+    import sys
+
+    from .ship import identity
+
+    stamps = []
+    for d in sys.path:
+        try:
+            stamps.append((d, os.stat(d or ".").st_mtime_ns))
+        except OSError:
+            stamps.append((d, None))
+    raw = json.dumps([sys.executable, sys.version, identity()["content_hash"], prefer_runtime,
+                      list(os.uname()), stamps])
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+_PENDING: list = []  # facts learnt before the store existed: written once it does
+
+
+def runtime_facts(store_root: Path, prefer_runtime: str | None = None) -> dict:
+    """_runtime_facts, remembered in STORE/info-cache.json while its key holds (importing the
+    runtime costs ~0.2 s on every push otherwise). The store is not created for it: on a
+    board with no store yet the facts wait for `flush_cache` (a batch calls it after each
+    command, so the install that creates the store also records them). A cache that can't
+    be read or written is simply not used."""
+    import json
+
+    key = _facts_key(prefer_runtime)
+    cache = Path(store_root) / "info-cache.json"
+    try:
+        cached = json.loads(cache.read_text())
+        if cached.get("key") == key:
+            return cached["facts"]
+    except (OSError, ValueError, AttributeError, KeyError):
+        pass
+    facts = _runtime_facts(prefer_runtime)
+    _PENDING[:] = [(cache, json.dumps({"key": key, "facts": facts}).encode())]
+    flush_cache()
+    return facts
+
+
+def flush_cache() -> None:
+    """Write facts learnt earlier, if their store exists now."""
+    if not _PENDING:
+        return
+    cache, data = _PENDING[0]
+    if cache.parent.is_dir():
+        try:
+            from .store import write_atomic
+
+            write_atomic(cache, data)
+        except OSError:
+            pass
+        _PENDING.clear()
+
+
+def board_info(store_root: Path, prefer_runtime: str | None = None, *,
+               cached: bool = False) -> dict:
+    from .ship import identity
+
+    facts = runtime_facts(store_root, prefer_runtime) if cached else \
+        _runtime_facts(prefer_runtime)
+    edgetpu = {**facts["edgetpu"], "devices": edgetpu_devices()}
     return {
-        "agent": identity(), "arch": platform.machine(), "os": platform.platform(),
+        "agent": identity(), "arch": platform.machine(), "os": facts["os"],
         "system": platform.system(), "python": platform.python_version(),
-        "numpy": numpy_version, "runtimes": runtime_versions(), "runtime": runtime,
-        "runtime_error": runtime_error,
-        "delegates": {"xnnpack": {"available": runtime is not None}, "edgetpu": edgetpu},
+        "numpy": facts["numpy"], "runtimes": facts["runtimes"], "runtime": facts["runtime"],
+        "runtime_error": facts["runtime_error"],
+        "delegates": {"xnnpack": {"available": facts["runtime"] is not None},
+                      "edgetpu": edgetpu},
         "cpu": {"model": cpu_model(), "cores": os.cpu_count(),
                 "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
                 "temperature_c": temperature_c()},

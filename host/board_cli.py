@@ -16,6 +16,7 @@ PUSH_EXAMPLES = """examples:
   edgedeploy push out/digits.int8.tflite pi-kitchen
   edgedeploy push out/digits.int8.tflite local               # this machine, no SSH
   edgedeploy push out/digits.int8.tflite b0 --fleet fleet.toml --no-activate
+  edgedeploy push out/digits.int8.tflite --all --parallel 32 --fleet fleet.toml
   edgedeploy bench b0 digits --runs 1000 --fleet fleet.toml
   edgedeploy eval b0 digits --data test.npz --fleet fleet.toml
   edgedeploy status --all --fleet fleet.toml
@@ -40,8 +41,14 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("push", help="send a model to a board, install and activate it",
                        epilog=PUSH_EXAMPLES, formatter_class=fmt)
     p.add_argument("model", metavar="MODEL", help="a .tflite with its manifest, or a bundle dir")
-    common(p)
+    p.add_argument("boards", nargs="*", metavar="BOARD", help="one or more boards")
+    common(p, board=False)
     p.add_argument("--no-activate", action="store_true", help="install only")
+    p.add_argument("--all", action="store_true", help="every board in the fleet")
+    p.add_argument("--group", help="the boards in this group")
+    p.add_argument("--tag", help="the boards with this tag")
+    p.add_argument("--parallel", type=int, default=16, metavar="N",
+                   help="boards pushed at once (16)")
 
     b = sub.add_parser("bench", help="time a model on a board", epilog=PUSH_EXAMPLES,
                        formatter_class=fmt)
@@ -68,6 +75,13 @@ def add_parsers(sub) -> None:
     r = sub.add_parser("rollback", help="switch a board back to a model's previous version")
     common(r)
     r.add_argument("model", metavar="NAME")
+
+    bs = sub.add_parser("bootstrap", help="set a board up: agent + runtime wheels in a venv "
+                                          "(offline with --wheelhouse)")
+    common(bs)
+    bs.add_argument("--wheelhouse", type=Path, metavar="DIR",
+                    help="wheels to install from (the board needs no internet); without it "
+                         "the board's pip uses its own index")
 
     t = sub.add_parser("targets", help="board profiles and the fleet: list, show, check")
     t.add_argument("action", choices=["list", "show", "check", "profiles"])
@@ -115,28 +129,76 @@ def _print(a, payload, text: str) -> None:
 
 
 def cmd_push(a) -> int:
-    from rich.progress import Progress
-
     from .bundle import load_bundle
 
     bundle = load_bundle(a.model)
-    with _session(a, a.board) as s:
+    if a.all or a.group or a.tag or len(a.boards) > 1:
+        return _push_many(a, bundle)
+    if not a.boards:
+        raise InputError("name a BOARD (or several), or pass --all / --group G / --tag T")
+    return _push_one(a, bundle, a.boards[0])
+
+
+def _push_one(a, bundle, name: str) -> int:
+    from rich.progress import Progress
+
+    with _session(a, name) as s:
         if a.json or not sys.stderr.isatty():
             result = s.push(bundle, activate=not a.no_activate)
         else:
             with Progress(transient=True) as bar:
-                task = bar.add_task(f"{a.board}: {bundle.name}", total=bundle.size)
+                task = bar.add_task(f"{name}: {bundle.name}", total=bundle.size)
                 result = s.push(bundle, activate=not a.no_activate,
                                 progress=lambda done, total: bar.update(task, completed=done))
-    payload = {**result.to_dict(), "size": bundle.manifest.size}
-    _results(a).record("push", a.board, payload, model=bundle.name, version=bundle.version,
-                       label=bundle.manifest.label)
-    state = (f"active (previous {result.previous})" if result.activated else "installed")
-    _print(a, payload, f"{a.board}: {bundle.name} {bundle.version} ({bundle.manifest.label}) "
-                       f"{state}; sent {result.bytes_sent} model bytes"
-                       f"{', agent updated' if result.agent_uploaded else ''} in "
-                       f"{result.seconds:.2f} s")
+    payload = _record_push(a, bundle, result)
+    _print(a, payload, _push_line(result))
     return 0
+
+
+def _record_push(a, bundle, result) -> dict:
+    payload = {**result.to_dict(), "size": bundle.manifest.size}
+    _results(a).record("push", result.board, payload, model=bundle.name,
+                       version=bundle.version, label=bundle.manifest.label)
+    return payload
+
+
+def _push_line(r) -> str:
+    state = f"active (previous {r.previous})" if r.activated else "installed"
+    return (f"{r.board}: {r.name} {r.version} ({r.label}) {state}; sent {r.bytes_sent} model "
+            f"bytes{', agent updated' if r.agent_uploaded else ''} in {r.seconds:.2f} s")
+
+
+def _push_many(a, bundle) -> int:
+    import time
+
+    from ..targets import load_fleet
+    from .deploy import PushResult, push_many
+
+    fleet = load_fleet(_fleet_path(a))
+    boards = fleet.select(a.boards or None, group=a.group, tag=a.tag)
+    if not boards:
+        raise InputError(f"{fleet.path}: no board matches", hint="see `edgedeploy targets list`")
+
+    def done(name: str, out) -> None:
+        if not a.json:
+            print(_push_line(out) if isinstance(out, PushResult) else f"{name}: FAILED: {out}",
+                  flush=True)
+
+    t0 = time.perf_counter()
+    results = push_many(boards, bundle, activate=not a.no_activate, parallel=a.parallel,
+                        accept_new_host_key=a.accept_new_host_key, on_done=done)
+    rows, failed = [], 0
+    for name, out in results.items():
+        if isinstance(out, PushResult):
+            rows.append(_record_push(a, bundle, out))
+        else:
+            failed += 1
+            rows.append({"board": name, "error": str(out), "code": out.code})
+    summary = {"boards": len(boards), "ok": len(boards) - failed, "failed": failed,
+               "seconds": round(time.perf_counter() - t0, 3), "results": rows}
+    _print(a, summary, f"{len(boards) - failed} of {len(boards)} boards on {bundle.name} "
+                       f"{bundle.version}; {failed} failed; {summary['seconds']:.2f} s")
+    return 1 if failed else 0
 
 
 def cmd_bench(a) -> int:
@@ -221,6 +283,23 @@ def cmd_rollback(a) -> int:
     return 0
 
 
+def cmd_bootstrap(a) -> int:
+    from .bootstrap import bootstrap
+
+    board = resolve_board(a, a.board)
+    with _session(a, a.board) as s:
+        r = bootstrap(s, a.wheelhouse)
+    if board.python != "python3":
+        r["note"] = (f"the inventory sets python = {board.python} for {a.board}; remove it to "
+                     f"use {r['venv']}")
+    _print(a, r, f"{a.board}: {r['runtime']} {r['runtimes'].get(r['runtime'])} with numpy "
+                 f"{r['numpy']} in {r['venv']} (Python {r['python']}, {r['arch']}); sent "
+                 f"{len(r['wheels'])} wheel(s), {r['bytes_sent']} bytes"
+                 f"{'; agent installed' if r['agent_uploaded'] else ''}"
+                 + (f"\nnote: {r['note']}" if "note" in r else ""))
+    return 0
+
+
 def cmd_targets(a) -> int:
     from dataclasses import asdict
 
@@ -295,5 +374,5 @@ def cmd_report(a) -> int:
     return 0
 
 
-COMMANDS = {"push": cmd_push, "bench": cmd_bench, "eval": cmd_eval, "status": cmd_status,
+COMMANDS = {"bootstrap": cmd_bootstrap, "push": cmd_push, "bench": cmd_bench, "eval": cmd_eval, "status": cmd_status,
             "rollback": cmd_rollback, "targets": cmd_targets, "report": cmd_report}

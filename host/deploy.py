@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,10 +23,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..device.manifest import Manifest, sha256_file
-from ..errors import AgentError, BoardError, Incompatible, RemoteFailure
+from ..errors import AgentError, BoardError, Incompatible, RemoteFailure, Unreachable
 from ..targets import Board
 from .bundle import Bundle
-from .transport import Transport, open_transport
+from .transport import Stream, Transport, open_transport, shell_join
 
 AGENT_CACHE = Path(os.environ.get("EDGEDEPLOY_CACHE", "~/.cache/edgedeploy")).expanduser()
 
@@ -109,22 +110,38 @@ class PushResult:
 
 
 class BoardSession:
-    """A connected board: resolved paths, the agent, the operations."""
+    """A connected board: its paths, the agent, the operations.
+
+    Round trips and board CPU are what a push costs, so: the commands of a session go through
+    one agent process (``batch``); one call (``state``: version,
+    board facts, listing) tells everything a plan needs; directories are made over SFTP (no
+    shell); install, activate and the clean-up of the upload are one command. A re-push of
+    the active version is the SSH handshake and one agent call."""
 
     def __init__(self, board: Board, transport: Transport | None = None, *,
                  accept_new_host_key: bool = False) -> None:
         self.board = board
         self.t = transport or open_transport(board, accept_new_host_key=accept_new_host_key)
-        root = board.root
-        if root.startswith("~"):
+        # Commands may use ~/ (the remote shell expands it); SFTP needs the absolute path,
+        # learnt from the agent's answer or, before there is an agent, from the shell.
+        spec_root = board.root.rstrip("/") or "/"
+        self._root = None if spec_root.startswith("~") else spec_root
+        self.agent_path = f"{spec_root}/agent/edgedeploy-agent.pyz"
+        self.store = f"{spec_root}/store"
+        self._batch: Stream | None = None
+
+    @property
+    def root(self) -> str:
+        if self._root is None:
             home = self.t.check(["printf", "%s", "~"]).stdout.strip()
-            root = home + root[1:]
-        self.root = root.rstrip("/")
-        self.agent_path = f"{self.root}/agent/edgedeploy-agent.pyz"
-        self.store = f"{self.root}/store"
+            self._root = (home + self.board.root[1:]).rstrip("/")
+        return self._root
 
     def close(self) -> None:
-        self.t.close()
+        try:
+            self._end_batch()
+        finally:
+            self.t.close()
 
     def __enter__(self) -> "BoardSession":
         return self
@@ -133,34 +150,90 @@ class BoardSession:
         self.close()
 
     # -- the agent ---------------------------------------------------------------------
-    def agent(self, *args: Any, timeout: float | None = None, tolerate: tuple = ()) -> dict:
-        argv = [self.board.python, self.agent_path, "--store", self.store, *map(str, args)]
-        r = self.t.run(argv, timeout=timeout)
-        msg = None
-        for line in reversed(r.stdout.strip().splitlines()):
+    def _agent_cmd(self, *args: Any) -> str:
+        """The shell command for an agent call. With no `python` in the inventory, the venv
+        `edgedeploy bootstrap` made (ROOT/venv) if there is one, else python3."""
+        tail = shell_join([self.agent_path, "--store", self.store, *map(str, args)])
+        if self.board.python != "python3":
+            return f"{shell_join([self.board.python])} {tail}"
+        venv = shell_join([f"{self.board.root.rstrip('/')}/venv/bin/python"])
+        return f'p={venv}; [ -x "$p" ] || p=python3; exec "$p" {tail}'
+
+    @staticmethod
+    def _last_json(text: str) -> dict | None:
+        for line in reversed(text.strip().splitlines()):
             try:
                 msg = json.loads(line)
-                break
             except ValueError:
                 continue
+            return msg if isinstance(msg, dict) else None
+        return None
+
+    def agent(self, *args: Any, timeout: float | None = None, tolerate: tuple = ()) -> dict:
+        """Run an agent command; its answer, or an AgentError/RemoteFailure naming the board.
+        A session's commands go through one `edgedeploy-agent batch` process on the board."""
+        cmd = self._agent_cmd("batch")
+        if self._batch is None:
+            self._batch = self.t.start(cmd)
+        line = ""
+        try:
+            self._batch.send_line(json.dumps([str(x) for x in args]))
+            line = self._batch.read_line(timeout or self.board.command_timeout)
+        except Unreachable:
+            self._end_batch()
+            raise
+        msg = None
+        if line:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                msg = None
         if not isinstance(msg, dict) or "ok" not in msg:
-            raise RemoteFailure(self.board.name, r.command, r.exit_code, r.stderr or r.stdout,
+            code, err = self._end_batch()
+            raise RemoteFailure(self.board.name, f"{cmd} <<< {' '.join(map(str, args))}", code,
+                                err or line,
                                 hint="the agent crashed or is missing; `edgedeploy push` "
                                      "installs it")
         if not msg["ok"]:
             if msg.get("code") in tolerate:
                 return msg
             raise AgentError(self.board.name, msg.get("code", "error"),
-                             msg.get("message", "failed"), r.exit_code)
+                             msg.get("message", "failed"), msg.get("exit"))
         return msg
 
+    def _end_batch(self) -> tuple[int | None, str]:
+        b, self._batch = self._batch, None
+        if b is None:
+            return None, ""
+        code = b.close()
+        return code, b.stderr()
+
     def agent_hash(self) -> str | None:
-        r = self.t.run([self.board.python, self.agent_path, "version"])
+        r = self.t.run(self._agent_cmd("version"))
+        msg = self._last_json(r.stdout) if r.exit_code == 0 else None
+        return msg.get("content_hash") if msg else None
+
+    def state(self, *, install_agent: bool = True) -> dict:
+        """The agent's `state` (version, info, listing) in one call. With INSTALL_AGENT, a
+        missing or different agent is replaced by ours first; state["agent_uploaded"] says."""
+        ours = local_agent()
+        st: dict | None = None
         try:
-            return json.loads(r.stdout.strip().splitlines()[-1])["content_hash"] \
-                if r.exit_code == 0 else None
-        except (ValueError, IndexError, KeyError):
-            return None
+            st = self.agent("state")
+        except RemoteFailure:
+            if not install_agent:
+                raise
+        uploaded = False
+        if st is None or st["agent"]["content_hash"] != ours["content_hash"]:
+            if not install_agent:
+                return {**st, "agent_uploaded": False}  # type: ignore[dict-item]
+            self._end_batch()
+            self._upload_agent(ours["path"])
+            uploaded = True
+            st = self.agent("state")
+        if self._root is None:
+            self._root = posixpath.dirname(st["store"].rstrip("/"))
+        return {**st, "agent_uploaded": uploaded}
 
     def ensure_agent(self) -> bool:
         """Copy our agent when the board's is missing or different. True if copied."""
@@ -172,40 +245,48 @@ class BoardSession:
 
     def _upload_agent(self, path: Path) -> None:
         tmp = f"{self.agent_path}.{secrets.token_hex(4)}.tmp"
-        self.t.check(["mkdir", "-p", f"{self.root}/agent"])
-        self.t.put(path, tmp)
+        self.t.mkdir(f"{self.root}/agent")
+        self.t.put(path, self._abs(tmp))
         self.t.check(["mv", "-f", tmp, self.agent_path])
+
+    def _abs(self, path: str) -> str:
+        """A board path under the spec's root, made absolute (SFTP has no ~)."""
+        spec_root = self.board.root.rstrip("/")
+        return self.root + path[len(spec_root):] if path.startswith(spec_root) else path
 
     # -- operations --------------------------------------------------------------------
     def push(self, bundle: Bundle, *, activate: bool = True,
              progress: Callable[[int, int], None] | None = None) -> PushResult:
         t0 = time.perf_counter()
-        agent_uploaded = self.ensure_agent()
-        info = self.agent("info")
-        listing = self.agent("list")["models"]
-        plan = plan_push(self.board, info, listing, bundle, activate)
+        st = self.state()
+        plan = plan_push(self.board, st["info"], st["models"], bundle, activate)
         if plan.problems:
             raise Incompatible(self.board.name, "; ".join(plan.problems),
                                hint="nothing was changed on the board")
+        entry = next((e for e in st["models"] if e["name"] == bundle.name), None)
+        current = entry["current"] if entry else None
+        previous = entry["previous"] if entry else None
         sent = 0
         if plan.upload_model:
-            sent = self._upload_and_install(bundle, progress)
-        current = previous = None
-        if activate:
+            sent, ans = self._upload_and_install(bundle, progress, activate)
+            if activate:
+                current, previous = ans["current"], ans["previous"]
+        elif activate and current != bundle.version:
             a = self.agent("activate", bundle.name, bundle.version)
             current, previous = a["current"], a["previous"]
         return PushResult(self.board.name, bundle.name, bundle.version, bundle.manifest.label,
-                          sent, agent_uploaded, activate, current, previous,
+                          sent, st["agent_uploaded"], activate, current, previous,
                           time.perf_counter() - t0)
 
-    def _upload_and_install(self, bundle: Bundle, progress) -> int:
+    def _upload_and_install(self, bundle: Bundle, progress, activate: bool
+                            ) -> tuple[int, dict]:
         import tempfile
 
         incoming = f"{self.root}/incoming/{bundle.version}.{secrets.token_hex(4)}"
-        self.t.check(["mkdir", "-p", incoming])
         sent = 0
         total = bundle.size
         try:
+            self.t.mkdir(incoming)
             with tempfile.TemporaryDirectory() as tmp:
                 mpath = Path(tmp) / bundle.manifest_name
                 mpath.write_bytes(bundle.manifest_bytes())
@@ -213,7 +294,7 @@ class BoardSession:
                     [(p, rel) for rel, p in bundle.files().items()]
                 for local, rel in files:
                     if "/" in rel:
-                        self.t.check(["mkdir", "-p", f"{incoming}/{rel.rsplit('/', 1)[0]}"])
+                        self.t.mkdir(f"{incoming}/{rel.rsplit('/', 1)[0]}")
                     base = sent
 
                     def cb(done: int, _total: int, base: int = base) -> None:
@@ -226,13 +307,14 @@ class BoardSession:
                                          f"upload of {rel} failed: {exc.message.split(': ', 1)[-1]}"
                                          f"{self._disk_hint()}",
                                          hint="the board keeps its active model") from exc
-            self.agent("install", incoming)
-        finally:
+            args = ["install", incoming, "--remove-bundle"] + (["--activate"] if activate else [])
+            return sent, self.agent(*args)
+        except BaseException:
             try:
                 self.t.run(["rm", "-rf", incoming])
             except BoardError:
                 pass
-        return sent
+            raise
 
     def _disk_hint(self) -> str:
         r = self.t.run(["df", "-Pk", self.root])
@@ -255,7 +337,7 @@ class BoardSession:
         digest = sha256_file(path)
         remote = f"{self.root}/data/{digest}{path.suffix}"
         if self.t.run(["test", "-f", remote]).exit_code != 0:
-            self.t.check(["mkdir", "-p", f"{self.root}/data"])
+            self.t.mkdir(f"{self.root}/data")
             tmp = f"{remote}.{secrets.token_hex(4)}.tmp"
             self.t.put(path, tmp)
             self.t.check(["mv", "-f", tmp, remote])
@@ -285,3 +367,30 @@ class BoardSession:
 
     def rollback(self, name: str) -> dict:
         return self.agent("rollback", name)
+
+
+def push_many(boards: list[Board], bundle: Bundle, *, activate: bool = True, parallel: int = 16,
+              accept_new_host_key: bool = False,
+              on_done: Callable[[str, "PushResult | BoardError"], None] | None = None
+              ) -> dict[str, "PushResult | BoardError"]:
+    """Push one bundle to many boards, PARALLEL at a time (a thread each: the work is waiting
+    on links and boards). Every board gets a result or the BoardError that stopped it; one
+    board's failure doesn't touch the others."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..errors import EdgeDeployError
+
+    def one(board: Board) -> "PushResult | BoardError":
+        try:
+            with BoardSession(board, accept_new_host_key=accept_new_host_key) as s:
+                out: PushResult | BoardError = s.push(bundle, activate=activate)
+        except BoardError as exc:
+            out = exc
+        except EdgeDeployError as exc:
+            out = BoardError(board.name, str(exc))
+        if on_done:
+            on_done(board.name, out)
+        return out
+
+    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(boards)))) as pool:
+        return dict(zip((b.name for b in boards), pool.map(one, boards)))

@@ -41,6 +41,25 @@ def shell_join(argv: Sequence[str]) -> str:
     return " ".join(quote_arg(a) for a in argv)
 
 
+class Stream(ABC):
+    """A long-running remote command spoken to in lines: stdin in, stdout out."""
+
+    @abstractmethod
+    def send_line(self, text: str) -> None: ...
+
+    @abstractmethod
+    def read_line(self, timeout: float) -> str:
+        """The next stdout line ('' when the command has ended)."""
+
+    @abstractmethod
+    def close(self) -> int | None:
+        """Close stdin, wait (bounded) for the exit status."""
+
+    @abstractmethod
+    def stderr(self) -> str:
+        """The last of what the command wrote on stderr."""
+
+
 class Transport(ABC):
     board: str
 
@@ -48,6 +67,10 @@ class Transport(ABC):
     def run(self, argv: Sequence[str] | str, *, timeout: float | None = None,
             input: bytes | None = None) -> RunResult:
         """Run a command (an argv list, or a shell string built with shell_join)."""
+
+    @abstractmethod
+    def start(self, command: str) -> Stream:
+        """Start a shell command (built with shell_join) to exchange lines with."""
 
     @abstractmethod
     def put(self, local: Path, remote: str, progress: Progress | None = None) -> int:
@@ -59,6 +82,16 @@ class Transport(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+    def size(self, path: str) -> int | None:
+        """The size of a remote file, None if there is none."""
+        r = self.run(["stat", "-c", "%s", path])
+        return int(r.stdout.strip()) if r.exit_code == 0 and r.stdout.strip().isdigit() \
+            else None
+
+    def mkdir(self, path: str) -> None:
+        """mkdir -p PATH (absolute, or ``~/``)."""
+        self.check(["mkdir", "-p", path])
 
     def check(self, argv: Sequence[str] | str, *, timeout: float | None = None,
               input: bytes | None = None) -> RunResult:

@@ -9,11 +9,54 @@ from pathlib import Path
 from typing import Sequence
 
 from ...errors import Unreachable
-from . import Progress, RunResult, Transport, shell_join
+from . import Progress, RunResult, Stream, Transport, shell_join
 
 
 def _expand(path: str) -> Path:
     return Path(os.path.expanduser(path))
+
+
+class _LocalStream(Stream):
+    def __init__(self, board: str, command: str) -> None:
+        import tempfile
+
+        self.board, self.command = board, command
+        self._err = tempfile.TemporaryFile()
+        self.p = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=self._err)
+
+    def send_line(self, text: str) -> None:
+        try:
+            assert self.p.stdin is not None
+            self.p.stdin.write((text + "\n").encode())
+            self.p.stdin.flush()
+        except BrokenPipeError:
+            pass  # the command has ended; read_line says so with ''
+
+    def read_line(self, timeout: float) -> str:
+        import select
+
+        assert self.p.stdout is not None
+        ready, _, _ = select.select([self.p.stdout], [], [], timeout)
+        if not ready:
+            raise Unreachable(self.board, f"`{self.command}` gave no answer for {timeout} s")
+        return self.p.stdout.readline().decode("utf-8", "replace")
+
+    def close(self) -> int | None:
+        try:
+            if self.p.stdin:
+                self.p.stdin.close()
+        except BrokenPipeError:
+            pass
+        try:
+            return self.p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            return self.p.wait()
+
+    def stderr(self) -> str:
+        self._err.seek(0)
+        return self._err.read()[-65536:].decode("utf-8", "replace")
 
 
 class LocalTransport(Transport):
@@ -31,6 +74,9 @@ class LocalTransport(Transport):
         return RunResult(cmd, p.returncode, p.stdout.decode("utf-8", "replace"),
                          p.stderr.decode("utf-8", "replace"))
 
+    def start(self, command: str) -> Stream:
+        return _LocalStream(self.board, command)
+
     def put(self, local: Path, remote: str, progress: Progress | None = None) -> int:
         dest = _expand(remote)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -39,6 +85,13 @@ class LocalTransport(Transport):
         if progress:
             progress(size, size)
         return size
+
+    def size(self, path: str) -> int | None:
+        p = _expand(path)
+        return p.stat().st_size if p.is_file() else None
+
+    def mkdir(self, path: str) -> None:
+        _expand(path).mkdir(parents=True, exist_ok=True)
 
     def get(self, remote: str, local: Path) -> None:
         shutil.copyfile(_expand(remote), local)

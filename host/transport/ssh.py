@@ -11,14 +11,17 @@ is made here with TCP_USER_TIMEOUT and handed to paramiko.
 from __future__ import annotations
 
 import os
+import posixpath
 import socket
+import stat
+import time
 from pathlib import Path
 from typing import Sequence
 
 import paramiko
 
-from ...errors import AuthFailed, HostKeyRefused, Unreachable
-from . import Progress, RunResult, Transport, shell_join
+from ...errors import AuthFailed, HostKeyRefused, RemoteFailure, Unreachable
+from . import Progress, RunResult, Stream, Transport, shell_join
 
 TCP_USER_TIMEOUT_MS = 15000
 
@@ -69,6 +72,58 @@ def _socket(board: str, host: str, port: int, timeout: float) -> socket.socket:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, TCP_USER_TIMEOUT_MS)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
+
+
+class _SshStream(Stream):
+    def __init__(self, board: str, chan: paramiko.Channel, command: str) -> None:
+        self.board, self.chan, self.command = board, chan, command
+        self.out = chan.makefile("rb")
+        self._err = b""
+
+    def _drain_err(self) -> None:
+        while self.chan.recv_stderr_ready():
+            self._err = (self._err + self.chan.recv_stderr(65536))[-65536:]
+
+    def send_line(self, text: str) -> None:
+        try:
+            self.chan.sendall((text + "\n").encode())
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            t = self.chan.get_transport()
+            if t is not None and t.is_active():
+                return  # the command has ended; read_line says so with ''
+            raise Unreachable(self.board, f"`{self.command}`: the connection broke "
+                                          f"({type(exc).__name__}: {exc})") from exc
+
+    def read_line(self, timeout: float) -> str:
+        self.chan.settimeout(timeout)
+        try:
+            line = self.out.readline()
+        except socket.timeout as exc:
+            raise Unreachable(self.board, f"`{self.command}` gave no answer for {timeout} s",
+                              hint="the board or its link may be down") from exc
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise Unreachable(self.board, f"`{self.command}`: the connection broke "
+                                          f"({type(exc).__name__}: {exc})") from exc
+        finally:
+            self._drain_err()
+        return line.decode("utf-8", "replace")
+
+    def close(self) -> int | None:
+        try:
+            self.chan.shutdown_write()
+            deadline = time.monotonic() + 10
+            while not self.chan.exit_status_ready() and time.monotonic() < deadline:
+                self._drain_err()
+                time.sleep(0.005)
+            self._drain_err()
+            return self.chan.recv_exit_status() if self.chan.exit_status_ready() else None
+        except (paramiko.SSHException, OSError, EOFError):
+            return None
+        finally:
+            self.chan.close()
+
+    def stderr(self) -> str:
+        return self._err.decode("utf-8", "replace")
 
 
 class SshTransport(Transport):
@@ -178,6 +233,18 @@ class SshTransport(Transport):
         return RunResult(cmd, code, out.decode("utf-8", "replace"),
                          err.decode("utf-8", "replace"))
 
+    def start(self, command: str) -> Stream:
+        try:
+            transport = self.client.get_transport()
+            if transport is None or not transport.is_active():
+                raise Unreachable(self.board, "the SSH connection is closed")
+            chan = transport.open_session(timeout=self.timeout)
+            chan.exec_command(command)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise Unreachable(self.board, f"`{command}` failed: the connection broke "
+                                          f"({type(exc).__name__}: {exc})") from exc
+        return _SshStream(self.board, chan, command)
+
     def sftp(self) -> paramiko.SFTPClient:
         if self._sftp is None:
             try:
@@ -190,6 +257,40 @@ class SshTransport(Transport):
     @staticmethod
     def _sftp_path(remote: str) -> str:
         return remote[2:] if remote.startswith("~/") else remote  # SFTP paths start at home
+
+    def size(self, path: str) -> int | None:
+        try:
+            st = self.sftp().stat(self._sftp_path(path))
+        except FileNotFoundError:
+            return None
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise Unreachable(self.board, f"SFTP stat {path} failed ({exc})") from exc
+        return st.st_size if stat.S_ISREG(st.st_mode or 0) else None
+
+    def mkdir(self, path: str) -> None:
+        """mkdir -p over SFTP: a request per missing level, no shell."""
+        sftp = self.sftp()
+        p = self._sftp_path(path).rstrip("/") or "/"
+        missing = []
+        while True:
+            try:
+                if stat.S_ISDIR(sftp.stat(p).st_mode or 0):
+                    break
+                raise RemoteFailure(self.board, f"mkdir {path}", 1, f"{p} is not a folder")
+            except FileNotFoundError:
+                missing.append(p)
+                parent = posixpath.dirname(p)
+                if parent in ("", p):
+                    break
+                p = parent
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                raise Unreachable(self.board, f"SFTP stat {p} failed ({exc})") from exc
+        for d in reversed(missing):
+            try:
+                sftp.mkdir(d)
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                raise RemoteFailure(self.board, f"mkdir {d}", 1,
+                                    f"{type(exc).__name__}: {exc}") from exc
 
     def put(self, local: Path, remote: str, progress: Progress | None = None) -> int:
         size = Path(local).stat().st_size

@@ -168,7 +168,7 @@ def test_disk_full_keeps_the_old_model(digits, models, tmp_path, tmp_path_factor
         from edgedeploy.errors import BoardError
         with BoardSession(load_fleet(fleet).get("b0")) as s:
             with pytest.raises(BoardError) as err:
-                s._upload_and_install(load_bundle(models["float32"]), None)
+                s._upload_and_install(load_bundle(models["float32"]), None, True)
         assert "b0" in str(err.value) and "disk full" in str(err.value)
         filler.unlink()
         st_ = ed_json("status", "b0", "--fleet", fleet, db=db)
@@ -186,3 +186,36 @@ def test_local_target(models, tmp_path):
     b = ed_json("bench", "local", "digits", "--runs", 10, db=db, env=env)
     assert b["timing"]["runs"] == 10
     assert (tmp_path / "home" / ".edgedeploy" / "store" / "models" / "digits").is_dir()
+
+
+def test_push_to_many_boards_one_unreachable(fleet, models, tmp_path):
+    """`push --all`: every board at once; an unreachable one is reported, the others land."""
+    import socket
+    from dataclasses import replace
+
+    from edgedeploy.host.bundle import Bundle, load_bundle
+
+    db = tmp_path / "r.db"
+    b = load_bundle(models["int8"])
+    folder = Bundle(replace(b.manifest, name="digits_many"), b.model_path).write_folder(
+        tmp_path / "bundle")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    inv = tmp_path / "many.toml"
+    inv.write_text(fleet.read_text() + f'\n[boards.gone]\nhost = "127.0.0.1"\nport = {free}\n'
+                                       f'connect_timeout = 3\n')
+    p = ed("push", folder, "--all", "--parallel", 3, "--fleet", inv, "--json", db=db)
+    assert p.returncode == 1, p.stderr
+    r = json.loads(p.stdout)
+    assert (r["boards"], r["ok"], r["failed"]) == (3, 2, 1)
+    by = {x["board"]: x for x in r["results"]}
+    assert by["gone"]["code"] == "unreachable" and "cannot connect" in by["gone"]["error"]
+    for name in ("b0", "b1"):
+        assert by[name]["activated"] and by[name]["current"] == b.version
+    # the same again: every board already has it, 0 model bytes
+    again = ed_json("push", folder, "b0", "b1", "--fleet", fleet, db=db)
+    assert again["ok"] == 2 and all(x["bytes_sent"] == 0 for x in again["results"])
+    # a group selects the boards (scripts/fleet puts b0 in "canary")
+    g = ed_json("push", folder, "--group", "canary", "--fleet", fleet, db=db)
+    assert [x["board"] for x in g["results"]] == ["b0"]

@@ -91,3 +91,30 @@ def test_fleet_select(tmp_path):
     assert fleet.get("c").port == 8022 and fleet.get("a").user == "pi"
     with pytest.raises(InputError, match="no board named zz"):
         fleet.get("zz")
+
+
+def test_wheel_choice_for_a_board():
+    from pathlib import Path
+
+    import pytest
+
+    from edgedeploy.errors import InputError
+    from edgedeploy.host.bootstrap import choose, parse_wheel, wheel_fits
+
+    names = ["ai_edge_litert-2.3.0-cp311-cp311-manylinux_2_27_aarch64.whl",
+             "ai_edge_litert-2.3.0-cp311-cp311-manylinux_2_27_x86_64.whl",
+             "numpy-2.4.6-cp311-cp311-manylinux_2_27_aarch64.manylinux_2_28_aarch64.whl",
+             "numpy-1.26.4-cp39-cp39-manylinux_2_17_aarch64.manylinux2014_aarch64.whl",
+             "tflite_runtime-2.14.0-cp311-cp311-manylinux_2_34_armv7l.whl",
+             "protobuf-7.36.2-cp310-abi3-manylinux2014_aarch64.whl",
+             "pip-26.3-py3-none-any.whl", "README.txt"]
+    wheels = [w for w in (parse_wheel(Path(n)) for n in names) if w]
+    assert len(wheels) == 7 and wheels[0].name == "ai-edge-litert"
+    rt, fit = choose(wheels, ("litert", "tflite_runtime"), "3.11.2", "aarch64")
+    assert rt == "litert"
+    assert sorted(w.path.name for w in fit) == sorted([names[0], names[2], names[5], names[6]])
+    abi3 = parse_wheel(Path(names[5]))
+    assert wheel_fits(abi3, "3.12.1", "aarch64") and not wheel_fits(abi3, "3.9.2", "aarch64")
+    # armv7 with only tflite-runtime and no numpy for it: refused, saying what to fetch
+    with pytest.raises(InputError, match="no runtime for Python 3.11.2 on armv7l"):
+        choose(wheels, ("litert", "tflite_runtime"), "3.11.2", "armv7l")
