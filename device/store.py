@@ -50,10 +50,21 @@ _CRASH_AT = os.environ.get("EDGEDEPLOY_AGENT_CRASH_AT", "")
 
 
 def checkpoint(name: str) -> None:
-    if _CRASH_AT and _CRASH_AT == name:
-        import signal
+    """Tests' fault injection: EDGEDEPLOY_AGENT_CRASH_AT=POINT kills the agent (SIGKILL) at
+    POINT; POINT@FILE does it once (the first process to create FILE)."""
+    if not _CRASH_AT:
+        return
+    point, _, once = _CRASH_AT.partition("@")
+    if point != name:
+        return
+    if once:
+        try:
+            os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+    import signal
 
-        os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def check_name(kind: str, value: str) -> str:

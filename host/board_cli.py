@@ -27,6 +27,20 @@ BOARD is a name in the fleet file (--fleet, else $EDGEDEPLOY_FLEET, else ./fleet
 or `local`. Unknown SSH host keys are refused unless --accept-new-host-key."""
 
 
+ROLLOUT_EXAMPLES = """examples:
+  edgedeploy rollout out/digits.int8.tflite --fleet fleet.toml --dry-run
+  edgedeploy rollout out/digits.int8.tflite --group kitchen --gate-data gate.npz \\
+      --gate "accuracy>=0.97" --gate "p99_ms<=25" --max-accuracy-drop 0.5
+  edgedeploy rollout status                 # the latest rollout
+  edgedeploy rollout --resume 20261124-101500-3f2a out/digits.int8.tflite
+  edgedeploy rollout cancel 20261124-101500-3f2a
+
+Per wave: every board is staged (uploaded, checked, installed) before any is activated; then
+each is gated on the board and committed or rolled back at once. A failed canary stops the
+rollout; past --max-failures every board this rollout activated goes back. The journal keeps
+every step, so --resume goes on after a crash without redoing finished boards."""
+
+
 def add_parsers(sub) -> None:
     def common(p, board: bool = True) -> None:
         if board:
@@ -82,6 +96,46 @@ def add_parsers(sub) -> None:
     bs.add_argument("--wheelhouse", type=Path, metavar="DIR",
                     help="wheels to install from (the board needs no internet); without it "
                          "the board's pip uses its own index")
+
+    ro = sub.add_parser("rollout", help="roll a model out to many boards: canary, waves, "
+                                        "gates, automatic rollback, crash-safe journal",
+                        epilog=ROLLOUT_EXAMPLES, formatter_class=fmt)
+    ro.add_argument("target", nargs="?", metavar="MODEL | status | cancel",
+                    help="a .tflite with its manifest or a bundle dir; or `status [ID]`, "
+                         "`cancel ID`")
+    ro.add_argument("id", nargs="?", metavar="ID", help="rollout id (status, cancel)")
+    ro.add_argument("--resume", metavar="ID", help="continue a rollout whose host process died")
+    ro.add_argument("--group", help="the boards in this group")
+    ro.add_argument("--tag", help="the boards with this tag")
+    ro.add_argument("--canary", default="1", metavar="N|P%%", help="first wave (1)")
+    ro.add_argument("--waves", default="10%,50%,100%", metavar="SPEC",
+                    help="cumulative shares after the canary, or `exp` (10%%,50%%,100%%)")
+    ro.add_argument("--parallel", type=int, default=16, metavar="N",
+                    help="boards worked on at once (16)")
+    ro.add_argument("--gate", action="append", default=[], metavar="EXPR",
+                    help="e.g. accuracy>=0.97, p99_ms<=25, agreement>=0.99 (repeatable)")
+    ro.add_argument("--gate-data", type=Path, metavar="FILE.npz",
+                    help="x, y (and reference `outputs` for agreement); travels in the bundle")
+    ro.add_argument("--max-accuracy-drop", type=float, metavar="POINTS",
+                    help="vs the version being replaced, on the same board")
+    ro.add_argument("--max-latency-increase", metavar="PCT",
+                    help="p99 vs the version being replaced, e.g. 10%%")
+    ro.add_argument("--max-failures", default="5%", metavar="N|P%%",
+                    help="abort (and roll back) past this many failed boards (5%%)")
+    ro.add_argument("--min-sample", type=int, default=5, metavar="N",
+                    help="finished boards before --max-failures can trigger (5)")
+    ro.add_argument("--timeout", type=float, default=300, metavar="S",
+                    help="per board command (300)")
+    ro.add_argument("--retries", type=int, default=1, help="per step on a broken link (1)")
+    ro.add_argument("--bench-runs", type=int, default=50, metavar="N",
+                    help="timed runs for the latency gates (50)")
+    ro.add_argument("--skip-incompatible", action="store_true",
+                    help="leave out boards the model doesn't fit (listed as skipped)")
+    ro.add_argument("--dry-run", action="store_true", help="preflight and print the plan only")
+    ro.add_argument("--journal", type=Path, metavar="FILE",
+                    help="rollout journal (SQLite; default ~/.local/share/edgedeploy/"
+                         "rollouts.db or $EDGEDEPLOY_ROLLOUTS)")
+    common(ro, board=False)
 
     t = sub.add_parser("targets", help="board profiles and the fleet: list, show, check")
     t.add_argument("action", choices=["list", "show", "check", "profiles"])
@@ -300,6 +354,110 @@ def cmd_bootstrap(a) -> int:
     return 0
 
 
+def _rollout_opts(a):
+    from .rollout import Options
+
+    inc = a.max_latency_increase
+    try:
+        inc = float(str(inc).rstrip("%")) if inc is not None else None
+    except ValueError as exc:
+        raise InputError(f"--max-latency-increase {a.max_latency_increase!r}: expected a "
+                         f"percentage such as 10%") from exc
+    if a.gate_data is not None and not a.gate_data.is_file():
+        raise InputError(f"{a.gate_data}: no such gate data file")
+    return Options(canary=a.canary, waves=a.waves, parallel=a.parallel, gates=a.gate,
+                   max_accuracy_drop=a.max_accuracy_drop, max_latency_increase=inc,
+                   max_failures=a.max_failures, min_sample=a.min_sample, timeout=a.timeout,
+                   retries=a.retries, bench_runs=a.bench_runs,
+                   skip_incompatible=a.skip_incompatible,
+                   accept_new_host_key=a.accept_new_host_key,
+                   gate_data=str(a.gate_data.resolve()) if a.gate_data else None)
+
+
+def _rollout_bundle(model: str, gate_data: str | None):
+    from .bundle import load_bundle
+    from .rollout import GATE_FILE
+
+    b = load_bundle(model)
+    return b.with_files({GATE_FILE: Path(gate_data)}) if gate_data else b
+
+
+def _emit(a):
+    def emit(ev: dict) -> None:
+        if a.json:
+            return
+        if "wave" in ev:
+            print(f"wave {ev['wave']}{' (canary)' if ev['wave'] == 0 else ''}: "
+                  f"{ev['todo']} of {ev['boards']} board(s) to do", file=sys.stderr, flush=True)
+        else:
+            extra = f": {ev['error']}" if ev.get("error") else ""
+            print(f"  {ev['board']}: {ev['state']}{extra}", file=sys.stderr, flush=True)
+    return emit
+
+
+def _print_rollout(a, r: dict) -> int:
+    if a.json:
+        print(json.dumps(r, indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=f"rollout {r['id']}: {r['model']} → {r['version']}: {r['state']}"
+                        + (f" ({r['message']})" if r.get("message") else ""))
+        for c in ("board", "wave", "old → new", "accuracy", "p99 ms", "outcome"):
+            t.add_column(c)
+        for b in r["boards"]:
+            f = b["figures"] or {}
+            t.add_row(b["board"], str(b["wave"]) if b["wave"] >= 0 else "–",
+                      f"{b['old'] or '–'} → {b['new']}",
+                      f"{100 * f['accuracy']:.2f}%" if "accuracy" in f else "–",
+                      f"{f['p99_ms']:.3f}" if "p99_ms" in f else "–",
+                      b["state"] + (f": {b['error']}" if b["error"] else ""))
+        Console(width=160).print(t)
+        print(", ".join(f"{k} {v}" for k, v in sorted(r["counts"].items())))
+    return 0 if r["state"] == "succeeded" else 1
+
+
+def cmd_rollout(a) -> int:
+    from ..targets import load_fleet
+    from . import rollout as ro
+
+    j = ro.Journal(a.journal)
+    if a.target == "status":
+        return _print_rollout(a, ro.report(j, j.rollout(a.id)["id"]))
+    if a.target == "cancel":
+        if not a.id:
+            raise InputError("rollout cancel needs the rollout ID")
+        r = ro.cancel(j, a.id)
+        _print(a, r, f"rollout {a.id}: {r['state']} ({r['message']})")
+        return 0
+    if a.resume:
+        row = j.rollout(a.resume)
+        fleet = load_fleet(Path(row["fleet"]))
+        bundle = _rollout_bundle(a.target or row["bundle"], row["options"].get("gate_data"))
+        return _print_rollout(a, ro.resume(j, a.resume, fleet.boards, bundle, _emit(a)))
+    if not a.target:
+        raise InputError("name the MODEL to roll out (or `status`, `cancel ID`, --resume ID)")
+    opts = _rollout_opts(a)
+    fleet_path = _fleet_path(a)
+    fleet = load_fleet(fleet_path)
+    boards = fleet.select(None, group=a.group, tag=a.tag)
+    if not boards:
+        raise InputError(f"{fleet_path}: no board matches", hint="see `edgedeploy targets list`")
+    bundle = _rollout_bundle(a.target, opts.gate_data)
+    r = ro.start(j, boards, bundle, str(Path(a.target).resolve()), str(fleet_path.resolve()),
+                 opts, dry_run=a.dry_run, emit=_emit(a))
+    if a.dry_run:
+        _print(a, r, "\n".join([f"{r['model']} {r['version']}: gates "
+                                f"{', '.join(r['gates']) or 'none'}"]
+                               + [f"wave {i}{' (canary)' if i == 0 else ''}: {', '.join(w)}"
+                                  for i, w in enumerate(r["waves"])]
+                               + [f"skipped {k}: {v}" for k, v in r["skipped"].items()]
+                               + [f"note {k}: {v}" for k, v in r["notes"].items()]))
+        return 0
+    return _print_rollout(a, r)
+
+
 def cmd_targets(a) -> int:
     from dataclasses import asdict
 
@@ -374,5 +532,5 @@ def cmd_report(a) -> int:
     return 0
 
 
-COMMANDS = {"bootstrap": cmd_bootstrap, "push": cmd_push, "bench": cmd_bench, "eval": cmd_eval, "status": cmd_status,
+COMMANDS = {"rollout": cmd_rollout, "bootstrap": cmd_bootstrap, "push": cmd_push, "bench": cmd_bench, "eval": cmd_eval, "status": cmd_status,
             "rollback": cmd_rollback, "targets": cmd_targets, "report": cmd_report}

@@ -1,0 +1,314 @@
+"""Rollouts on real sshd boards (scripts/fleet, both board envs): a good update everywhere, a
+bad one stopped at the canary, bad input refused before anything moves, and faults injected
+mid-rollout (agent killed during activation, sshd killed, host process killed then --resume).
+After every trial each board is checked against the journal: whole, hash-valid, on the old
+or the new version exactly as the journal says."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, run_cli
+from tests.integration.conftest import ed, ed_json, fleet_down, fleet_up
+
+N = 4
+
+
+@pytest.fixture(scope="module")
+def rfleet(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rfleet")
+    path = fleet_up(d, N, "--rate", "200mbit")
+    yield d
+    fleet_down(d)
+
+
+@pytest.fixture(scope="module")
+def bad_model(tmp_path_factory, digits):
+    """digits trained on shuffled labels: a valid model whose accuracy is near chance."""
+    import digits_cnn
+
+    out = tmp_path_factory.mktemp("bad")
+    digits_cnn.make(out, epochs=2, shuffle_labels=True)
+    run_cli("compile", out / "digits.keras", "--mode", "int8", "--io", "uint8", "--calib",
+            digits / "calib.npz", "--out", out / "m", check=True)
+    return out / "m" / "digits.int8.tflite"
+
+
+def manifest_version(model: Path) -> str:
+    return json.loads(model.with_name(model.name[:-7] + ".manifest.json").read_text())["version"]
+
+
+def board_state(d: Path, name: str) -> dict:
+    """What the board really has: current/previous of `digits`, and every version verified."""
+    fleet = (d / "fleet.toml").read_text()
+    py = fleet.split(f"[boards.{name}]")[1].split("python = ")[1].split("\n")[0].strip('"')
+    store = d / name / "home" / ".edgedeploy" / "store"
+    pyz = d / name / "home" / ".edgedeploy" / "agent" / "edgedeploy-agent.pyz"
+    out = subprocess.run([py, str(pyz), "--store", str(store), "list"], capture_output=True,
+                         text=True, check=True)
+    e = next((m for m in json.loads(out.stdout)["models"] if m["name"] == "digits"), None)
+    if e is None:
+        return {"current": None}
+    v = subprocess.run([py, str(pyz), "--store", str(store), "verify", f"digits@{e['current']}"],
+                       capture_output=True, text=True)
+    assert json.loads(v.stdout)["valid"], v.stdout
+    return {"current": e["current"], "previous": e["previous"],
+            "versions": [x["version"] for x in e["versions"]]}
+
+
+def journal_agrees(d: Path, report: dict, before: str) -> None:
+    """Every board where the journal says: committed → new; else → the version it had
+    (the journal's `old` where the board was reached, else BEFORE)."""
+    for b in report["boards"]:
+        st = board_state(d, b["board"])
+        if b["state"] == "committed":
+            assert st["current"] == b["new"], (b, st)
+        elif b["state"] in ("rolled_back", "failed", "pending", "skipped"):
+            assert st["current"] == (b["old"] or before), (b, st)
+        else:
+            raise AssertionError(f"board {b['board']} left mid-step: {b}")
+
+
+def ro(*args, db: Path, journal: Path, check_json: bool = True, **kw):
+    p = ed("rollout", *args, "--journal", journal, *(["--json"] if check_json else []),
+           db=db, **kw)
+    return p, (json.loads(p.stdout) if check_json and p.stdout.strip().startswith("{") else None)
+
+
+def baseline(d: Path, model: Path, tmp_path: Path) -> str:
+    """Every board on MODEL (the version a rollout replaces)."""
+    r = ed_json("push", model, "--all", "--fleet", d / "fleet.toml", db=tmp_path / "p.db")
+    assert r["ok"] == N
+    return manifest_version(model)
+
+
+GATES = ["--gate", "accuracy>=0.9", "--gate", "p99_ms<=1000", "--max-accuracy-drop", "3"]
+
+
+def test_good_update_reaches_every_board_bad_one_stops_at_the_canary(rfleet, models,
+                                                                      bad_model, tmp_path):
+    d, db, jn = rfleet, tmp_path / "r.db", tmp_path / "j.db"
+    old = baseline(d, models["float32"], tmp_path)
+    common = ["--fleet", d / "fleet.toml", "--gate-data", models["test"], "--canary", "1",
+              "--waves", "50%,100%", *GATES]
+    # dry run: the plan, nothing moves
+    p, plan = ro(models["int8"], *common, "--dry-run", db=db, journal=jn)
+    assert p.returncode == 0 and plan["waves"] == [["b0"], ["b1"], ["b2", "b3"]]
+    assert all(board_state(d, f"b{i}")["current"] == old for i in range(N))
+
+    p, r = ro(models["int8"], *common, db=db, journal=jn)
+    assert p.returncode == 0, p.stderr
+    assert r["state"] == "succeeded" and r["counts"] == {"committed": N}
+    new = r["version"]
+    for b in r["boards"]:
+        assert b["old"] == old and b["figures"]["accuracy"] >= 0.9
+        assert abs(b["figures"]["accuracy"] - b["old_figures"]["accuracy"]) < 0.03
+    journal_agrees(d, r, old)
+    st = ro("status", r["id"], db=db, journal=jn)[1]
+    assert st["state"] == "succeeded" and st["counts"] == {"committed": N}
+
+    # the bad update: the canary fails its gate, goes back; no other board is touched
+    p, r = ro(bad_model, *common, db=db, journal=jn)
+    assert p.returncode == 1 and r["state"] == "aborted" and "canary b0" in r["message"]
+    by = {b["board"]: b for b in r["boards"]}
+    assert by["b0"]["state"] == "rolled_back" and "accuracy" in by["b0"]["error"]
+    assert by["b0"]["figures"]["accuracy"] < 0.5
+    assert all(by[f"b{i}"]["state"] == "pending" for i in range(1, N))
+    bad = r["version"]
+    for i in range(N):
+        s = board_state(d, f"b{i}")
+        assert s["current"] == new
+        if i:
+            assert bad not in s["versions"]        # not even uploaded
+    assert r["boards"][0]["old"] == new
+    journal_agrees(d, r, new)
+
+
+def test_bad_input_is_refused_before_anything_moves(rfleet, models, tmp_path):
+    d, db, jn = rfleet, tmp_path / "r.db", tmp_path / "j.db"
+    before = [board_state(d, f"b{i}") for i in range(N)]
+    f = ["--fleet", d / "fleet.toml"]
+    p, _ = ro(models["int8"], *f, "--gate", "speed>=3", db=db, journal=jn, check_json=False)
+    assert p.returncode == 2 and "unknown metric 'speed'" in p.stderr
+    p, _ = ro(models["int8"], *f, "--gate", "accuracy>=0.9", db=db, journal=jn,
+              check_json=False)
+    assert p.returncode == 2 and "--gate-data" in p.stderr
+    bad_fleet = tmp_path / "dup.toml"
+    text = (d / "fleet.toml").read_text()
+    bad_fleet.write_text(text + "\n[boards.twin]\n" + text.split("[boards.b0]")[1]
+                         .split("[boards.")[0])
+    p, _ = ro(models["int8"], "--fleet", bad_fleet, db=db, journal=jn, check_json=False)
+    assert p.returncode == 2 and "twin" in p.stderr
+    coral = tmp_path / "coral.toml"
+    coral.write_text(text.replace('[boards.b3]\n', '[boards.b3]\nprofile = "coral-usb"\n'))
+    p, _ = ro(models["int8"], "--fleet", coral, db=db, journal=jn, check_json=False)
+    assert p.returncode == 2 and "b3" in p.stderr and "Edge TPU" in p.stderr
+    assert [board_state(d, f"b{i}") for i in range(N)] == before
+    # with --skip-incompatible the Coral is listed as skipped and the rest go ahead
+    p, plan = ro(models["int8"], "--fleet", coral, "--skip-incompatible", "--dry-run", db=db,
+                 journal=jn)
+    assert "b3" in plan["skipped"] and ["b3"] not in plan["waves"]
+
+
+def test_a_second_rollout_on_the_same_boards_is_refused(rfleet, models, tmp_path):
+    from edgedeploy.host.bundle import load_bundle
+    from edgedeploy.host.rollout import Journal, Options
+
+    d, db, jn = rfleet, tmp_path / "r.db", tmp_path / "j.db"
+    j = Journal(jn)
+    j.create("held", load_bundle(models["int8"]), str(models["int8"]), str(d / "fleet.toml"),
+             Options(), [["b1"]], {})  # "running", by this (live) process
+    p, _ = ro(models["float32"], "--fleet", d / "fleet.toml", db=db, journal=jn,
+              check_json=False)
+    assert p.returncode == 4 and "rollout held is running on b1" in p.stderr
+    p, r = ro("cancel", "held", db=db, journal=jn)
+    assert p.returncode == 0 and r["state"] == "cancelling"
+
+
+def _sshd_pid(d: Path, name: str) -> int:
+    st = json.loads((d / "fleet-state.json").read_text())
+    return next(b["pid"] for b in st["boards"] if b["name"] == name)
+
+
+def _restart_sshd(d: Path, name: str, env: str | None = None) -> None:
+    """Start board NAME's sshd again (killed by a trial), with extra SetEnv if ENV."""
+    cfg = d / name / "sshd_config"
+    lines = [ln for ln in cfg.read_text().splitlines()]
+    lines = [(f"SetEnv HOME={d / name / 'home'}" + (f" {env}" if env else ""))
+             if ln.startswith("SetEnv ") else ln for ln in lines]
+    cfg.write_text("\n".join(lines) + "\n")
+    st = json.loads((d / "fleet-state.json").read_text())
+    entry = next(b for b in st["boards"] if b["name"] == name)
+    try:
+        os.kill(entry["pid"], signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    time.sleep(0.3)
+    prefix = ["ip", "netns", "exec", entry["netns"]] if entry.get("netns") else []
+    with open(d / name / "sshd.log", "ab") as log:
+        proc = subprocess.Popen([*prefix, "/usr/sbin/sshd", "-D", "-e", "-f", str(cfg)],
+                                stdout=log, stderr=log, start_new_session=True)
+    entry["pid"] = proc.pid
+    (d / "fleet-state.json").write_text(json.dumps(st))
+    for _ in range(100):
+        try:
+            socket.create_connection((entry["addr"], entry["port"]), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"{name}: sshd did not come back")
+
+
+TRIALS = 2
+
+
+@pytest.mark.parametrize("trial", range(TRIALS))
+def test_agent_killed_during_activation_rolls_that_board_back(rfleet, models, tmp_path, trial):
+    d, db, jn = rfleet, tmp_path / "r.db", tmp_path / "j.db"
+    old = baseline(d, models["float32"], tmp_path)
+    marker = tmp_path / "crashed"
+    _restart_sshd(d, "b2", f"EDGEDEPLOY_AGENT_CRASH_AT=activate:switched@{marker}")
+    try:
+        p, r = ro(models["int8"], "--fleet", d / "fleet.toml", "--waves", "100%",
+                  "--max-failures", "50%", "--min-sample", "4", db=db, journal=jn)
+    finally:
+        _restart_sshd(d, "b2")
+    assert marker.exists()                       # the agent really died mid-activation
+    by = {b["board"]: b for b in r["boards"]}
+    assert by["b2"]["state"] == "rolled_back" and "activation" in by["b2"]["error"]
+    assert r["state"] == "partial" and r["counts"] == {"committed": 3, "rolled_back": 1}
+    assert board_state(d, "b2")["current"] == old
+    journal_agrees(d, r, old)
+
+
+def _run_in_background(d: Path, db: Path, jn: Path, model: Path, *args) -> subprocess.Popen:
+    env = {**os.environ, "EDGEDEPLOY_RESULTS": str(db)}
+    return subprocess.Popen([sys.executable, "-m", "edgedeploy.host.cli", "rollout", str(model),
+                             "--fleet", str(d / "fleet.toml"), "--journal", str(jn), "--json",
+                             *map(str, args)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def _wait_for(jn: Path, pred, seconds: float = 120) -> list[dict]:
+    from edgedeploy.host.rollout import Journal
+    j = Journal(jn)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            rows = j.boards(j.rollout()["id"])
+        except Exception:
+            rows = []
+        if rows and pred({b["board"]: b for b in rows}):
+            return rows
+        time.sleep(0.01)
+    raise AssertionError("the rollout never got there")
+
+
+@pytest.mark.parametrize("trial", range(TRIALS))
+def test_sshd_killed_mid_rollout_counts_toward_the_abort(rfleet, models, tmp_path, trial):
+    """Once the canary is committed, b1's sshd and its sessions are killed (-9) — mid-upload
+    or mid-activation, wherever b1 is. b1 fails; with --max-failures 0 the rollout aborts and
+    every board it activated goes back; a board stranded by the cut is put back by --resume
+    once its sshd is up again."""
+    d, db, jn = rfleet, tmp_path / "r.db", tmp_path / "j.db"
+    old = baseline(d, models["float32"], tmp_path)
+    proc = _run_in_background(d, db, jn, models["int8"], "--waves", "100%", "--max-failures",
+                              "0", "--min-sample", "1", "--timeout", "5", "--retries", "0",
+                              "--gate-data", models["test"], "--gate", "accuracy>=0.9")
+    try:
+        _wait_for(jn, lambda rows: rows["b0"]["state"] == "committed" or
+                  (trial == 1 and rows["b1"]["state"] in ("staged", "activating")))
+        os.killpg(_sshd_pid(d, "b1"), signal.SIGKILL)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _restart_sshd(d, "b1")
+    r = json.loads(out)
+    assert proc.returncode == 1 and r["state"] == "aborted", (r, err)
+    by = {b["board"]: b for b in r["boards"]}
+    assert by["b1"]["state"] in ("failed", "stranded") and "b1" in by["b1"]["error"]
+    assert by["b0"]["state"] == "rolled_back" and "aborted" in by["b0"]["error"]
+    if by["b1"]["state"] == "stranded":       # activated before the cut: finish its rollback
+        p, r = ro("--resume", r["id"], db=db, journal=jn)
+        assert r["counts"].get("stranded") is None, r
+    for i in range(N):
+        assert board_state(d, f"b{i}")["current"] == old
+    journal_agrees(d, r, old)
+
+
+@pytest.mark.parametrize("trial", range(TRIALS))
+def test_host_killed_mid_rollout_then_resume(rfleet, models, tmp_path, trial):
+    d, db, jn = rfleet, tmp_path / "r.db", tmp_path / "j.db"
+    old = baseline(d, models["float32"], tmp_path)
+    proc = _run_in_background(d, db, jn, models["int8"], "--waves", "1,1,1", "--gate-data",
+                              models["test"], "--gate", "accuracy>=0.9")
+    # kill -9 the host process once the canary is done (trial 1: one wave later)
+    _wait_for(jn, lambda rows: sum(b["state"] == "committed" for b in rows.values())
+              >= 1 + trial)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    from edgedeploy.host.rollout import Journal
+    j = Journal(jn)
+    rid = j.rollout()["id"]
+    assert j.rollout(rid)["state"] == "running"
+    done_before = {b["board"] for b in j.boards(rid) if b["state"] == "committed"}
+    assert done_before
+    p, r = ro("--resume", rid, db=db, journal=jn)
+    assert p.returncode == 0, p.stderr
+    assert r["state"] == "succeeded" and r["counts"] == {"committed": N}
+    # finished boards were not redone: their journal rows kept their first figures
+    ev = j._db().execute("SELECT board, count(*) FROM events WHERE rollout = ? AND "
+                         "state = 'committed' GROUP BY board", (rid,)).fetchall()
+    assert all(c == 1 for _, c in ev)
+    journal_agrees(d, r, old)
+    assert old != r["version"]
