@@ -65,6 +65,18 @@ def board_state(d: Path, name: str) -> dict:
             "versions": [x["version"] for x in e["versions"]]}
 
 
+def forget(d: Path, version: str) -> None:
+    """Remove digits@VERSION from every board that has it (not active), so that a rollout of
+    it really uploads."""
+    fleet = (d / "fleet.toml").read_text()
+    for i in range(N):
+        py = fleet.split(f"[boards.b{i}]")[1].split("python = ")[1].split("\n")[0].strip('"')
+        root = d / f"b{i}" / "home" / ".edgedeploy"
+        subprocess.run([py, str(root / "agent" / "edgedeploy-agent.pyz"), "--store",
+                        str(root / "store"), "remove", "digits", version], capture_output=True)
+        assert not (root / "store" / "models" / "digits" / version).exists()
+
+
 def journal_agrees(d: Path, report: dict, before: str) -> None:
     """Every board where the journal says: committed → new; else → the version it had
     (the journal's `old` where the board was reached, else BEFORE)."""
@@ -361,6 +373,7 @@ def test_corrupted_upload_is_refused_and_counts(rfleet, models, tmp_path, trial)
     for f in models["int8"].parent.glob("digits.int8.*"):
         sh.copy(f, src / f.name)
     model = src / "digits.int8.tflite"
+    forget(d, manifest_version(model))
     proc = _run_in_background(d, db, jn, model, "--waves", "100%", "--max-failures", "0",
                               "--min-sample", "1")
     try:
