@@ -35,6 +35,14 @@ class Slot:
     outputs: list
     loaded_at: float
     lock: threading.Lock = field(default_factory=threading.Lock)
+    shapes: list = field(default_factory=list)    # per input, as numpy reports a.shape
+    dtypes: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        import numpy as np
+
+        self.shapes = [tuple(int(s) for s in d["shape"]) for d in self.inputs]
+        self.dtypes = [np.dtype(d["dtype"]) for d in self.inputs]
 
 
 class Registry:
@@ -97,8 +105,6 @@ class Registry:
                     "last_error": self.last_error.get(n)} for n in sorted(names)}
 
     def predict(self, name: str, arrays: list) -> tuple[str, list, float]:
-        import numpy as np
-
         from .evaluate import dequantize, quantize
 
         slot = self.slots.get(name)
@@ -108,12 +114,10 @@ class Registry:
         if len(arrays) != len(slot.inputs):
             raise InputError(f"model {name} takes {len(slot.inputs)} inputs, got {len(arrays)}")
         ready = []
-        for d, a in zip(slot.inputs, arrays):
-            want = [int(s) for s in d["shape"]]
-            if list(a.shape) != want:
-                raise InputError(f"model {name}: input {d['name']} has shape {want}, got "
-                                 f"{list(a.shape)}")
-            dtype = np.dtype(d["dtype"])
+        for d, shape, dtype, a in zip(slot.inputs, slot.shapes, slot.dtypes, arrays):
+            if a.shape != shape:
+                raise InputError(f"model {name}: input {d['name']} has shape {list(shape)}, "
+                                 f"got {list(a.shape)}")
             if a.dtype != dtype:
                 if a.dtype.kind != "f":
                     raise InputError(f"model {name}: input {d['name']} is {dtype}, got "
