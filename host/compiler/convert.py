@@ -130,7 +130,12 @@ def _fixed_batch_converter(tf, src: SourceModel, keras_model=None):
         name = inp.name.split(":")[0].split("/")[0] or "input"
         fn = tf.function(lambda x: model(x, training=False))
         concrete = fn.get_concrete_function(tf.TensorSpec(shape, inp.dtype, name=name))
-        return tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+        # The converter saves what it is given as a SavedModel first: hand it just the
+        # variables the function captures, not the Keras model's whole object graph (a
+        # third of the conversion time went to walking it).
+        holder = tf.Module()
+        holder.variables_ = list(model.variables)
+        return tf.lite.TFLiteConverter.from_concrete_functions([concrete], holder)
     loaded = tf.saved_model.load(str(src.path))
     sig = loaded.signatures["serving_default"]
     arg_name, spec = list(sig.structured_input_signature[1].items())[0]
