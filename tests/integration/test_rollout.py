@@ -220,7 +220,7 @@ def _restart_sshd(d: Path, name: str, env: str | None = None) -> None:
     raise AssertionError(f"{name}: sshd did not come back")
 
 
-TRIALS = 2
+TRIALS = 3
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
