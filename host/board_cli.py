@@ -107,7 +107,7 @@ def add_parsers(sub) -> None:
     ro.add_argument("--resume", metavar="ID", help="continue a rollout whose host process died")
     ro.add_argument("--group", help="the boards in this group")
     ro.add_argument("--tag", help="the boards with this tag")
-    ro.add_argument("--canary", default="1", metavar="N|P%%", help="first wave (1)")
+    ro.add_argument("--canary", default="1", metavar="N|P%", help="first wave (1)")
     ro.add_argument("--waves", default="10%,50%,100%", metavar="SPEC",
                     help="cumulative shares after the canary, or `exp` (10%%,50%%,100%%)")
     ro.add_argument("--parallel", type=int, default=16, metavar="N",
@@ -120,13 +120,13 @@ def add_parsers(sub) -> None:
                     help="vs the version being replaced, on the same board")
     ro.add_argument("--max-latency-increase", metavar="PCT",
                     help="p99 vs the version being replaced, e.g. 10%%")
-    ro.add_argument("--max-failures", default="5%", metavar="N|P%%",
+    ro.add_argument("--max-failures", default="5%", metavar="N|P%",
                     help="abort (and roll back) past this many failed boards (5%%)")
     ro.add_argument("--min-sample", type=int, default=5, metavar="N",
                     help="finished boards before --max-failures can trigger (5)")
     ro.add_argument("--timeout", type=float, default=300, metavar="S",
                     help="per board command (300)")
-    ro.add_argument("--retries", type=int, default=1, help="per step on a broken link (1)")
+    ro.add_argument("--retries", type=int, default=1, metavar="N", help="per step on a broken link (1)")
     ro.add_argument("--bench-runs", type=int, default=50, metavar="N",
                     help="timed runs for the latency gates (50)")
     ro.add_argument("--skip-incompatible", action="store_true",
