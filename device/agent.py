@@ -48,8 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "memory, disk")
     sub.add_parser("batch", help="read commands from stdin (a JSON argv list per line), "
                                  "answer each on a line; for deployers")
-    sub.add_parser("state", help="one round trip for a deployer: version, info (runtime facts "
-                                 "cached while Python and packages are unchanged) and list")
+    stp = sub.add_parser("state", help="one round trip for a deployer: version, info (runtime "
+                                       "facts cached while Python and packages are unchanged) "
+                                       "and list")
+    stp.add_argument("--model", metavar="NAME", help="list only this model")
     i = sub.add_parser("install", help="check a bundle's hashes and store it as NAME/VERSION")
     i.add_argument("bundle", metavar="BUNDLE", help="a folder or .tar/.tar.gz with a manifest")
     i.add_argument("--activate", action="store_true", help="activate it after installing")
@@ -135,7 +137,7 @@ def cmd_state(a, store) -> dict:
 
     info = board_info(store.root, a.runtime, cached=True)
     return protocol.ok("state", agent=info["agent"], info=info, store=str(store.root),
-                       models=store.listing())
+                       models=store.listing(a.model))
 
 
 def cmd_install(a, store) -> dict:

@@ -27,7 +27,7 @@ Agent commands (``edgedeploy-agent [--store DIR] CMD``) and their answers (``kin
                "memory": {"total_bytes": ..., "available_bytes": ...},
                "store": {"path": "...", "free_bytes": ..., "total_bytes": ...}}
     state     {"agent": {...version...}, "info": {...info...}, "store": "/…/store",
-               "models": [...list...]}   # one round trip; info's runtime facts are cached in
+               "models": [...list...]}   # (`--model NAME`: that model only) one round trip; info's runtime facts are cached in
                                          # STORE/info-cache.json while Python, the agent and
                                          # every sys.path folder are unchanged
     install   {"name": "digits", "version": "3f2a9c1b0d4e", "path": ".../models/digits/3f2a9c1b0d4e",

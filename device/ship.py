@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import pkgutil
-import zipfile
 from pathlib import Path
 
 BUILD_INFO = "_build.json"
@@ -94,6 +93,8 @@ def build_zipapp(out: str | Path) -> dict:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(b"#!/usr/bin/env python3\n")
+            import zipfile
+
             with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
                 for name in sorted(files):
                     zi = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))

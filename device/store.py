@@ -29,7 +29,6 @@ import json
 import os
 import shutil
 import stat
-import tarfile
 import tempfile
 import time
 from dataclasses import dataclass
@@ -213,9 +212,12 @@ class Store:
                 problems.append(f"{rel}: sha256 differs from the manifest")
         return problems
 
-    def listing(self) -> list[dict]:
+    def listing(self, only: str | None = None) -> list[dict]:
         out = []
-        for name in self.names():
+        if only is not None:
+            check_name("model name", only)
+        for name in self.names() if only is None else \
+                [only] if (self.models / only).is_dir() else []:
             ptr = self.pointer(name)
             versions = []
             for v in self.versions(name):
@@ -404,6 +406,8 @@ def _copy_folder(bundle: Path, staging: Path) -> list[str]:
 
 
 def _extract_tar(bundle: Path, staging: Path) -> list[str]:
+    import tarfile
+
     try:
         tf = tarfile.open(bundle, "r:*")
     except (tarfile.TarError, OSError) as exc:

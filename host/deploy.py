@@ -213,13 +213,15 @@ class BoardSession:
         msg = self._last_json(r.stdout) if r.exit_code == 0 else None
         return msg.get("content_hash") if msg else None
 
-    def state(self, *, install_agent: bool = True) -> dict:
-        """The agent's `state` (version, info, listing) in one call. With INSTALL_AGENT, a
-        missing or different agent is replaced by ours first; state["agent_uploaded"] says."""
+    def state(self, *, install_agent: bool = True, model: str | None = None) -> dict:
+        """The agent's `state` (version, info, listing — of MODEL only, if given) in one call.
+        With INSTALL_AGENT, a missing or different agent is replaced by ours first;
+        state["agent_uploaded"] says."""
         ours = local_agent()
+        args = ["state"] + (["--model", model] if model else [])
         st: dict | None = None
         try:
-            st = self.agent("state")
+            st = self.agent(*args)
         except RemoteFailure:
             if not install_agent:
                 raise
@@ -230,7 +232,7 @@ class BoardSession:
             self._end_batch()
             self._upload_agent(ours["path"])
             uploaded = True
-            st = self.agent("state")
+            st = self.agent(*args)
         if self._root is None:
             self._root = posixpath.dirname(st["store"].rstrip("/"))
         return {**st, "agent_uploaded": uploaded}
@@ -258,7 +260,7 @@ class BoardSession:
     def push(self, bundle: Bundle, *, activate: bool = True,
              progress: Callable[[int, int], None] | None = None) -> PushResult:
         t0 = time.perf_counter()
-        st = self.state()
+        st = self.state(model=bundle.name)
         plan = plan_push(self.board, st["info"], st["models"], bundle, activate)
         if plan.problems:
             raise Incompatible(self.board.name, "; ".join(plan.problems),

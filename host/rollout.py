@@ -372,7 +372,7 @@ class Rollout:
         try:
             def go() -> dict:
                 with self._session(name) as s:
-                    st = s.state()
+                    st = s.state(model=self.bundle.name)
                     entry = next((e for e in st["models"] if e["name"] == self.bundle.name),
                                  None)
                     old = entry["current"] if entry else None
@@ -424,7 +424,7 @@ class Rollout:
         self._set(name, "rolling_back", error=why)
         try:
             with self._session(name) as s:
-                st = s.state(install_agent=False)
+                st = s.state(install_agent=False, model=self.bundle.name)
                 entry = next((e for e in st["models"] if e["name"] == self.bundle.name), None)
                 current = entry["current"] if entry else None
                 if row["old"] and current != row["old"]:
@@ -500,7 +500,8 @@ class Rollout:
             elif st in ("activating", "activated"):
                 try:
                     with self._session(n) as s:
-                        cur = next((e["current"] for e in s.state()["models"]
+                        cur = next((e["current"] for e in
+                                    s.state(model=self.bundle.name)["models"]
                                     if e["name"] == self.bundle.name), None)
                     self._set(n, "activated" if cur == self.bundle.version else "staged")
                 except EdgeDeployError as exc:

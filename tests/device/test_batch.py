@@ -115,3 +115,18 @@ def test_agent_killed_mid_batch_is_seen_by_the_deployer(agent, models, tmp_path)
         st = s.state()
     assert st["models"][0]["current"] == first.version
     assert not list((root / "incoming").iterdir())
+
+
+def test_state_of_one_model(agent, models, tmp_path):
+    from dataclasses import replace
+
+    from edgedeploy.host.bundle import Bundle, load_bundle
+
+    b = load_bundle(models["int8"])
+    for name in ("digits", "other"):
+        agent("install", Bundle(replace(b.manifest, name=name), b.model_path).write_folder(
+            tmp_path / name), "--activate")
+    assert [m["name"] for m in agent("state")["models"]] == ["digits", "other"]
+    assert [m["name"] for m in agent("state", "--model", "other")["models"]] == ["other"]
+    assert agent("state", "--model", "absent")["models"] == []
+    assert agent("state", "--model", "../x", ok=False)["code"] == "bad_input"
