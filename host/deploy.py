@@ -258,9 +258,11 @@ class BoardSession:
 
     # -- operations --------------------------------------------------------------------
     def push(self, bundle: Bundle, *, activate: bool = True,
-             progress: Callable[[int, int], None] | None = None) -> PushResult:
+             progress: Callable[[int, int], None] | None = None,
+             state: dict | None = None) -> PushResult:
+        """STATE: what `state(model=bundle.name)` just said, if the caller has it."""
         t0 = time.perf_counter()
-        st = self.state(model=bundle.name)
+        st = state or self.state(model=bundle.name)
         plan = plan_push(self.board, st["info"], st["models"], bundle, activate)
         if plan.problems:
             raise Incompatible(self.board.name, "; ".join(plan.problems),

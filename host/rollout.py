@@ -35,9 +35,10 @@ import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from ..errors import BoardError, Conflict, EdgeDeployError, InputError, NotFound
 from ..targets import Board
@@ -325,12 +326,34 @@ class Rollout:
         self.gates = opts.parsed_gates()
         self.emit = emit or (lambda ev: None)
         self.pool = ThreadPoolExecutor(max_workers=max(1, opts.parallel))
+        self._sessions: dict[str, BoardSession] = {}
+        self._slock = threading.Lock()
 
     # one board, one step; the journal row is written before the board is touched
-    def _session(self, name: str) -> BoardSession:
-        b = replace(self.boards[name], command_timeout=self.opts.timeout,
-                    connect_timeout=min(self.boards[name].connect_timeout, self.opts.timeout))
-        return BoardSession(b, accept_new_host_key=self.opts.accept_new_host_key)
+    @contextmanager
+    def _session(self, name: str) -> Iterator[BoardSession]:
+        """A board's connection (and its agent process), kept from step to step within a
+        wave; one that failed is dropped, so the next step connects afresh."""
+        with self._slock:
+            s = self._sessions.pop(name, None)
+        if s is None:
+            b = replace(self.boards[name], command_timeout=self.opts.timeout,
+                        connect_timeout=min(self.boards[name].connect_timeout,
+                                            self.opts.timeout))
+            s = BoardSession(b, accept_new_host_key=self.opts.accept_new_host_key)
+        try:
+            yield s
+        except BaseException:
+            s.close()
+            raise
+        with self._slock:
+            self._sessions[name] = s
+
+    def _close_sessions(self) -> None:
+        with self._slock:
+            sessions, self._sessions = list(self._sessions.values()), {}
+        for s in sessions:
+            s.close()
 
     def _with_retries(self, fn: Callable[[], dict]) -> dict:
         from ..errors import Unreachable
@@ -378,7 +401,7 @@ class Rollout:
                     old = entry["current"] if entry else None
                     if old == self.bundle.version:
                         old = entry["previous"]
-                    s.push(self.bundle, activate=False)
+                    s.push(self.bundle, activate=False, state=st)
                     old_fig = self._measure(s, old, self.bundle.version) \
                         if old and (self.opts.max_accuracy_drop is not None or
                                     self.opts.max_latency_increase is not None) else None
@@ -391,9 +414,10 @@ class Rollout:
     def activate(self, name: str) -> None:
         self._set(name, "activating")
         try:
-            with self._session(name) as s:
-                self._with_retries(lambda: s.agent("activate", self.bundle.name,
-                                                   self.bundle.version))
+            def go() -> dict:
+                with self._session(name) as s:
+                    return s.agent("activate", self.bundle.name, self.bundle.version)
+            self._with_retries(go)
             self._set(name, "activated")
         except EdgeDeployError as exc:
             self._back(name, f"activation: {exc}")
@@ -403,9 +427,10 @@ class Rollout:
             self._set(name, "committed")
             return
         try:
-            with self._session(name) as s:
-                fig = self._with_retries(lambda: self._measure(s, self.bundle.version,
-                                                               self.bundle.version))
+            def go() -> dict:
+                with self._session(name) as s:
+                    return self._measure(s, self.bundle.version, self.bundle.version)
+            fig = self._with_retries(go)
         except EdgeDeployError as exc:
             self._back(name, f"gate not measured: {exc}")
             return
@@ -469,6 +494,7 @@ class Rollout:
                 if verdict:
                     self._abort(verdict)
                     return self._finish("aborted", verdict)
+                self._close_sessions()  # a wave's connections end with it
             rows = self.j.boards(self.rid)
             bad = [b["board"] for b in rows if b["state"] not in ("committed", "skipped")]
             if bad:
@@ -477,6 +503,7 @@ class Rollout:
             return self._finish("succeeded", None)
         finally:
             self.pool.shutdown(wait=True)
+            self._close_sessions()
 
     def repair(self) -> dict:
         """An ended rollout: retry the rollback of every stranded board."""
@@ -485,6 +512,7 @@ class Rollout:
             list(self.pool.map(lambda n: self._back(n, "rollback retried"), stranded))
         finally:
             self.pool.shutdown(wait=True)
+            self._close_sessions()
         r = self.j.rollout(self.rid)
         left = [b["board"] for b in self.j.boards(self.rid) if b["state"] == "stranded"]
         return self._finish(r["state"], (r["message"] or "") + (

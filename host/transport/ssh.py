@@ -74,6 +74,18 @@ def _socket(board: str, host: str, port: int, timeout: float) -> socket.socket:
     return sock
 
 
+_LINK_ERRORS = (paramiko.SSHException, OSError, EOFError)  # socket.timeout is an OSError
+
+
+def _link_error(board: str, what: str, exc: BaseException, timeout: float | None = None
+                ) -> Unreachable:
+    """What a board's command or channel raised, as the BoardError the user sees."""
+    if isinstance(exc, socket.timeout):
+        return Unreachable(board, f"{what} gave no output for {timeout} s",
+                           hint="the board or its link may be down")
+    return Unreachable(board, f"{what}: the connection broke ({type(exc).__name__}: {exc})")
+
+
 class _SshStream(Stream):
     def __init__(self, board: str, chan: paramiko.Channel, command: str) -> None:
         self.board, self.chan, self.command = board, chan, command
@@ -87,23 +99,18 @@ class _SshStream(Stream):
     def send_line(self, text: str) -> None:
         try:
             self.chan.sendall((text + "\n").encode())
-        except (paramiko.SSHException, OSError, EOFError) as exc:
+        except _LINK_ERRORS as exc:
             t = self.chan.get_transport()
             if t is not None and t.is_active():
                 return  # the command has ended; read_line says so with ''
-            raise Unreachable(self.board, f"`{self.command}`: the connection broke "
-                                          f"({type(exc).__name__}: {exc})") from exc
+            raise _link_error(self.board, f"`{self.command}`", exc) from exc
 
     def read_line(self, timeout: float) -> str:
         self.chan.settimeout(timeout)
         try:
             line = self.out.readline()
-        except socket.timeout as exc:
-            raise Unreachable(self.board, f"`{self.command}` gave no answer for {timeout} s",
-                              hint="the board or its link may be down") from exc
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise Unreachable(self.board, f"`{self.command}`: the connection broke "
-                                          f"({type(exc).__name__}: {exc})") from exc
+        except _LINK_ERRORS as exc:
+            raise _link_error(self.board, f"`{self.command}`", exc, timeout) from exc
         finally:
             self._drain_err()
         return line.decode("utf-8", "replace")
@@ -224,12 +231,8 @@ class SshTransport(Transport):
             err = chan.makefile_stderr("rb").read()
             code = chan.recv_exit_status()
             chan.close()
-        except socket.timeout as exc:
-            raise Unreachable(self.board, f"`{cmd}` gave no output for {timeout} s",
-                              hint="the board or its link may be down") from exc
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise Unreachable(self.board, f"`{cmd}` failed: the connection broke "
-                                          f"({type(exc).__name__}: {exc})") from exc
+        except _LINK_ERRORS as exc:
+            raise _link_error(self.board, f"`{cmd}`", exc, timeout) from exc
         return RunResult(cmd, code, out.decode("utf-8", "replace"),
                          err.decode("utf-8", "replace"))
 
@@ -240,9 +243,8 @@ class SshTransport(Transport):
                 raise Unreachable(self.board, "the SSH connection is closed")
             chan = transport.open_session(timeout=self.timeout)
             chan.exec_command(command)
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise Unreachable(self.board, f"`{command}` failed: the connection broke "
-                                          f"({type(exc).__name__}: {exc})") from exc
+        except _LINK_ERRORS as exc:
+            raise _link_error(self.board, f"`{command}`", exc) from exc
         return _SshStream(self.board, chan, command)
 
     def sftp(self) -> paramiko.SFTPClient:

@@ -242,6 +242,18 @@ def test_agent_killed_during_activation_rolls_that_board_back(rfleet, models, tm
     journal_agrees(d, r, old)
 
 
+def all_back_on(d: Path, r: dict, old: str, cut: str, db: Path, jn: Path) -> None:
+    """After an aborted rollout: if board CUT was activated before it was cut off (stranded),
+    --resume finishes its rollback now that it is back; then every board is on OLD and the
+    journal agrees."""
+    if {b["board"]: b for b in r["boards"]}[cut]["state"] == "stranded":
+        p, r = ro("--resume", r["id"], db=db, journal=jn)
+        assert r["counts"].get("stranded") is None, r
+    for i in range(N):
+        assert board_state(d, f"b{i}")["current"] == old
+    journal_agrees(d, r, old)
+
+
 def _run_in_background(d: Path, db: Path, jn: Path, model: Path, *args) -> subprocess.Popen:
     env = {**os.environ, "EDGEDEPLOY_RESULTS": str(db)}
     return subprocess.Popen([sys.executable, "-m", "edgedeploy.host.cli", "rollout", str(model),
@@ -290,12 +302,7 @@ def test_sshd_killed_mid_rollout_counts_toward_the_abort(rfleet, models, tmp_pat
     by = {b["board"]: b for b in r["boards"]}
     assert by["b1"]["state"] in ("failed", "stranded") and "b1" in by["b1"]["error"]
     assert by["b0"]["state"] == "rolled_back" and "aborted" in by["b0"]["error"]
-    if by["b1"]["state"] == "stranded":       # activated before the cut: finish its rollback
-        p, r = ro("--resume", r["id"], db=db, journal=jn)
-        assert r["counts"].get("stranded") is None, r
-    for i in range(N):
-        assert board_state(d, f"b{i}")["current"] == old
-    journal_agrees(d, r, old)
+    all_back_on(d, r, old, "b1", db, jn)
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
@@ -350,13 +357,7 @@ def test_link_cut_mid_rollout(rfleet, models, tmp_path, trial):
     assert proc.returncode == 1 and r["state"] == "aborted", (r, err)
     by = {b["board"]: b for b in r["boards"]}
     assert by["b2"]["state"] in ("failed", "stranded") and "b2" in by["b2"]["error"]
-    if by["b2"]["state"] == "stranded":
-        time.sleep(1)
-        p, r = ro("--resume", r["id"], db=db, journal=jn)
-        assert r["counts"].get("stranded") is None, r
-    for i in range(N):
-        assert board_state(d, f"b{i}")["current"] == old
-    journal_agrees(d, r, old)
+    all_back_on(d, r, old, "b2", db, jn)
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
