@@ -305,8 +305,10 @@ class Journal:
 
 
 def _alive(pid: int | None, host: str | None) -> bool:
-    if not pid or host != socket.gethostname():
-        return bool(pid) and host != socket.gethostname()  # another host: assume it runs
+    if not pid:
+        return False
+    if host != socket.gethostname():
+        return True  # another host's process: it can't be checked from here, so assume so
     try:
         os.kill(pid, 0)
         return True
