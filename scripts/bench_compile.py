@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(ct)
 
     by = {r.label: r for r in rows}
-    f32, i8 = by["float32"], by["int8"]
+    i8 = by["int8"]
     checks = {
         "int8_size_ratio": (i8.size_ratio, i8.size_ratio <= GOALS["int8_size_ratio_max"]),
         "int8_accuracy_drop_pts": (-(i8.accuracy_delta_pts or 0.0),

@@ -4,7 +4,6 @@ and the agent run as a subprocess in each board env (no TensorFlow in them)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path

@@ -5,7 +5,6 @@ with a board env that has no TensorFlow."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -3,7 +3,6 @@ from a wheelhouse, the agent, and then takes pushes with no `python` in the inve
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import run_cli
 from tests.integration.conftest import ed, ed_json, fleet_down, fleet_up
 
 N = 4
@@ -26,7 +26,7 @@ N = 4
 @pytest.fixture(scope="module")
 def rfleet(tmp_path_factory):
     d = tmp_path_factory.mktemp("rfleet")
-    path = fleet_up(d, N, "--rate", "200mbit")
+    fleet_up(d, N, "--rate", "200mbit")
     yield d
     fleet_down(d)
 
