@@ -486,8 +486,7 @@ def cmd_targets(a) -> int:
     for b in boards:
         try:
             with _session(a, b.name) as s:
-                s.ensure_agent()
-                info = s.agent("info")
+                info = s.state()["info"]  # installs our agent where it is missing or old
             problems = board_problems(b, info)
             out.append({"board": b.name, "ok": not problems, "problems": problems,
                         "arch": info["arch"], "python": info["python"],

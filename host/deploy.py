@@ -237,14 +237,6 @@ class BoardSession:
             self._root = posixpath.dirname(st["store"].rstrip("/"))
         return {**st, "agent_uploaded": uploaded}
 
-    def ensure_agent(self) -> bool:
-        """Copy our agent when the board's is missing or different. True if copied."""
-        ours = local_agent()
-        if self.agent_hash() == ours["content_hash"]:
-            return False
-        self._upload_agent(ours["path"])
-        return True
-
     def _upload_agent(self, path: Path) -> None:
         tmp = f"{self.agent_path}.{secrets.token_hex(4)}.tmp"
         self.t.mkdir(f"{self.root}/agent")

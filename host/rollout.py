@@ -43,7 +43,7 @@ from typing import Callable, Iterator
 from ..errors import BoardError, Conflict, EdgeDeployError, InputError, NotFound
 from ..targets import Board
 from .bundle import Bundle
-from .deploy import BoardSession, board_problems, model_problems
+from .deploy import BoardSession, plan_push
 
 DEFAULT_DB = Path(os.environ.get("EDGEDEPLOY_ROLLOUTS", "~/.local/share/edgedeploy/"
                                                        "rollouts.db")).expanduser()
@@ -326,6 +326,7 @@ class Rollout:
                  opts: Options, emit: Callable[[dict], None] | None = None) -> None:
         self.j, self.rid, self.boards, self.bundle, self.opts = journal, rid, boards, bundle, opts
         self.gates = opts.parsed_gates()
+        self.reference = _gate_has_outputs(bundle)  # the gate data carries host outputs
         self.emit = emit or (lambda ev: None)
         self.pool = ThreadPoolExecutor(max_workers=max(1, opts.parallel))
         self._sessions: dict[str, BoardSession] = {}
@@ -381,7 +382,7 @@ class Rollout:
             # the gate data travelled in the bundle: it lies in the new version's folder
             data = f"{s.store}/models/{self.bundle.name}/{data_version}/{GATE_FILE}"
             args = ["eval", f"{self.bundle.name}@{version}", "--data", data]
-            if _gate_has_outputs(self.bundle):
+            if self.reference:
                 args += ["--reference", data]
             ev = s.agent(*args)
             figures["accuracy"] = ev["top1"]
@@ -590,16 +591,13 @@ def preflight(boards: list[Board], bundle: Bundle, opts: Options
             with BoardSession(replace(b, command_timeout=opts.timeout),
                               accept_new_host_key=opts.accept_new_host_key) as s:
                 try:
-                    st = s.state(install_agent=False)
+                    st = s.state(install_agent=False, model=bundle.name)
                 except BoardError as exc:
                     notes[b.name] = f"agent missing or not runnable; it will be installed ({exc})"
                     return
                 if st["agent"]["content_hash"] != ours:
                     notes[b.name] = "agent will be updated"
-                p = board_problems(b, st["info"]) + model_problems(b, bundle.manifest)
-                free = st["info"].get("store", {}).get("free_bytes")
-                if free is not None and free < 2 * bundle.size:
-                    p.append(f"only {free} bytes free, the bundle needs 2 x {bundle.size}")
+                p = plan_push(b, st["info"], st["models"], bundle, activate=False).problems
                 if p:
                     problems[b.name] = "; ".join(p)
         except BoardError as exc:
@@ -613,13 +611,12 @@ def preflight(boards: list[Board], bundle: Bundle, opts: Options
 def start(j: Journal, boards: list[Board], bundle: Bundle, bundle_path: str, fleet_path: str,
           opts: Options, *, dry_run: bool = False,
           emit: Callable[[dict], None] | None = None) -> dict:
-    opts.parsed_gates()  # bad gates: an error before anything is touched
-    if any(g.metric == "agreement" for g in opts.parsed_gates()) and \
-            not _gate_has_outputs(bundle):
+    gates = opts.parsed_gates()  # bad gates: an error before anything is touched
+    if any(g.metric == "agreement" for g in gates) and not _gate_has_outputs(bundle):
         raise InputError("an agreement gate needs reference outputs: key 'outputs' in the "
                          "--gate-data file")
-    if opts.measures and GATE_FILE not in bundle.extra and any(
-            g.metric in ("accuracy", "agreement") for g in opts.parsed_gates()):
+    if GATE_FILE not in bundle.extra and any(g.metric in ("accuracy", "agreement")
+                                             for g in gates):
         raise InputError("accuracy/agreement gates need --gate-data FILE.npz (x, y)")
     if opts.max_accuracy_drop is not None and GATE_FILE not in bundle.extra:
         raise InputError("--max-accuracy-drop needs --gate-data FILE.npz (x, y)")
@@ -643,7 +640,7 @@ def start(j: Journal, boards: list[Board], bundle: Bundle, bundle_path: str, fle
     if dry_run:
         return {"dry_run": True, "model": bundle.name, "version": bundle.version,
                 "waves": plan, "skipped": problems, "notes": notes,
-                "gates": [str(g) for g in opts.parsed_gates()]}
+                "gates": [str(g) for g in gates]}
     if not plan:
         raise InputError("no board to roll out to")
     rid = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
