@@ -48,6 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
                                 "memory, disk")
     sub.add_parser("batch", help="read commands from stdin (a JSON argv list per line), "
                                  "answer each on a line; for deployers")
+    ad = sub.add_parser("agentd", help="the resident agent: serve the store's control "
+                                       "commands on STORE/agentd.sock (deployers reach it "
+                                       "through SSH stream-local forwarding)")
+    ad.add_argument("--idle", type=float, default=900, metavar="S",
+                    help="exit after S seconds with no client (900; 0: never)")
+    how = ad.add_mutually_exclusive_group()
+    how.add_argument("--detach", action="store_true",
+                     help="start it in the background and answer at once")
+    how.add_argument("--stop", action="store_true", help="stop the running one, if any")
     stp = sub.add_parser("state", help="one round trip for a deployer: version, info (runtime "
                                        "facts cached while Python and packages are unchanged) "
                                        "and list")
@@ -267,10 +276,25 @@ def cmd_serve(a, store) -> dict:
     return protocol.ok("serve", stopped=True)
 
 
+def cmd_agentd(a, store) -> dict:
+    """--detach: start the resident agent in the background and answer at once; --stop."""
+    from . import agentd
+
+    if a.stop:
+        return protocol.ok("agentd", **agentd.stop(str(store.root)))
+    return protocol.ok("agentd", **agentd.spawn(str(store.root), sys.argv[0],
+                                                _prefix(a), a.idle))
+
+
+def _prefix(a) -> list[str]:
+    return (["--store", a.store] if a.store else []) + \
+        (["--runtime", a.runtime] if a.runtime else [])
+
+
 COMMANDS = {"version": cmd_version, "info": cmd_info, "state": cmd_state, "install": cmd_install,
             "activate": cmd_activate, "rollback": cmd_rollback, "list": cmd_list,
             "remove": cmd_remove, "verify": cmd_verify, "bench": cmd_bench, "eval": cmd_eval,
-            "serve": cmd_serve}
+            "serve": cmd_serve, "agentd": cmd_agentd}
 
 
 def run(a: argparse.Namespace, store) -> tuple[int, dict]:
@@ -286,12 +310,20 @@ def run(a: argparse.Namespace, store) -> tuple[int, dict]:
                                  f"{exc.filename or store.root}: {exc.strerror or exc}")
 
 
-def batch(parser: argparse.ArgumentParser, prefix: list[str], store) -> int:
-    """Commands from stdin, one JSON argv list per line; one answer per line on stdout (with
-    "exit", the status the command would have exited with), in order, until stdin closes. A
-    deployer runs a session's commands through one such process: one Python start-up, not
-    one per command."""
-    for line in sys.stdin:
+def batch(parser: argparse.ArgumentParser, prefix: list[str], store, lines=None,
+          write=None, allowed=None, lock=None) -> int:
+    """Commands from stdin (or LINES), one JSON argv list per line; one answer per line on
+    stdout (or through WRITE), with "exit", the status the command would have exited with, in
+    order, until the input ends. A deployer runs a session's commands through one such
+    process: one Python start-up, not one per command. The resident agent (agentd.py) serves
+    its connections with this too, limited to ALLOWED commands, one at a time (LOCK)."""
+    import contextlib
+
+    if write is None:
+        def write(text: str) -> None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+    for line in sys.stdin if lines is None else lines:
         if not line.strip():
             continue
         try:
@@ -299,15 +331,19 @@ def batch(parser: argparse.ArgumentParser, prefix: list[str], store) -> int:
             if not isinstance(argv, list):
                 raise ValueError
             a = parser.parse_args([*prefix, *map(str, argv)])
-            if a.command == "batch":
+            if a.command == "batch" or (a.command == "agentd" and not (a.detach or a.stop)):
                 raise ValueError
-            code, msg = run(a, store)
-            if "edgedeploy.device.sysinfo" in sys.modules:
-                sys.modules["edgedeploy.device.sysinfo"].flush_cache()
+            if allowed is not None and a.command not in allowed:
+                code, msg = 2, protocol.error("not_here", f"{a.command} runs in its own "
+                                                          f"process, not the resident agent")
+            else:
+                with lock or contextlib.nullcontext():
+                    code, msg = run(a, store)
+                    if "edgedeploy.device.sysinfo" in sys.modules:
+                        sys.modules["edgedeploy.device.sysinfo"].flush_cache()
         except (ValueError, SystemExit):  # argparse has said why on stderr
             code, msg = 2, protocol.error("bad_input", f"batch: not a command: {line.strip()}")
-        sys.stdout.write(json.dumps({**msg, "exit": code}) + "\n")
-        sys.stdout.flush()
+        write(json.dumps({**msg, "exit": code}) + "\n")
     return 0
 
 
@@ -318,9 +354,14 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
     store = Store(a.store or default_store())
     if a.command == "batch":
-        prefix = (["--store", a.store] if a.store else []) + \
-            (["--runtime", a.runtime] if a.runtime else [])
-        return batch(parser, prefix, store)
+        return batch(parser, _prefix(a), store)
+    if a.command == "agentd" and not (a.detach or a.stop):
+        from .agentd import Daemon
+
+        def serve_lines(lines, write, allowed, lock) -> None:
+            batch(parser, _prefix(a), store, lines, write, allowed, lock)
+
+        return Daemon(str(store.root), a.idle, serve_lines).run()
     code, msg = run(a, store)
     sys.stdout.write(json.dumps(msg) + "\n")
     sys.stdout.flush()

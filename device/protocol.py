@@ -9,7 +9,8 @@ Errors (any command)::
 
     {"schema": 1, "ok": false, "kind": "error", "code": "bad_input" | "environment" |
      "conflict" | "not_found" | "hash_mismatch" | "unsafe_bundle" | "delegate_missing" |
-     "silent_cpu_fallback" | "model_load_failed" | "store_error" | "run_failed" | "error",
+     "silent_cpu_fallback" | "model_load_failed" | "store_error" | "run_failed" |
+     "not_here" | "error",
      "message": "one line naming the file/model and what to do"}
 
 Agent commands (``edgedeploy-agent [--store DIR] CMD``) and their answers (``kind`` = CMD)::
@@ -51,6 +52,13 @@ Agent commands (``edgedeploy-agent [--store DIR] CMD``) and their answers (``kin
                "top1": 0.979, "top5": 1.0 | null,
                "agreement": null | {"samples", "top1_agreement", "mean_abs_error", "max_abs_error"},
                "seconds": 0.21}
+    agentd --detach  {"started": true, "pid": 4242} | {"started": false, "reason": "..."}
+    agentd --stop    {"stopped": 4242 | null}     # (without either: runs the resident agent)
+
+``batch`` answers each command on a line with the command's message plus ``"exit"``. The
+resident agent (agentd.py) speaks the same over its socket after a hello line
+``{"agentd": 1, "pid": N, "content_hash": H}``; commands other than the store's control
+commands get ``not_here`` (bench, eval and serve run in their own process).
 
 Serve endpoint (``serve --socket PATH`` or ``--port N`` on 127.0.0.1), one JSON object per line
 each way; a connection may carry any number of requests, answered in order::

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import EnvironmentProblem, InputError, RemoteFailure
+from ..errors import BoardError, EnvironmentProblem, InputError, RemoteFailure
 from .deploy import BoardSession
 
 PACKAGES = {"litert": ["ai-edge-litert", "numpy"],
@@ -119,6 +119,10 @@ def bootstrap(s: BoardSession, wheelhouse: Path | None, progress=None) -> dict:
             raise RemoteFailure(board.name, r.command, r.exit_code, r.stderr or r.stdout,
                                 hint="the board's previous setup is unchanged where this "
                                      "step failed; see the message")
+    try:  # one started under the old Python would keep answering for it
+        s.stop_resident()
+    except BoardError:
+        pass  # no agent there yet
     st = s.state()
     info = st["info"]
     if not info.get("runtime"):

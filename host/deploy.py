@@ -13,6 +13,7 @@ On the board (ROOT is the inventory's ``root``, default ``~/.edgedeploy``)::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
@@ -22,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..device import agentd
+from ..device.agentd import CONTROL
 from ..device.manifest import Manifest, sha256_file
 from ..errors import AgentError, BoardError, Incompatible, RemoteFailure, Unreachable
 from ..targets import Board
@@ -29,6 +32,39 @@ from .bundle import Bundle
 from .transport import Stream, Transport, open_transport, shell_join
 
 AGENT_CACHE = Path(os.environ.get("EDGEDEPLOY_CACHE", "~/.cache/edgedeploy")).expanduser()
+HELLO_TIMEOUT = 5.0
+
+
+def _store_note(board: Board) -> Path:
+    key = json.dumps([board.name, board.host, board.port, board.user, board.root])
+    return AGENT_CACHE / "boards" / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".store")
+
+
+def _remembered_store(board: Board) -> str | None:
+    """The board's absolute store path as its agent last said (a `~/…` root needs the board
+    to expand it; the resident agent's socket is found by absolute path)."""
+    try:
+        return _store_note(board).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _remember_store(board: Board, store: str) -> None:
+    from ..device.store import write_atomic
+
+    note = _store_note(board)
+    try:
+        note.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(note, store.encode())
+    except OSError:
+        pass  # only a speed-up
+
+
+def _quiet_close(s: Stream) -> None:
+    try:
+        s.close()
+    except BoardError:
+        pass
 
 
 def local_agent() -> dict:
@@ -104,6 +140,7 @@ class PushResult:
     current: str | None
     previous: str | None
     seconds: float
+    resident_agent: bool = False  # the board's resident agent did the work (no process start)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,7 +165,11 @@ class BoardSession:
         self._root = None if spec_root.startswith("~") else spec_root
         self.agent_path = f"{spec_root}/agent/edgedeploy-agent.pyz"
         self.store = f"{spec_root}/store"
-        self._batch: Stream | None = None
+        self._batch: Stream | None = None       # the session's `batch` process
+        self._resident: Stream | None = None    # the board's resident agent (agentd)
+        self._resident_tried = False
+        self._resident_path = ""
+        self._store_abs = None if spec_root.startswith("~") else f"{spec_root}/store"
 
     @property
     def root(self) -> str:
@@ -139,6 +180,7 @@ class BoardSession:
 
     def close(self) -> None:
         try:
+            self._start_resident()
             self._end_batch()
         finally:
             self.t.close()
@@ -171,16 +213,16 @@ class BoardSession:
 
     def agent(self, *args: Any, timeout: float | None = None, tolerate: tuple = ()) -> dict:
         """Run an agent command; its answer, or an AgentError/RemoteFailure naming the board.
-        A session's commands go through one `edgedeploy-agent batch` process on the board."""
-        cmd = self._agent_cmd("batch")
-        if self._batch is None:
-            self._batch = self.t.start(cmd)
+        The store's control commands go to the board's resident agent when one answers
+        (no process starts on the board); the rest, and everything when there is none,
+        through one `edgedeploy-agent batch` process per session."""
+        stream, what = self._stream(str(args[0]))
         line = ""
         try:
-            self._batch.send_line(json.dumps([str(x) for x in args]))
-            line = self._batch.read_line(timeout or self.board.command_timeout)
+            stream.send_line(json.dumps([str(x) for x in args]))
+            line = stream.read_line(timeout or self.board.command_timeout)
         except Unreachable:
-            self._end_batch()
+            self._end(stream)
             raise
         msg = None
         if line:
@@ -189,8 +231,8 @@ class BoardSession:
             except ValueError:
                 msg = None
         if not isinstance(msg, dict) or "ok" not in msg:
-            code, err = self._end_batch()
-            raise RemoteFailure(self.board.name, f"{cmd} <<< {' '.join(map(str, args))}", code,
+            code, err = self._end(stream)
+            raise RemoteFailure(self.board.name, f"{what} <<< {' '.join(map(str, args))}", code,
                                 err or line,
                                 hint="the agent crashed or is missing; `edgedeploy push` "
                                      "installs it")
@@ -201,12 +243,71 @@ class BoardSession:
                              msg.get("message", "failed"), msg.get("exit"))
         return msg
 
-    def _end_batch(self) -> tuple[int | None, str]:
-        b, self._batch = self._batch, None
-        if b is None:
+    def _stream(self, command: str) -> tuple[Stream, str]:
+        if command in CONTROL and self._resident_agent():
+            assert self._resident is not None
+            return self._resident, f"resident agent {self._resident_path}"
+        cmd = self._agent_cmd("batch")
+        if self._batch is None:
+            self._batch = self.t.start(cmd)
+        return self._batch, cmd
+
+    def _resident_agent(self) -> bool:
+        """Connect (once a session) to the board's resident agent, if it has one running."""
+        if self._resident is not None:
+            return True
+        if self._resident_tried or not self.board.resident_agent or not self.t.forwards_unix:
+            return False
+        self._resident_tried = True
+        store = self._store_abs or _remembered_store(self.board)
+        if not store:
+            return False
+        path = f"{store}/{agentd.SOCKET}"
+        s = self.t.connect_unix(path)
+        if s is None:
+            return False
+        try:
+            hello = json.loads(s.read_line(HELLO_TIMEOUT) or "null")
+        except (ValueError, BoardError):
+            hello = None
+        if not isinstance(hello, dict) or hello.get(agentd.HELLO_KEY) != 1:
+            _quiet_close(s)  # gone, or an old one that just saw a new agent and quit
+            return False
+        self._resident, self._resident_path = s, path
+        return True
+
+    def _end(self, stream: Stream | None) -> tuple[int | None, str]:
+        if stream is None:
             return None, ""
-        code = b.close()
-        return code, b.stderr()
+        if stream is self._resident:
+            self._resident = None
+        if stream is self._batch:
+            self._batch = None
+        code = stream.close()
+        return code, stream.stderr()
+
+    def _end_batch(self) -> tuple[int | None, str]:
+        self._end(self._resident)
+        return self._end(self._batch)
+
+    def stop_resident(self) -> None:
+        """Stop the board's resident agent (its Python environment is about to change)."""
+        self._end(self._resident)
+        self._resident_tried = False
+        self.agent("agentd", "--stop")
+
+    def _start_resident(self) -> None:
+        """At the end of a session that had to start an agent process: leave a resident
+        agent behind for the next one (started detached by that process; errors ignored —
+        it is only a speed-up)."""
+        if self._batch is None or self._resident is not None or not self._resident_tried \
+                or not self.board.resident_agent:
+            return
+        try:
+            self.agent("agentd", "--detach", "--idle", self.board.resident_idle,
+                       timeout=HELLO_TIMEOUT)
+        except BoardError:
+            pass
 
     def agent_hash(self) -> str | None:
         r = self.t.run(self._agent_cmd("version"))
@@ -232,9 +333,13 @@ class BoardSession:
             self._end_batch()
             self._upload_agent(ours["path"])
             uploaded = True
+            self._resident_tried = False  # an old resident agent quits when asked now
             st = self.agent(*args)
         if self._root is None:
             self._root = posixpath.dirname(st["store"].rstrip("/"))
+        if st["store"] != self._store_abs:
+            self._store_abs = st["store"]
+            _remember_store(self.board, st["store"])
         return {**st, "agent_uploaded": uploaded}
 
     def _upload_agent(self, path: Path) -> None:
@@ -272,7 +377,7 @@ class BoardSession:
             current, previous = a["current"], a["previous"]
         return PushResult(self.board.name, bundle.name, bundle.version, bundle.manifest.label,
                           sent, st["agent_uploaded"], activate, current, previous,
-                          time.perf_counter() - t0)
+                          time.perf_counter() - t0, self._resident is not None)
 
     def _upload_and_install(self, bundle: Bundle, progress, activate: bool
                             ) -> tuple[int, dict]:

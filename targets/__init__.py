@@ -18,6 +18,13 @@ format it needs (``edgetpu`` for Coral), where the store lives and default threa
     groups = ["canary"]
     python = "/home/pi/venv/bin/python"   # default: python3
     root = "~/.edgedeploy"        # agent + store on the board (default: the profile's)
+    resident_agent = true         # keep an agent on the board between sessions (see below)
+    resident_idle = 900           # seconds it waits for the next session before quitting
+
+The resident agent (``edgedeploy-agent agentd``, started detached by the first session that
+needs it) saves every later session the board-side Python start-up: the deployer reaches it
+through SSH stream-local forwarding. ``resident_agent = false`` turns it off; sshd must allow
+stream-local forwarding (OpenSSH's default) for it to be used.
 
 Everything is checked when the file is read: an unknown profile, a board without a host, two
 boards at one address, a field of the wrong type — an InputError naming the file and the board.
@@ -109,6 +116,8 @@ class Board:
     groups: list[str] = field(default_factory=list)
     connect_timeout: float = 10.0
     command_timeout: float = 300.0
+    resident_agent: bool = True     # keep an agent process on the board between sessions
+    resident_idle: float = 900.0    # ... that quits after this many idle seconds (0: never)
 
     @property
     def address(self) -> str:
@@ -118,7 +127,8 @@ class Board:
 _FIELDS = {"host": str, "user": str, "port": int, "key": str, "known_hosts": str,
            "ssh_config": str, "python": str, "root": str, "transport": str, "profile": str,
            "tags": list, "groups": list, "connect_timeout": (int, float),
-           "command_timeout": (int, float)}
+           "command_timeout": (int, float), "resident_agent": bool,
+           "resident_idle": (int, float)}
 
 
 @dataclass

@@ -62,6 +62,7 @@ class Stream(ABC):
 
 class Transport(ABC):
     board: str
+    forwards_unix = False  # connect_unix can reach a board's Unix socket
 
     @abstractmethod
     def run(self, argv: Sequence[str] | str, *, timeout: float | None = None,
@@ -71,6 +72,11 @@ class Transport(ABC):
     @abstractmethod
     def start(self, command: str) -> Stream:
         """Start a shell command (built with shell_join) to exchange lines with."""
+
+    def connect_unix(self, path: str) -> Stream | None:
+        """A line stream to a Unix socket on the board, if this transport can reach one
+        without starting a process there (ssh: stream-local forwarding); else None."""
+        return None
 
     @abstractmethod
     def put(self, local: Path, remote: str, progress: Progress | None = None) -> int:

@@ -191,6 +191,15 @@ def _sshd_pid(d: Path, name: str) -> int:
     return next(b["pid"] for b in st["boards"] if b["name"] == name)
 
 
+def _resident_pid(d: Path, name: str) -> int | None:
+    """Board NAME's resident agent (its lock file holds the PID), if it is running."""
+    try:
+        pid = int((d / name / "home" / ".edgedeploy" / "store" / "agentd.lock").read_text())
+        return pid if b"agentd" in Path(f"/proc/{pid}/cmdline").read_bytes() else None
+    except (OSError, ValueError):
+        return None
+
+
 def _restart_sshd(d: Path, name: str, env: str | None = None) -> None:
     """Start board NAME's sshd again (killed by a trial), with extra SetEnv if ENV."""
     cfg = d / name / "sshd_config"
@@ -200,10 +209,13 @@ def _restart_sshd(d: Path, name: str, env: str | None = None) -> None:
     cfg.write_text("\n".join(lines) + "\n")
     st = json.loads((d / "fleet-state.json").read_text())
     entry = next(b for b in st["boards"] if b["name"] == name)
-    try:
-        os.kill(entry["pid"], signal.SIGTERM)
-    except ProcessLookupError:
-        pass
+    # the board's resident agent goes too: it was started under the old environment
+    pids = [entry["pid"], *filter(None, [_resident_pid(d, name)])]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
     time.sleep(0.3)
     prefix = ["ip", "netns", "exec", entry["netns"]] if entry.get("netns") else []
     with open(d / name / "sshd.log", "ab") as log:

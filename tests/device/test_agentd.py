@@ -1,0 +1,126 @@
+"""The resident agent (`edgedeploy-agent agentd`), as real detached processes in both board envs:
+one per store, its socket private, control commands only, gone when told, when idle, or when
+its zipapp changes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import time
+from pathlib import Path
+
+
+def _wait(cond, what: str, seconds: float = 15.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        st = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return st.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _talk(sock_path: Path, *commands: list) -> tuple[dict | None, list[dict]]:
+    """Connect, read the hello (None if the daemon closed instead), send COMMANDS."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(20)
+        s.connect(str(sock_path))
+        f = s.makefile("r")
+        first = f.readline()
+        hello = json.loads(first) if first else None
+        answers = []
+        for c in commands if hello else []:
+            s.sendall((json.dumps(c) + "\n").encode())
+            answers.append(json.loads(f.readline()))
+        return hello, answers
+
+
+class _Cleanup:
+    def __init__(self) -> None:
+        self.pids: list[int] = []
+
+    def __call__(self) -> None:
+        for pid in self.pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_serves_control_commands_once_per_store_and_stops(agent):
+    cleanup = _Cleanup()
+    try:
+        r = agent("agentd", "--detach")
+        assert r["started"] is False and "does not exist" in r["reason"]  # never makes a store
+        agent.store.mkdir()
+        r = agent("agentd", "--detach", "--idle", 60)
+        assert r["started"] is True
+        cleanup.pids.append(r["pid"])
+        sock = agent.store / "agentd.sock"
+        _wait(sock.exists, "the socket")
+        mode = sock.stat().st_mode
+        assert stat.S_ISSOCK(mode) and mode & 0o077 == 0  # the owner's only
+        assert (agent.store / "agentd.lock").read_text().strip() == str(r["pid"])
+
+        hello, (state, bench, nested, junk) = _talk(
+            sock, ["state"], ["bench", "digits"], ["agentd", "--detach"], "not a list")
+        assert hello == {"agentd": 1, "pid": r["pid"],
+                         "content_hash": agent("version")["content_hash"]}
+        assert state["ok"] and state["store"] == str(agent.store) and state["exit"] == 0
+        assert state["info"]["runtime"] == agent.runtime
+        assert (bench["code"], bench["exit"]) == ("not_here", 2)  # timings: own process
+        assert nested["code"] == "not_here" and junk["code"] == "bad_input"
+
+        # a second one for the same store gives way to the first
+        second = agent("agentd", "--detach", "--idle", 60)
+        cleanup.pids.append(second["pid"])
+        _wait(lambda: not _alive(second["pid"]), "the second daemon to give way")
+        assert _alive(r["pid"]) and _talk(sock)[0]["pid"] == r["pid"]
+
+        stopped = agent("agentd", "--stop")
+        assert stopped["stopped"] == r["pid"] and "still_running" not in stopped
+        _wait(lambda: not _alive(r["pid"]), "the daemon to stop")
+        assert not sock.exists()
+        assert agent("agentd", "--stop")["stopped"] is None  # nothing to stop: fine
+    finally:
+        cleanup()
+
+
+def test_quits_when_its_zipapp_changes_or_it_is_idle(agent, tmp_path):
+    cleanup = _Cleanup()
+    pyz = tmp_path / "own" / "edgedeploy-agent.pyz"  # a copy this test may touch
+    pyz.parent.mkdir()
+    shutil.copy(agent.pyz, pyz)
+    own = type(agent)(agent.python, pyz, agent.store, agent.runtime)
+    try:
+        own.store.mkdir()
+        pid = own("agentd", "--detach", "--idle", 60)["pid"]
+        cleanup.pids.append(pid)
+        sock = own.store / "agentd.sock"
+        _wait(sock.exists, "the socket")
+        assert _talk(sock, ["list"])[1][0]["ok"]
+        st = pyz.stat()
+        os.utime(pyz, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # "a new agent"
+        hello, _ = _talk(sock)
+        assert hello is None  # no hello: the client falls back to a fresh process
+        _wait(lambda: not _alive(pid), "the stale daemon to quit")
+        assert not sock.exists()
+
+        pid = own("agentd", "--detach", "--idle", 0.5)["pid"]
+        cleanup.pids.append(pid)
+        _wait(lambda: not _alive(pid), "the idle daemon to quit")
+        assert not sock.exists()
+    finally:
+        cleanup()
