@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--detach", action="store_true",
                      help="start it in the background and answer at once")
     how.add_argument("--stop", action="store_true", help="stop the running one, if any")
+    ad.add_argument("--tag", default="", help="said in its hello: what it was started for")
     stp = sub.add_parser("state", help="one round trip for a deployer: version, info (runtime "
                                        "facts cached while Python and packages are unchanged) "
                                        "and list")
@@ -283,7 +284,7 @@ def cmd_agentd(a, store) -> dict:
     if a.stop:
         return protocol.ok("agentd", **agentd.stop(str(store.root)))
     return protocol.ok("agentd", **agentd.spawn(str(store.root), sys.argv[0],
-                                                _prefix(a), a.idle))
+                                                _prefix(a), a.idle, a.tag))
 
 
 def _prefix(a) -> list[str]:
@@ -361,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         def serve_lines(lines, write, allowed, lock) -> None:
             batch(parser, _prefix(a), store, lines, write, allowed, lock)
 
-        return Daemon(str(store.root), a.idle, serve_lines).run()
+        return Daemon(str(store.root), a.idle, serve_lines, a.tag).run()
     code, msg = run(a, store)
     sys.stdout.write(json.dumps(msg) + "\n")
     sys.stdout.flush()

@@ -10,14 +10,15 @@ Files (in the store folder, for the owner only)::
     STORE/agentd.lock   flock'd for the daemon's life (one per store); holds its PID
 
 Wire format on a connection: the daemon first writes one hello line
-``{"agentd": 1, "pid": N, "content_hash": H}``; then the batch protocol of ``agent.batch``:
+``{"agentd": 1, "pid": N, "tag": T, "content_hash": H}`` (T: what the deployer started it
+for — the board's ``python`` setting — so a daemon under another Python is not used); then the batch protocol of ``agent.batch``:
 a JSON argv list per line in, one answer per line out (with ``"exit"``), until the client
 closes its side. Only the store's control commands are served here (CONTROL); bench, eval and
 serve answer ``not_here`` — they run in a fresh process (``batch``), so their timings and peak
 memory are their own. Connections are served one command at a time.
 
 Lifetime: the daemon ends after IDLE seconds with no client (default 900; 0 = never), on
-SIGTERM, and — checked at every connection, before the hello — when its zipapp or any import
+SIGTERM (after the command under way), when a new one is started for the store, and — checked at every connection, before the hello — when its zipapp or any import
 folder changed (a new agent or a new runtime was installed): the client then gets no hello
 and falls back to starting an agent process. The store folder must exist; the daemon never
 creates it.
@@ -49,21 +50,24 @@ def _stamp() -> list:
     return out
 
 
-def spawn(store_root: str, argv0: str, prefix: list[str], idle: float) -> dict:
-    """Start a detached daemon (its own session, no inherited descriptors); don't wait."""
+def spawn(store_root: str, argv0: str, prefix: list[str], idle: float, tag: str) -> dict:
+    """Start a detached daemon (its own session, no inherited descriptors); don't wait. One
+    already running is stopped first: a deployer asks for a new one only when the old one
+    didn't serve it (gone, stale, or started for another Python — TAG)."""
     import subprocess
 
     if not os.path.isdir(store_root):
         return {"started": False, "reason": f"{store_root} does not exist yet"}
+    replaced = stop(store_root)["stopped"]
     argv0 = os.path.abspath(argv0)
     if argv0.endswith(".pyz") or os.path.isdir(argv0):
         cmd = [sys.executable, argv0]
     else:
         cmd = [sys.executable, "-m", "edgedeploy.device.agent"]
-    p = subprocess.Popen([*cmd, *prefix, "agentd", "--idle", str(idle)],
+    p = subprocess.Popen([*cmd, *prefix, "agentd", "--idle", str(idle), "--tag", tag],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
-    return {"started": True, "pid": p.pid}
+    return {"started": True, "pid": p.pid, "replaced": replaced}
 
 
 def stop(store_root: str) -> dict:
@@ -104,9 +108,10 @@ def stop(store_root: str) -> dict:
 
 
 class Daemon:
-    def __init__(self, store_root: str, idle: float, serve_lines) -> None:
+    def __init__(self, store_root: str, idle: float, serve_lines, tag: str = "") -> None:
         self.root = store_root
         self.idle = idle
+        self.tag = tag  # what the deployer started it for (its `python`), said in the hello
         self.serve_lines = serve_lines  # (lines, write, allowed) -> None
         self.path = os.path.join(store_root, SOCKET)
         self.lock = threading.Lock()     # one command at a time across connections
@@ -142,7 +147,7 @@ class Daemon:
             return 0  # another daemon serves this store
         import signal
 
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so the socket is removed
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # ends cleanly: see finally
         old = os.umask(0o077)
         try:
             try:
@@ -154,7 +159,7 @@ class Daemon:
             srv.listen(64)
         finally:
             os.umask(old)
-        hello = json.dumps({HELLO_KEY: 1, "pid": os.getpid(),
+        hello = json.dumps({HELLO_KEY: 1, "pid": os.getpid(), "tag": self.tag,
                             "content_hash": identity()["content_hash"]}) + "\n"
         ino = os.stat(self.path).st_ino
         active = [0]
@@ -177,6 +182,7 @@ class Daemon:
                                  daemon=True).start()
         finally:
             srv.close()
+            self.lock.acquire(timeout=300)  # a command under way finishes first
             try:
                 if os.stat(self.path).st_ino == ino:
                     os.unlink(self.path)

@@ -52,12 +52,13 @@ Agent commands (``edgedeploy-agent [--store DIR] CMD``) and their answers (``kin
                "top1": 0.979, "top5": 1.0 | null,
                "agreement": null | {"samples", "top1_agreement", "mean_abs_error", "max_abs_error"},
                "seconds": 0.21}
-    agentd --detach  {"started": true, "pid": 4242} | {"started": false, "reason": "..."}
+    agentd --detach  {"started": true, "pid": 4242, "replaced": 4100 | null}
+                     | {"started": false, "reason": "..."}
     agentd --stop    {"stopped": 4242 | null}     # (without either: runs the resident agent)
 
 ``batch`` answers each command on a line with the command's message plus ``"exit"``. The
 resident agent (agentd.py) speaks the same over its socket after a hello line
-``{"agentd": 1, "pid": N, "content_hash": H}``; commands other than the store's control
+``{"agentd": 1, "pid": N, "tag": T, "content_hash": H}``; commands other than the store's control
 commands get ``not_here`` (bench, eval and serve run in their own process).
 
 Serve endpoint (``serve --socket PATH`` or ``--port N`` on 127.0.0.1), one JSON object per line

@@ -270,8 +270,9 @@ class BoardSession:
             hello = json.loads(s.read_line(HELLO_TIMEOUT) or "null")
         except (ValueError, BoardError):
             hello = None
-        if not isinstance(hello, dict) or hello.get(agentd.HELLO_KEY) != 1:
-            _quiet_close(s)  # gone, or an old one that just saw a new agent and quit
+        if not isinstance(hello, dict) or hello.get(agentd.HELLO_KEY) != 1 \
+                or hello.get("tag") != self.board.python:
+            _quiet_close(s)  # gone, an old one that saw a new agent and quit, another Python
             return False
         self._resident, self._resident_path = s, path
         return True
@@ -305,7 +306,7 @@ class BoardSession:
             return
         try:
             self.agent("agentd", "--detach", "--idle", self.board.resident_idle,
-                       timeout=HELLO_TIMEOUT)
+                       "--tag", self.board.python, timeout=2 * HELLO_TIMEOUT)
         except BoardError:
             pass
 

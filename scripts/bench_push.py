@@ -208,7 +208,6 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(x) for x in a.boards.split(",")]
 
     from edgedeploy.host.bundle import Bundle, load_bundle
-    from edgedeploy.host.deploy import BoardSession
 
     work = Path(tempfile.mkdtemp(prefix="bench_push."))
     d = work / "fleet"
@@ -219,14 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"starting {max(counts)} boards at {a.rate}", file=sys.stderr)
         fleet("up", d, str(max(counts)), "--rate", a.rate, "--netem", f"delay 20ms rate {a.rate}")
         rig = Rig(d, resident=not a.no_resident)
-        # the agent, once per board (what a first push does before the model)
-        from concurrent.futures import ThreadPoolExecutor
-
-        def warm(b):
-            with BoardSession(b) as s:
-                s.state()
-        with ThreadPoolExecutor(16) as pool:
-            list(pool.map(warm, rig.boards))
+        # what a first push does, once per board before timing: copy the agent, make the
+        # store (and, unless --no-resident, leave a resident agent behind)
+        rig.ours(len(rig.boards), Bundle(replace(bundles["small"].manifest, name="push_warm"),
+                                         bundles["small"].model_path))
         resident_up = rig.wait_resident(not a.no_resident)
         time.sleep(1)
 

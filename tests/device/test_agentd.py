@@ -65,8 +65,8 @@ def test_serves_control_commands_once_per_store_and_stops(agent):
         r = agent("agentd", "--detach")
         assert r["started"] is False and "does not exist" in r["reason"]  # never makes a store
         agent.store.mkdir()
-        r = agent("agentd", "--detach", "--idle", 60)
-        assert r["started"] is True
+        r = agent("agentd", "--detach", "--idle", 60, "--tag", "py-a")
+        assert r["started"] is True and r["replaced"] is None
         cleanup.pids.append(r["pid"])
         sock = agent.store / "agentd.sock"
         _wait(sock.exists, "the socket")
@@ -76,22 +76,23 @@ def test_serves_control_commands_once_per_store_and_stops(agent):
 
         hello, (state, bench, nested, junk) = _talk(
             sock, ["state"], ["bench", "digits"], ["agentd", "--detach"], "not a list")
-        assert hello == {"agentd": 1, "pid": r["pid"],
+        assert hello == {"agentd": 1, "pid": r["pid"], "tag": "py-a",
                          "content_hash": agent("version")["content_hash"]}
         assert state["ok"] and state["store"] == str(agent.store) and state["exit"] == 0
         assert state["info"]["runtime"] == agent.runtime
         assert (bench["code"], bench["exit"]) == ("not_here", 2)  # timings: own process
         assert nested["code"] == "not_here" and junk["code"] == "bad_input"
 
-        # a second one for the same store gives way to the first
-        second = agent("agentd", "--detach", "--idle", 60)
+        # a new one for the store (say, for another Python) replaces the one there
+        second = agent("agentd", "--detach", "--idle", 60, "--tag", "py-b")
         cleanup.pids.append(second["pid"])
-        _wait(lambda: not _alive(second["pid"]), "the second daemon to give way")
-        assert _alive(r["pid"]) and _talk(sock)[0]["pid"] == r["pid"]
+        assert second["replaced"] == r["pid"] and not _alive(r["pid"])
+        hello = _wait(lambda: sock.exists() and _talk(sock)[0], "the new daemon")
+        assert (hello["pid"], hello["tag"]) == (second["pid"], "py-b")
 
         stopped = agent("agentd", "--stop")
-        assert stopped["stopped"] == r["pid"] and "still_running" not in stopped
-        _wait(lambda: not _alive(r["pid"]), "the daemon to stop")
+        assert stopped["stopped"] == second["pid"] and "still_running" not in stopped
+        _wait(lambda: not _alive(second["pid"]), "the daemon to stop")
         assert not sock.exists()
         assert agent("agentd", "--stop")["stopped"] is None  # nothing to stop: fine
     finally:

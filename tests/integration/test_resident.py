@@ -77,6 +77,26 @@ def test_later_sessions_use_the_resident_agent(fleet, models, name):
     assert _push(board, b, "res_e").resident_agent
 
 
+def test_a_resident_agent_for_another_python_is_replaced(fleet, models, tmp_path):
+    """fleet.toml now names another Python for the board: the resident agent started for the
+    old one is not used (its runtime facts would be the old Python's) but replaced."""
+    board = load_fleet(fleet).get("b0")
+    store = Path(board.root) / "store"
+    b = load_bundle(models["int8"])
+    _push(board, b, "py_a")
+    old = _wait_pid(store)
+    py3 = board.python + "3"  # the same env's python3: another `python` setting
+    assert Path(py3).exists()
+    other = replace(board, python=py3)
+    r = _push(other, b, "py_b")
+    assert not r.resident_agent and r.current == b.version
+    new = _wait_pid(store, other_than=old)
+    again = _push(other, b, "py_c")
+    assert again.resident_agent and _resident_pid(store) == new
+    assert not _push(board, b, "py_d").resident_agent  # and back
+    _wait_pid(store, other_than=new)
+
+
 def test_resident_agent_off_in_fleet_toml(fleet, models, tmp_path):
     inv = _one_board(fleet, tmp_path / "off.toml", "off", resident_agent=False,
                      root=str(tmp_path / "offroot"))
