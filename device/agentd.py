@@ -34,6 +34,9 @@ import threading
 
 CONTROL = frozenset({"version", "info", "state", "install", "activate", "rollback", "list",
                      "remove", "verify"})
+UPLOAD = "upload"  # served by the daemon's reader itself: raw bytes follow the line
+MAX_LINE = 1 << 20
+CHUNK = 1 << 20
 SOCKET, LOCK = "agentd.sock", "agentd.lock"
 HELLO_KEY = "agentd"
 
@@ -193,12 +196,85 @@ class Daemon:
     def _serve(self, conn: socket.socket, hello: str, active: list) -> None:
         try:
             conn.sendall(hello.encode())
-            lines = conn.makefile("r", encoding="utf-8", newline="\n")
-            self.serve_lines(lines, lambda text: conn.sendall(text.encode()), CONTROL,
-                             self.lock)
+            self.serve_lines(self._lines(conn), lambda text: conn.sendall(text.encode()),
+                             CONTROL, self.lock)
         except OSError:
             pass  # the client went away
         finally:
             with self.count_lock:
                 active[0] -= 1
             conn.close()
+
+    def _lines(self, conn: socket.socket):
+        """The connection's command lines; uploads are served here, as they come."""
+        rfile = conn.makefile("rb")
+        while True:
+            raw = rfile.readline(MAX_LINE)
+            if not raw:
+                return
+            up = _upload_request(raw)
+            if up is None:
+                yield raw.decode("utf-8", "replace")
+                continue
+            answer = receive(rfile, *up)
+            conn.sendall((json.dumps(answer) + "\n").encode())
+
+
+def _upload_request(raw: bytes) -> tuple[str, str, int] | None:
+    try:
+        msg = json.loads(raw)
+    except ValueError:
+        return None
+    if isinstance(msg, list) and len(msg) == 4 and msg[0] == UPLOAD:
+        folder, rel, size = msg[1], msg[2], msg[3]
+        if isinstance(folder, str) and isinstance(rel, str) and str(size).isdigit():
+            return folder, rel, int(size)
+    return None
+
+
+def receive(rfile, folder: str, rel: str, size: int) -> dict:
+    """Read SIZE bytes from RFILE into FOLDER/REL (see the module docstring)."""
+    from pathlib import Path
+
+    from . import protocol
+    from .store import _safe_rel
+
+    target = Path(folder) / rel
+    error = None
+    fd = -1
+    try:
+        if not os.path.isabs(folder):
+            raise OSError(0, "the upload folder must be absolute", folder)
+        _safe_rel(Path(folder), rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        error = f"{exc.filename or target}: {exc.strerror or exc}"
+    except Exception as exc:  # UnsafeBundle: its message names the path
+        error = str(exc)
+    left = size
+    try:
+        while left:
+            chunk = rfile.read(min(CHUNK, left))
+            if not chunk:
+                raise ConnectionError("the client went away mid-upload")
+            left -= len(chunk)
+            if fd >= 0 and error is None:
+                try:
+                    _write_all(fd, chunk)
+                except OSError as exc:
+                    error = f"{target}: {exc.strerror or exc}"
+    finally:
+        if fd >= 0:
+            os.close(fd)
+            if error is not None or left:
+                target.unlink(missing_ok=True)
+    if error is not None:
+        return {**protocol.error("store_error", f"upload: {error}"), "exit": 1}
+    return {**protocol.ok(UPLOAD, path=str(target), bytes=size), "exit": 0}
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

@@ -261,12 +261,15 @@ class Store:
                                    f"with other content",
                                    hint="a version names one content; compile a new version")
                 return Installed(name, version, dest, len(_expected_files(m)) + 1, total, True)
-            for p in sorted(staging.rglob("*"), reverse=True):
+            dirs = {staging}
+            for p in staging.rglob("*"):  # every file, then every folder once
                 if p.is_file():
                     with open(p, "rb+") as f:
                         os.fsync(f.fileno())
-                _fsync_dir(p.parent if p.is_file() else p)
-            _fsync_dir(staging)
+                else:
+                    dirs.add(p)
+            for d in sorted(dirs, key=lambda d: len(d.parts), reverse=True):
+                _fsync_dir(d)
             checkpoint("install:verified")
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.rename(staging, dest)

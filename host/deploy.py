@@ -60,6 +60,18 @@ def _remember_store(board: Board, store: str) -> None:
         pass  # only a speed-up
 
 
+def _stream_file(stream: Stream, path: Path, progress: Callable[[int, int], None] | None
+                 ) -> None:
+    size = path.stat().st_size
+    done = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 18):
+            stream.send_bytes(chunk)
+            done += len(chunk)
+            if progress:
+                progress(done, size)
+
+
 def _quiet_close(s: Stream) -> None:
     try:
         s.close()
@@ -211,15 +223,20 @@ class BoardSession:
             return msg if isinstance(msg, dict) else None
         return None
 
-    def agent(self, *args: Any, timeout: float | None = None, tolerate: tuple = ()) -> dict:
+    def agent(self, *args: Any, timeout: float | None = None, tolerate: tuple = (),
+              payload: Path | None = None, progress: Callable[[int, int], None] | None = None
+              ) -> dict:
         """Run an agent command; its answer, or an AgentError/RemoteFailure naming the board.
         The store's control commands go to the board's resident agent when one answers
         (no process starts on the board); the rest, and everything when there is none,
-        through one `edgedeploy-agent batch` process per session."""
+        through one `edgedeploy-agent batch` process per session. PAYLOAD: a file whose
+        bytes follow the command line (the resident agent's `upload`)."""
         stream, what = self._stream(str(args[0]))
         line = ""
         try:
             stream.send_line(json.dumps([str(x) for x in args]))
+            if payload is not None:
+                _stream_file(stream, payload, progress)
             line = stream.read_line(timeout or self.board.command_timeout)
         except Unreachable:
             self._end(stream)
@@ -244,7 +261,7 @@ class BoardSession:
         return msg
 
     def _stream(self, command: str) -> tuple[Stream, str]:
-        if command in CONTROL and self._resident_agent():
+        if (command in CONTROL or command == agentd.UPLOAD) and self._resident_agent():
             assert self._resident is not None
             return self._resident, f"resident agent {self._resident_path}"
         cmd = self._agent_cmd("batch")
@@ -387,15 +404,17 @@ class BoardSession:
         incoming = f"{self.root}/incoming/{bundle.version}.{secrets.token_hex(4)}"
         sent = 0
         total = bundle.size
+        resident = self._resident_agent()  # then the files go through it: no SFTP session
         try:
-            self.t.mkdir(incoming)
+            if not resident:
+                self.t.mkdir(incoming)
             with tempfile.TemporaryDirectory() as tmp:
                 mpath = Path(tmp) / bundle.manifest_name
                 mpath.write_bytes(bundle.manifest_bytes())
                 files = [(mpath, bundle.manifest_name)] + \
                     [(p, rel) for rel, p in bundle.files().items()]
                 for local, rel in files:
-                    if "/" in rel:
+                    if "/" in rel and not resident:
                         self.t.mkdir(f"{incoming}/{rel.rsplit('/', 1)[0]}")
                     base = sent
 
@@ -403,7 +422,12 @@ class BoardSession:
                         if progress:
                             progress(base + done, total)
                     try:
-                        sent += self.t.put(local, f"{incoming}/{rel}", cb)
+                        if resident:
+                            sent += self.agent(agentd.UPLOAD, incoming, rel,
+                                               local.stat().st_size, payload=local,
+                                               progress=cb)["bytes"]
+                        else:
+                            sent += self.t.put(local, f"{incoming}/{rel}", cb)
                     except BoardError as exc:
                         raise BoardError(self.board.name,
                                          f"upload of {rel} failed: {exc.message.split(': ', 1)[-1]}"

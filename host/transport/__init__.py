@@ -45,7 +45,10 @@ class Stream(ABC):
     """A long-running remote command spoken to in lines: stdin in, stdout out."""
 
     @abstractmethod
-    def send_line(self, text: str) -> None: ...
+    def send_bytes(self, data: bytes) -> None: ...
+
+    def send_line(self, text: str) -> None:
+        self.send_bytes((text + "\n").encode())
 
     @abstractmethod
     def read_line(self, timeout: float) -> str:

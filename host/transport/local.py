@@ -25,10 +25,10 @@ class _LocalStream(Stream):
         self.p = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=self._err)
 
-    def send_line(self, text: str) -> None:
+    def send_bytes(self, data: bytes) -> None:
         try:
             assert self.p.stdin is not None
-            self.p.stdin.write((text + "\n").encode())
+            self.p.stdin.write(data)
             self.p.stdin.flush()
         except BrokenPipeError:
             pass  # the command has ended; read_line says so with ''

@@ -174,9 +174,9 @@ class _SshStream(Stream):
         while self.chan.recv_stderr_ready():
             self._err = (self._err + self.chan.recv_stderr(65536))[-65536:]
 
-    def send_line(self, text: str) -> None:
+    def send_bytes(self, data: bytes) -> None:
         try:
-            self.chan.sendall((text + "\n").encode())
+            self.chan.sendall(data)
         except _LINK_ERRORS as exc:
             t = self.chan.get_transport()
             if t is not None and t.is_active():
@@ -370,6 +370,11 @@ class SshTransport(Transport):
         """mkdir -p over SFTP: a request per missing level, no shell."""
         sftp = self.sftp()
         p = self._sftp_path(path).rstrip("/") or "/"
+        try:
+            sftp.mkdir(p)  # the usual case: only the last level is new
+            return
+        except (OSError, paramiko.SSHException, EOFError):
+            pass  # it exists, or a parent is missing: level by level below
         missing = []
         while True:
             try:

@@ -125,3 +125,49 @@ def test_quits_when_its_zipapp_changes_or_it_is_idle(agent, tmp_path):
         assert not sock.exists()
     finally:
         cleanup()
+
+
+def test_upload_then_install_over_the_socket(agent, tmp_path, models):
+    """A deployer's upload through the resident agent: bytes after the line, then `install`
+    checks them; a bad path, an existing file and a short upload are refused cleanly."""
+    from tests.device.conftest import bundle_dir
+
+    cleanup = _Cleanup()
+    src = bundle_dir(models["int8"], tmp_path / "src")
+    files = sorted(p for p in src.iterdir())
+    incoming = agent.store.parent / "incoming" / "up1"
+    try:
+        agent.store.mkdir()
+        cleanup.pids.append(agent("agentd", "--detach", "--idle", 60)["pid"])
+        sock = agent.store / "agentd.sock"
+        _wait(sock.exists, "the socket")
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(30)
+            s.connect(str(sock))
+            f = s.makefile("rb")
+            assert json.loads(f.readline())["agentd"] == 1
+
+            def upload(rel: str, data: bytes, size: int | None = None) -> dict:
+                n = len(data) if size is None else size
+                s.sendall((json.dumps(["upload", str(incoming), rel, n]) + "\n").encode()
+                          + data)
+                return json.loads(f.readline())
+
+            for p in files:
+                r = upload(p.name, p.read_bytes())
+                assert r["ok"] and r["bytes"] == p.stat().st_size, r
+            again = upload(files[0].name, b"x")  # never overwrites
+            assert again["code"] == "store_error" and "exists" in again["message"]
+            evil = upload("../../escape", b"x")
+            assert evil["code"] == "store_error" and "'..'" in evil["message"]
+            assert not (incoming.parent.parent / "escape").exists()
+            s.sendall((json.dumps(["install", str(incoming), "--activate"]) + "\n").encode())
+            inst = json.loads(f.readline())
+            assert inst["ok"] and inst["current"], inst
+            # a client that dies mid-upload leaves no part behind
+            s.sendall((json.dumps(["upload", str(incoming), "partial", 1000]) + "\n").encode()
+                      + b"y" * 10)
+        _wait(lambda: not (incoming / "partial").exists(), "the partial file to go")
+        assert agent("list")["models"][0]["current"] == inst["current"]
+    finally:
+        cleanup()
