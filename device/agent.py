@@ -154,7 +154,7 @@ def cmd_install(a, store) -> dict:
     store.keep = a.keep
     try:
         with store.locked():
-            got = store.install(a.bundle)
+            got = store.install(a.bundle, move=a.remove_bundle)
             out = {"name": got.name, "version": got.version, "path": str(got.path),
                    "files": got.files, "bytes": got.bytes,
                    "already_present": got.already_present}

@@ -148,9 +148,18 @@ class Store:
             for p in d.iterdir():
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() \
                     else p.unlink(missing_ok=True)
-        for ptr_dir in self.models.iterdir() if self.models.is_dir() else []:
-            for p in ptr_dir.glob(f".{POINTER}.*"):  # an interrupted pointer write
-                p.unlink(missing_ok=True)
+        # (an interrupted pointer write's temporary file: see _sweep_pointer, called for the
+        # one model an operation touches — sweeping every model here costs O(models))
+
+    def _sweep_pointer(self, name: str) -> None:
+        """Under the lock: the temporary files an interrupted pointer write left for NAME."""
+        try:
+            with os.scandir(self.models / check_name("model name", name)) as it:
+                for e in it:
+                    if e.name.startswith(f".{POINTER}."):
+                        os.unlink(e.path)
+        except FileNotFoundError:
+            pass
 
     # -- reading --------------------------------------------------------------------------
     def version_dir(self, name: str, version: str) -> Path:
@@ -233,13 +242,15 @@ class Store:
         return out
 
     # -- changing (call inside `with store.locked():`) ------------------------------------
-    def install(self, bundle: str | os.PathLike, progress: Callable[[str], None] | None = None
-                ) -> Installed:
+    def install(self, bundle: str | os.PathLike, progress: Callable[[str], None] | None = None,
+                *, move: bool = False) -> Installed:
+        """MOVE: the bundle folder is discarded afterwards (an upload), so its files may be
+        moved into staging rather than copied (same filesystem, not hard-linked)."""
         bundle = Path(bundle)
         staging = Path(tempfile.mkdtemp(prefix="install.", dir=self.root / ".staging"))
         try:
             if bundle.is_dir() and not bundle.is_symlink():
-                files = _copy_folder(bundle, staging)
+                files = _copy_folder(bundle, staging, move)
             elif bundle.is_file():
                 files = _extract_tar(bundle, staging)
             else:
@@ -281,6 +292,7 @@ class Store:
                 shutil.rmtree(staging, ignore_errors=True)
 
     def activate(self, name: str, version: str) -> tuple[Pointer, list[str]]:
+        self._sweep_pointer(name)
         problems = self.verify(name, version) if self.version_dir(name, version).is_dir() \
             else None
         if problems is None:
@@ -298,6 +310,7 @@ class Store:
         return new, self._prune(name, new)
 
     def rollback(self, name: str) -> Pointer:
+        self._sweep_pointer(name)
         old = self.pointer(name)
         if not old.previous:
             raise NotFound(f"model {name} has no previous version to roll back to",
@@ -312,6 +325,7 @@ class Store:
         return new
 
     def remove(self, name: str, version: str) -> None:
+        self._sweep_pointer(name)
         ptr = self.pointer(name)
         if version == ptr.current:
             raise Conflict(f"model {name} version {version} is active and cannot be removed",
@@ -388,7 +402,7 @@ def _walk(bundle: Path) -> Iterator[tuple[str, os.stat_result]]:
             yield full.relative_to(bundle).as_posix(), os.lstat(full)
 
 
-def _copy_folder(bundle: Path, staging: Path) -> list[str]:
+def _copy_folder(bundle: Path, staging: Path, move: bool = False) -> list[str]:
     files = []
     for rel, st in _walk(bundle):
         if stat.S_ISDIR(st.st_mode):
@@ -401,11 +415,28 @@ def _copy_folder(bundle: Path, staging: Path) -> list[str]:
         if len(files) > MAX_BUNDLE_FILES:
             raise UnsafeBundle(f"bundle {bundle}: more than {MAX_BUNDLE_FILES} files")
         (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+        if move and st.st_nlink == 1 and _moved(bundle / rel, staging / rel, st):
+            checkpoint("install:one-file")
+            continue
         fd = os.open(bundle / rel, os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(fd, "rb") as src, open(staging / rel, "xb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
         checkpoint("install:one-file")
     return files
+
+
+def _moved(src: Path, dest: Path, st: os.stat_result) -> bool:
+    """Rename SRC (the regular file lstat'd as ST) to DEST; False to copy instead (another
+    filesystem). A file swapped for something else in between is refused."""
+    try:
+        os.rename(src, dest)
+    except OSError:
+        return False
+    after = os.lstat(dest)
+    if not stat.S_ISREG(after.st_mode) or (after.st_ino, after.st_dev) != (st.st_ino, st.st_dev):
+        raise UnsafeBundle(f"bundle file {src} changed while it was installed",
+                           hint="nothing was installed; push again")
+    return True
 
 
 def _extract_tar(bundle: Path, staging: Path) -> list[str]:

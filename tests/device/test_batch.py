@@ -83,6 +83,23 @@ def test_remove_bundle_also_after_a_refused_install(agent, models, tmp_path):
     assert agent("list")["models"] == []
 
 
+def test_remove_bundle_moves_files_but_copies_hard_links(agent, models, tmp_path):
+    """An upload that is discarded anyway is moved into the store (no copy); a file that has
+    another name elsewhere (a hard link) is copied, so that name can't change the model."""
+    b = bundle_dir(models["int8"], tmp_path / "incoming" / "z")
+    model = b / "digits.int8.tflite"
+    manifest = next(b.glob("*.manifest.json"))
+    outside = tmp_path / "outside.json"
+    os.link(manifest, outside)
+    ino = model.stat().st_ino
+    rc, out, _ = batch(agent, [["install", str(b), "--activate", "--remove-bundle"]])
+    assert out[0]["ok"] and not b.exists()
+    stored = agent.store / "models" / "digits" / out[0]["version"]
+    assert (stored / "digits.int8.tflite").stat().st_ino == ino      # moved
+    assert (stored / "manifest.json").stat().st_ino != outside.stat().st_ino  # copied
+    assert agent("verify", "digits")["valid"]
+
+
 def test_agent_killed_mid_batch_is_seen_by_the_deployer(agent, models, tmp_path):
     """The host's session (the real BoardSession over the local transport) gets a clear
     RemoteFailure when the agent dies during an install; the store keeps what it had."""
