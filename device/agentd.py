@@ -73,41 +73,45 @@ def spawn(store_root: str, argv0: str, prefix: list[str], idle: float, tag: str)
     return {"started": True, "pid": p.pid, "replaced": replaced}
 
 
-def stop(store_root: str) -> dict:
-    """Stop the store's resident agent, if one runs (SIGTERM to the PID its lock holds, then
-    wait, bounded, for the lock to be free). For a board whose Python environment changed."""
+def running_pid(store_root: str) -> int | None:
+    """The PID of the store's resident agent, if one runs (it holds the lock file's flock:
+    a PID read from a lock nobody holds is stale and not returned)."""
     import fcntl
+
+    try:
+        fd = os.open(os.path.join(store_root, LOCK), os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None  # free: nobody runs
+        except BlockingIOError:
+            raw = os.read(fd, 32).decode(errors="replace").strip()
+            return int(raw) if raw.isdigit() else None
+    finally:
+        os.close(fd)
+
+
+def stop(store_root: str) -> dict:
+    """Stop the store's resident agent, if one runs (SIGTERM, then wait, bounded, for its lock
+    to be free). For a board whose Python environment changed."""
     import signal
     import time
 
-    try:
-        fd = os.open(os.path.join(store_root, LOCK), os.O_RDWR)
-    except OSError:
+    pid = running_pid(store_root)
+    if pid is None:
         return {"stopped": None}
     try:
-        deadline = time.monotonic() + 5
-        sent = None
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return {"stopped": sent}
-            except BlockingIOError:
-                pass
-            if sent is None:
-                os.lseek(fd, 0, os.SEEK_SET)
-                raw = os.read(fd, 32).decode(errors="replace").strip()
-                if not raw.isdigit():
-                    return {"stopped": None}
-                sent = int(raw)
-                try:
-                    os.kill(sent, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-            if time.monotonic() > deadline:
-                return {"stopped": sent, "still_running": True}
-            time.sleep(0.02)
-    finally:
-        os.close(fd)
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + 5
+    while running_pid(store_root) is not None:
+        if time.monotonic() > deadline:
+            return {"stopped": pid, "still_running": True}
+        time.sleep(0.02)
+    return {"stopped": pid}
 
 
 class Daemon:

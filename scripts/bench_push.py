@@ -118,15 +118,11 @@ class Rig:
     def wait_resident(self, want: bool) -> int:
         """Until every board's resident agent runs (bounded): the warm-up sessions start them
         as they close, and their start-up must not fall into a timed trial."""
+        from edgedeploy.device.agentd import running_pid
+
         deadline = time.monotonic() + 60
         while True:
-            up = 0
-            for b in self.boards:
-                try:
-                    pid = int((Path(b.root) / "store" / "agentd.lock").read_text())
-                    up += b"agentd" in Path(f"/proc/{pid}/cmdline").read_bytes()
-                except (OSError, ValueError):
-                    pass
+            up = sum(running_pid(f"{b.root}/store") is not None for b in self.boards)
             if not want or up == len(self.boards) or time.monotonic() > deadline:
                 return up
             time.sleep(0.1)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from edgedeploy.device.agentd import running_pid
 from edgedeploy.host.bundle import Bundle, load_bundle
 from edgedeploy.host.deploy import BoardSession
 from edgedeploy.targets import load_fleet
@@ -23,14 +24,7 @@ pytestmark = pytest.mark.board
 
 
 def _resident_pid(store: Path) -> int | None:
-    try:
-        pid = int((store / "agentd.lock").read_text())
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (OSError, ValueError):
-        return None
-    alive = stat.rsplit(")", 1)[-1].split()[0] != "Z"
-    return pid if alive and b"agentd" in cmd else None
+    return running_pid(str(store))
 
 
 def _wait_pid(store: Path, other_than: int | None = None) -> int:

@@ -192,12 +192,10 @@ def _sshd_pid(d: Path, name: str) -> int:
 
 
 def _resident_pid(d: Path, name: str) -> int | None:
-    """Board NAME's resident agent (its lock file holds the PID), if it is running."""
-    try:
-        pid = int((d / name / "home" / ".edgedeploy" / "store" / "agentd.lock").read_text())
-        return pid if b"agentd" in Path(f"/proc/{pid}/cmdline").read_bytes() else None
-    except (OSError, ValueError):
-        return None
+    """Board NAME's resident agent, if it is running."""
+    from edgedeploy.device.agentd import running_pid
+
+    return running_pid(str(d / name / "home" / ".edgedeploy" / "store"))
 
 
 def _restart_sshd(d: Path, name: str, env: str | None = None) -> None:
