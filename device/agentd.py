@@ -119,10 +119,11 @@ class Daemon:
         self.root = store_root
         self.idle = idle
         self.tag = tag  # what the deployer started it for (its `python`), said in the hello
-        self.serve_lines = serve_lines  # (lines, write, allowed) -> None
+        self.serve_lines = serve_lines  # (lines, write, allowed, lock) -> None: agent.batch
         self.path = os.path.join(store_root, SOCKET)
         self.lock = threading.Lock()     # one command at a time across connections
         self.count_lock = threading.Lock()
+        self.active = 0                  # connections being served (under count_lock)
         self.stamp = _stamp()
 
     def _take_lock(self) -> int | None:
@@ -169,7 +170,6 @@ class Daemon:
         hello = json.dumps({HELLO_KEY: 1, "pid": os.getpid(), "tag": self.tag,
                             "content_hash": identity()["content_hash"]}) + "\n"
         ino = os.stat(self.path).st_ino
-        active = [0]
         try:
             while True:
                 srv.settimeout(self.idle or None)
@@ -177,16 +177,15 @@ class Daemon:
                     conn, _ = srv.accept()
                 except socket.timeout:
                     with self.count_lock:
-                        if active[0] == 0:
+                        if self.active == 0:
                             return 0
                     continue
                 if _stamp() != self.stamp:
                     conn.close()
                     return 0
                 with self.count_lock:
-                    active[0] += 1
-                threading.Thread(target=self._serve, args=(conn, hello, active),
-                                 daemon=True).start()
+                    self.active += 1
+                threading.Thread(target=self._serve, args=(conn, hello), daemon=True).start()
         finally:
             srv.close()
             self.lock.acquire(timeout=300)  # a command under way finishes first
@@ -197,7 +196,7 @@ class Daemon:
                 pass
             os.close(lock)
 
-    def _serve(self, conn: socket.socket, hello: str, active: list) -> None:
+    def _serve(self, conn: socket.socket, hello: str) -> None:
         try:
             conn.sendall(hello.encode())
             self.serve_lines(self._lines(conn), lambda text: conn.sendall(text.encode()),
@@ -206,7 +205,7 @@ class Daemon:
             pass  # the client went away
         finally:
             with self.count_lock:
-                active[0] -= 1
+                self.active -= 1
             conn.close()
 
     def _lines(self, conn: socket.socket):

@@ -193,7 +193,7 @@ class BoardSession:
     def close(self) -> None:
         try:
             self._start_resident()
-            self._end_batch()
+            self._end_streams()
         finally:
             self.t.close()
 
@@ -304,9 +304,10 @@ class BoardSession:
         code = stream.close()
         return code, stream.stderr()
 
-    def _end_batch(self) -> tuple[int | None, str]:
+    def _end_streams(self) -> None:
+        """End the session's connection to the resident agent and its batch process."""
         self._end(self._resident)
-        return self._end(self._batch)
+        self._end(self._batch)
 
     def stop_resident(self) -> None:
         """Stop the board's resident agent (its Python environment is about to change)."""
@@ -348,7 +349,7 @@ class BoardSession:
         if st is None or st["agent"]["content_hash"] != ours["content_hash"]:
             if not install_agent:
                 return {**st, "agent_uploaded": False}  # type: ignore[dict-item]
-            self._end_batch()
+            self._end_streams()
             self._upload_agent(ours["path"])
             uploaded = True
             self._resident_tried = False  # an old resident agent quits when asked now
