@@ -106,3 +106,12 @@ def odd_models(tmp_path_factory) -> Path:
     leaky.save(out / "leaky.keras")
     np.savez(out / "calib8.npz", x=rng.random((32, 8, 8, 1), dtype=np.float32))
     return out
+
+
+def assert_top1_as_host(ev: dict, host_accuracy: float, runtime: str) -> None:
+    """A board's eval top-1 against the host's figure for the same model and data. The host
+    measures with LiteRT 2.3.0: a litert board must agree exactly. tflite-runtime 2.14's
+    kernels (XNNPACK's float ones above all) round differently, which flips the odd near-tie
+    sample: allow 2 samples there, no more."""
+    tol = 1e-12 if runtime == "litert" else 2.0 / ev["samples"] + 1e-12
+    assert abs(ev["top1"] - host_accuracy) <= tol, (runtime, ev["top1"], host_accuracy)

@@ -13,6 +13,8 @@ import pytest
 
 from edgedeploy.device.manifest import Manifest
 
+from tests.conftest import assert_top1_as_host
+
 from .conftest import bundle_dir, store_state
 
 pytestmark = pytest.mark.board
@@ -68,7 +70,7 @@ def test_install_activate_bench_eval_rollback(agent, models, tmp_path):
     for m in (m32, m8):
         ev = agent("eval", f"digits@{m.version}", "--data", models["test"])
         assert ev["samples"] == m.host_figures["samples"]
-        assert ev["top1"] == pytest.approx(m.host_figures["accuracy"], abs=1e-12)
+        assert_top1_as_host(ev, m.host_figures["accuracy"], agent.runtime)
 
     back = agent("rollback", "digits")
     assert (back["current"], back["previous"]) == (m32.version, m8.version)

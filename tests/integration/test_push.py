@@ -10,6 +10,8 @@ import pytest
 
 from edgedeploy.device.manifest import Manifest
 
+from tests.conftest import assert_top1_as_host
+
 from .conftest import ed, ed_json, fleet_down, fleet_up
 
 pytestmark = pytest.mark.board
@@ -36,10 +38,11 @@ def test_push_bench_eval_roundtrip(fleet, models, tmp_path, board):
     assert bench["runtime"]["name"] == ("litert" if board == "b0" else "tflite_runtime")
     ev = ed_json("eval", board, "digits", "--data", models["test"], "--fleet", fleet,
                  db=db)
-    assert ev["top1"] == pytest.approx(m8.host_figures["accuracy"], abs=1e-12)
+    runtime = "litert" if board == "b0" else "tflite_runtime"
+    assert_top1_as_host(ev, m8.host_figures["accuracy"], runtime)
     ev32 = ed_json("eval", board, f"digits@{m32.version}", "--data", models["test"],
                    "--fleet", fleet, db=db)
-    assert ev32["top1"] == pytest.approx(m32.host_figures["accuracy"], abs=1e-12)
+    assert_top1_as_host(ev32, m32.host_figures["accuracy"], runtime)
 
     st = ed_json("status", board, "--fleet", fleet, db=db)
     assert st["agent_current"] and st["health"] == "ok"
