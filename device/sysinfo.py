@@ -145,7 +145,7 @@ def flush_cache() -> None:
     cache, data = _PENDING[0]
     if cache.parent.is_dir():
         try:
-            from .store import write_atomic
+            from .fsio import write_atomic
 
             write_atomic(cache, data)
         except OSError:

@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..device import agentd
-from ..device.agentd import CONTROL
+from ..device import protocol
+from ..device.protocol import CONTROL
 from ..device.manifest import Manifest, sha256_file
 from ..errors import AgentError, BoardError, Incompatible, RemoteFailure, Unreachable
 from ..targets import Board
@@ -50,7 +50,7 @@ def _remembered_store(board: Board) -> str | None:
 
 
 def _remember_store(board: Board, store: str) -> None:
-    from ..device.store import write_atomic
+    from ..device.fsio import write_atomic
 
     note = _store_note(board)
     try:
@@ -261,7 +261,7 @@ class BoardSession:
         return msg
 
     def _stream(self, command: str) -> tuple[Stream, str]:
-        if (command in CONTROL or command == agentd.UPLOAD) and self._resident_agent():
+        if (command in CONTROL or command == protocol.UPLOAD) and self._resident_agent():
             assert self._resident is not None
             return self._resident, f"resident agent {self._resident_path}"
         cmd = self._agent_cmd("batch")
@@ -279,7 +279,7 @@ class BoardSession:
         store = self._store_abs or _remembered_store(self.board)
         if not store:
             return False
-        path = f"{store}/{agentd.SOCKET}"
+        path = f"{store}/{protocol.SOCKET}"
         s = self.t.connect_unix(path)
         if s is None:
             return False
@@ -287,7 +287,7 @@ class BoardSession:
             hello = json.loads(s.read_line(HELLO_TIMEOUT) or "null")
         except (ValueError, BoardError):
             hello = None
-        if not isinstance(hello, dict) or hello.get(agentd.HELLO_KEY) != 1 \
+        if not isinstance(hello, dict) or hello.get(protocol.HELLO_KEY) != 1 \
                 or hello.get("tag") != self.board.python:
             _quiet_close(s)  # gone, an old one that saw a new agent and quit, another Python
             return False
@@ -424,7 +424,7 @@ class BoardSession:
                             progress(base + done, total)
                     try:
                         if resident:
-                            sent += self.agent(agentd.UPLOAD, incoming, rel,
+                            sent += self.agent(protocol.UPLOAD, incoming, rel,
                                                local.stat().st_size, payload=local,
                                                progress=cb)["bytes"]
                         else:

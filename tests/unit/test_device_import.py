@@ -6,10 +6,11 @@ import sys
 
 import pytest
 
-from tests.conftest import board_pythons, stage_device_package
+from tests.conftest import REPO, board_pythons, stage_device_package
 
-DEVICE_MODULES = ["edgedeploy.device", "edgedeploy.device.runtime", "edgedeploy.device.evaluate",
-                  "edgedeploy.device.bench", "edgedeploy.device.manifest"]
+DEVICE_MODULES = ["edgedeploy.device"] + [f"edgedeploy.device.{p.stem}"
+                                          for p in sorted((REPO / "device").glob("*.py"))
+                                          if p.stem != "__init__"]
 BLOCKED = ("import sys; sys.modules['tensorflow'] = None\n"
            + "".join(f"import {m}\n" for m in DEVICE_MODULES)
            + "assert 'tensorflow' not in [k for k, v in sys.modules.items() if v is not None]\n"
