@@ -37,6 +37,7 @@ class EdgeDeployError(Exception):
 
     exit_code = 1
     code = "error"
+    board: str | None = None  # the board it happened on, when one did
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -136,7 +137,7 @@ class BoardError(EdgeDeployError):
 
     def __init__(self, board: str, message: str, *, hint: str | None = None) -> None:
         super().__init__(f"{board}: {message}", hint=hint)
-        self.board = board
+        self.board: str = board
 
 
 class Unreachable(BoardError):
@@ -174,23 +175,35 @@ class Incompatible(BoardError):
 class AgentError(BoardError):
     """The agent on a board answered with a JSON error; keeps its code and exit status."""
 
-    def __init__(self, board: str, code: str, message: str, exit_code: int) -> None:
+    def __init__(self, board: str, code: str, message: str, exit_code: int | None) -> None:
         super().__init__(board, message)
         self.code = code
-        self.exit_code = exit_code if exit_code > 0 else 1
+        self.exit_code = exit_code if exit_code and exit_code > 0 else 1
 
 
-def _all_subclasses(cls: type) -> list[type]:
+def _all_subclasses(cls: type[EdgeDeployError]) -> list[type[EdgeDeployError]]:
     out = [cls]
+    sub: type[EdgeDeployError]
     for sub in cls.__subclasses__():
         out.extend(_all_subclasses(sub))
     return out
 
 
-def from_message(code: str, message: str) -> EdgeDeployError:
+def from_message(code: str, message: str, *, board: str | None = None,
+                 exit_code: int | None = None) -> EdgeDeployError:
     """The error a JSON ``{"code", "message"}`` (from the agent) stands for, same class and exit
-    code as where it was raised. QuantizationError comes back without its op list."""
+    code as where it was raised, its message led by BOARD's name when given (and ``.board``
+    set). A code with no class of its own (``not_here``) is an AgentError keeping EXIT_CODE.
+    QuantizationError comes back without its op list."""
+    skip = (QuantizationError, RemoteFailure, AgentError)
     for cls in _all_subclasses(EdgeDeployError):
-        if cls.code == code and cls is not QuantizationError:
-            return cls(message)
+        if cls.code != code or cls in skip:
+            continue
+        if issubclass(cls, BoardError):
+            return cls(board or "board", message)
+        err = cls(f"{board}: {message}" if board else message)
+        err.board = board
+        return err
+    if board is not None:
+        return AgentError(board, code, message, exit_code or 1)
     return EdgeDeployError(message)

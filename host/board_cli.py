@@ -260,13 +260,13 @@ def cmd_bench(a) -> int:
     out = []
     with _session(a, a.board) as s:
         specs = [a.model] if a.model else \
-            [e["name"] for e in s.agent("list")["models"] if e["current"]]
+            [e.name for e in s.listing().models if e.current]
         if not specs:
             raise InputError(f"{a.board}: no active model to bench",
                              hint="push one, or name NAME@VERSION")
         for spec in specs:
             r = s.bench(spec, runs=a.runs, warmup=a.warmup, threads=a.threads,
-                        delegate=a.delegate)
+                        delegate=a.delegate).raw
             res.record("bench", a.board, r)
             out.append(r)
     if a.json:
@@ -287,7 +287,7 @@ def cmd_eval(a) -> int:
         if f is not None and not f.is_file():
             raise InputError(f"{f}: no such data file")
     with _session(a, a.board) as s:
-        r = s.eval(a.model, a.data, a.reference)
+        r = s.eval(a.model, a.data, a.reference).raw
     _results(a).record("eval", a.board, r)
     ag = r.get("agreement")
     _print(a, r, f"{a.board}: {r['model']['name']} {r['model']['version']} "
@@ -309,7 +309,7 @@ def cmd_status(a) -> int:
     for n in names:
         try:
             with _session(a, n) as s:
-                out.append(s.status())
+                out.append(s.status().to_dict())
         except EdgeDeployError as exc:
             if not a.all:
                 raise
@@ -332,7 +332,8 @@ def cmd_status(a) -> int:
 
 def cmd_rollback(a) -> int:
     with _session(a, a.board) as s:
-        r = s.rollback(a.model)
+        sw = s.rollback(a.model)
+    r = {"name": sw.name, "current": sw.current, "previous": sw.previous}
     _print(a, r, f"{a.board}: {a.model} now {r['current']} (was {r['previous']})")
     return 0
 
@@ -486,11 +487,11 @@ def cmd_targets(a) -> int:
     for b in boards:
         try:
             with _session(a, b.name) as s:
-                info = s.state()["info"]  # installs our agent where it is missing or old
+                info = s.state().info  # installs our agent where it is missing or old
             problems = board_problems(b, info)
             out.append({"board": b.name, "ok": not problems, "problems": problems,
-                        "arch": info["arch"], "python": info["python"],
-                        "runtime": info["runtime"], "numpy": info["numpy"]})
+                        "arch": info.arch, "python": info.python,
+                        "runtime": info.runtime, "numpy": info.numpy})
         except EdgeDeployError as exc:
             out.append({"board": b.name, "ok": False, "problems": [str(exc)]})
         failed += 0 if out[-1]["ok"] else 1

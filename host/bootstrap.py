@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import BoardError, EnvironmentProblem, InputError, RemoteFailure
+from ..errors import EdgeDeployError, EnvironmentProblem, InputError, RemoteFailure
 from .deploy import BoardSession
 
 PACKAGES = {"litert": ["ai-edge-litert", "numpy"],
@@ -78,8 +78,10 @@ def choose(wheels: list[Wheel], runtimes: tuple[str, ...], python: str, arch: st
 
 def bootstrap(s: BoardSession, wheelhouse: Path | None, progress=None) -> dict:
     board = s.board
+    t = s.link.transport
+    root = s.link.root
     base = board.python if board.python != "python3" else "python3"
-    r = s.t.run([base, "-c", "import platform, sys; print(platform.machine(), "
+    r = t.run([base, "-c", "import platform, sys; print(platform.machine(), "
                              "platform.python_version(), sys.prefix)"])
     if r.exit_code != 0:
         raise EnvironmentProblem(f"{board.name}: `{base}` does not run on the board "
@@ -87,7 +89,7 @@ def bootstrap(s: BoardSession, wheelhouse: Path | None, progress=None) -> dict:
                                  hint="install Python 3 on the board, or set `python` in "
                                       "fleet.toml")
     arch, python, _ = r.stdout.split()[:3]
-    venv = f"{s.root}/venv"
+    venv = f"{root}/venv"
     vpy = f"{venv}/bin/python"
     sent, wheel_names = 0, []
     if wheelhouse is not None:
@@ -95,12 +97,12 @@ def bootstrap(s: BoardSession, wheelhouse: Path | None, progress=None) -> dict:
             raise InputError(f"{wheelhouse}: no such wheelhouse folder")
         wheels = [w for w in map(parse_wheel, sorted(wheelhouse.glob("*.whl"))) if w]
         runtime, fit = choose(wheels, board.profile.runtimes, python, arch)
-        remote = f"{s.root}/wheels"
-        s.t.mkdir(remote)
+        remote = f"{root}/wheels"
+        t.mkdir(remote)
         for w in fit:
             dest = f"{remote}/{w.path.name}"
-            if s.t.size(dest) != w.path.stat().st_size:
-                sent += s.t.put(w.path, dest, progress)
+            if t.size(dest) != w.path.stat().st_size:
+                sent += t.put(w.path, dest, progress)
             wheel_names.append(w.path.name)
         pip_wheel = next((w for w in fit if w.name == "pip"), None)
         src = ["--no-index", "--find-links", remote]
@@ -108,27 +110,27 @@ def bootstrap(s: BoardSession, wheelhouse: Path | None, progress=None) -> dict:
         runtime, pip_wheel, src = board.profile.runtimes[0], None, []
     if pip_wheel is not None:  # pip runs from its wheel: no ensurepip on the board needed
         steps = [[base, "-m", "venv", "--without-pip", venv],
-                 [vpy, f"{s.root}/wheels/{pip_wheel.path.name}/pip", "install", "--quiet",
+                 [vpy, f"{root}/wheels/{pip_wheel.path.name}/pip", "install", "--quiet",
                   *src, *PACKAGES[runtime]]]
     else:
         steps = [[base, "-m", "venv", venv],
                  [vpy, "-m", "pip", "install", "--quiet", *src, *PACKAGES[runtime]]]
     for argv in steps:
-        r = s.t.run(argv, timeout=1800)
+        r = t.run(argv, timeout=1800)
         if r.exit_code != 0:
             raise RemoteFailure(board.name, r.command, r.exit_code, r.stderr or r.stdout,
                                 hint="the board's previous setup is unchanged where this "
                                      "step failed; see the message")
     try:  # one started under the old Python would keep answering for it
-        s.stop_resident()
-    except BoardError:
+        s.link.stop_resident()
+    except EdgeDeployError:
         pass  # no agent there yet
     st = s.state()
-    info = st["info"]
-    if not info.get("runtime"):
+    info = st.info
+    if not info.runtime:
         raise EnvironmentProblem(f"{board.name}: the runtime does not import in {venv} "
-                                 f"({info.get('runtime_error')})")
+                                 f"({info.runtime_error})")
     return {"board": board.name, "arch": arch, "python": python, "venv": venv,
-            "runtime": info["runtime"], "runtimes": info["runtimes"],
-            "numpy": info["numpy"], "wheels": wheel_names, "bytes_sent": sent,
-            "agent_uploaded": st["agent_uploaded"], "agent": st["agent"]["content_hash"]}
+            "runtime": info.runtime, "runtimes": info.runtimes,
+            "numpy": info.numpy, "wheels": wheel_names, "bytes_sent": sent,
+            "agent_uploaded": s.link.agent_uploaded, "agent": st.agent.content_hash}

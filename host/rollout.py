@@ -379,18 +379,14 @@ class Rollout:
         """Figures of NAME@VERSION on the board: eval on the gate data, bench."""
         figures: dict = {}
         if self.bundle.extra.get(GATE_FILE):
-            # the gate data travelled in the bundle: it lies in the new version's folder
-            data = f"{s.store}/models/{self.bundle.name}/{data_version}/{GATE_FILE}"
-            args = ["eval", f"{self.bundle.name}@{version}", "--data", data]
-            if self.reference:
-                args += ["--reference", data]
-            ev = s.agent(*args)
-            figures["accuracy"] = ev["top1"]
-            if ev.get("agreement"):
-                figures["agreement"] = ev["agreement"]["top1_agreement"]
+            # the gate data travelled in the new version's bundle
+            ev = s.eval_bundled(self.bundle.name, version, GATE_FILE, data_version=data_version,
+                                reference=self.reference)
+            figures["accuracy"] = ev.top1
+            if ev.agreement is not None:
+                figures["agreement"] = ev.agreement
         b = s.bench(f"{self.bundle.name}@{version}", runs=self.opts.bench_runs, warmup=5)
-        t = b["timing"]
-        figures.update(p50_ms=t["p50_ms"], p90_ms=t["p90_ms"], p99_ms=t["p99_ms"])
+        figures.update(p50_ms=b.p50_ms, p90_ms=b.p90_ms, p99_ms=b.p99_ms)
         return figures
 
     def stage(self, name: str) -> None:
@@ -399,11 +395,10 @@ class Rollout:
             def go() -> dict:
                 with self._session(name) as s:
                     st = s.state(model=self.bundle.name)
-                    entry = next((e for e in st["models"] if e["name"] == self.bundle.name),
-                                 None)
-                    old = entry["current"] if entry else None
-                    if old == self.bundle.version:
-                        old = entry["previous"]
+                    entry = st.model(self.bundle.name)
+                    old = entry.current if entry else None
+                    if entry and old == self.bundle.version:
+                        old = entry.previous
                     s.push(self.bundle, activate=False, state=st)
                     old_fig = self._measure(s, old, self.bundle.version) \
                         if old and (self.opts.max_accuracy_drop is not None or
@@ -419,7 +414,7 @@ class Rollout:
         try:
             def go() -> dict:
                 with self._session(name) as s:
-                    return s.agent("activate", self.bundle.name, self.bundle.version)
+                    return s.activate(self.bundle.name, self.bundle.version)
             self._with_retries(go)
             self._set(name, "activated")
         except EdgeDeployError as exc:
@@ -452,11 +447,11 @@ class Rollout:
         self._set(name, "rolling_back", error=why)
         try:
             with self._session(name) as s:
-                st = s.state(install_agent=False, model=self.bundle.name)
-                entry = next((e for e in st["models"] if e["name"] == self.bundle.name), None)
-                current = entry["current"] if entry else None
+                entry = s.state(install_agent=False, model=self.bundle.name).model(
+                    self.bundle.name)
+                current = entry.current if entry else None
                 if row["old"] and current != row["old"]:
-                    s.agent("activate", self.bundle.name, row["old"])
+                    s.activate(self.bundle.name, row["old"])
                 elif not row["old"] and current == self.bundle.version:
                     raise Conflict(f"{name}: no previous version of {self.bundle.name} to go "
                                    f"back to; the board stays on {self.bundle.version}")
@@ -531,9 +526,8 @@ class Rollout:
             elif st in ("activating", "activated"):
                 try:
                     with self._session(n) as s:
-                        cur = next((e["current"] for e in
-                                    s.state(model=self.bundle.name)["models"]
-                                    if e["name"] == self.bundle.name), None)
+                        entry = s.state(model=self.bundle.name).model(self.bundle.name)
+                        cur = entry.current if entry else None
                     self._set(n, "activated" if cur == self.bundle.version else "staged")
                 except EdgeDeployError as exc:
                     self._back(n, f"unreachable after an interruption: {exc}")
@@ -592,12 +586,12 @@ def preflight(boards: list[Board], bundle: Bundle, opts: Options
                               accept_new_host_key=opts.accept_new_host_key) as s:
                 try:
                     st = s.state(install_agent=False, model=bundle.name)
-                except BoardError as exc:
+                except EdgeDeployError as exc:
                     notes[b.name] = f"agent missing or not runnable; it will be installed ({exc})"
                     return
-                if st["agent"]["content_hash"] != ours:
+                if st.agent.content_hash != ours:
                     notes[b.name] = "agent will be updated"
-                p = plan_push(b, st["info"], st["models"], bundle, activate=False).problems
+                p = plan_push(b, st.info, st.model(bundle.name), bundle, activate=False).problems
                 if p:
                     problems[b.name] = "; ".join(p)
         except BoardError as exc:

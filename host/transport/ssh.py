@@ -396,26 +396,23 @@ class SshTransport(Transport):
                 raise RemoteFailure(self.board, f"mkdir {d}", 1,
                                     f"{type(exc).__name__}: {exc}") from exc
 
-    def put(self, local: Path, remote: str, progress: Progress | None = None) -> int:
-        size = Path(local).stat().st_size
+    def put(self, data: Path | bytes, remote: str, progress: Progress | None = None) -> int:
+        import io
+
+        what = f"{len(data)} bytes" if isinstance(data, bytes) else str(data)
+        size = len(data) if isinstance(data, bytes) else Path(data).stat().st_size
         try:
-            with open(local, "rb") as f:
+            with (io.BytesIO(data) if isinstance(data, bytes) else open(data, "rb")) as f:
                 self.sftp().putfo(f, self._sftp_path(remote), file_size=size,
                                   callback=progress, confirm=True)
         except socket.timeout as exc:
-            raise Unreachable(self.board, f"upload of {local} stalled",
+            raise Unreachable(self.board, f"upload of {what} stalled",
                               hint="the link may be down") from exc
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise Unreachable(self.board, f"upload of {local} to {remote} failed "
+            raise Unreachable(self.board, f"upload of {what} to {remote} failed "
                                           f"({type(exc).__name__}: {exc})",
                               hint="is the board's disk full?") from exc
         return size
-
-    def get(self, remote: str, local: Path) -> None:
-        try:
-            self.sftp().get(self._sftp_path(remote), str(local))
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise Unreachable(self.board, f"download of {remote} failed ({exc})") from exc
 
     def close(self) -> None:
         for c in (self._sftp, self.client, self._jump):

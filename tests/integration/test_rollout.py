@@ -446,7 +446,7 @@ def test_board_disk_full_mid_rollout(models, tmp_path_factory, tmp_path, trial):
         assert by["b0"]["state"] == "rolled_back"
         for name in ("b0", "b1"):
             assert board_state(d, name)["current"] == old
-        assert not list((home / ".edgedeploy" / "incoming").iterdir())
+        assert not list((home / ".edgedeploy" / "store" / "incoming").iterdir())
         journal_agrees(d, r, old)
     finally:
         fleet_down(d)
