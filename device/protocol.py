@@ -308,8 +308,8 @@ class State:
     agent: AgentId
     info: BoardInfo
     store: str                        # the store's absolute path
-    incoming: str                     # uploads go to INCOMING/TOKEN/
-    data: str                         # eval data goes to DATA/SHA256.EXT
+    incoming: str | None              # uploads go to INCOMING/TOKEN/ (None: an older agent)
+    data: str | None                  # eval data goes to DATA/SHA256.EXT (None: likewise)
     models: tuple[ModelEntry, ...]
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -320,7 +320,8 @@ class State:
     def parse(cls, msg: Any) -> "State":
         return cls(AgentId.parse(_field(msg, "agent", dict)),
                    BoardInfo.parse(_field(msg, "info", dict)), _field(msg, "store", str),
-                   _field(msg, "incoming", str), _field(msg, "data", str), _models(msg), msg)
+                   _field(msg, "incoming", str, True), _field(msg, "data", str, True),
+                   _models(msg), msg)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@
     │   └── UnsafeBundle            exit 2   absolute path, "..", a link or special file in a bundle
     ├── RunFailure                  exit 1   the model loaded but could not be measured as asked
     │   └── SilentCpuFallback       exit 1   an Edge TPU model whose delegate took no op
+    ├── JournalError                exit 1   the rollout journal refused a write or a file
     └── BoardError                  exit 1   something on or on the way to a board (names it)
         ├── Unreachable             exit 5   connect refused / timed out / link cut
         ├── HostKeyRefused          exit 6   unknown or changed SSH host key
@@ -128,6 +129,13 @@ class SilentCpuFallback(RunFailure):
     """An Edge TPU model ran with no op on the Edge TPU: a timing would be a lie."""
 
     code = "silent_cpu_fallback"
+
+
+class JournalError(EdgeDeployError):
+    """The rollout journal refused: a board state change its table forbids, or a file written
+    by a newer edgedeploy."""
+
+    code = "journal_error"
 
 
 class BoardError(EdgeDeployError):

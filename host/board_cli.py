@@ -226,12 +226,14 @@ def _push_many(a, bundle) -> int:
     import time
 
     from ..targets import load_fleet
-    from .deploy import PushResult, push_many
+    from .fleet import push_many
 
     fleet = load_fleet(_fleet_path(a))
     boards = fleet.select(a.boards or None, group=a.group, tag=a.tag)
     if not boards:
         raise InputError(f"{fleet.path}: no board matches", hint="see `edgedeploy targets list`")
+
+    from .deploy import PushResult
 
     def done(name: str, out) -> None:
         if not a.json:
@@ -241,13 +243,13 @@ def _push_many(a, bundle) -> int:
     t0 = time.perf_counter()
     results = push_many(boards, bundle, activate=not a.no_activate, parallel=a.parallel,
                         accept_new_host_key=a.accept_new_host_key, on_done=done)
-    rows, failed = [], 0
-    for name, out in results.items():
-        if isinstance(out, PushResult):
-            rows.append(_record_push(a, bundle, out))
+    rows, failed = [], len(results.failed)
+    for name in results.order:
+        if name in results.succeeded:
+            rows.append(_record_push(a, bundle, results.succeeded[name]))
         else:
-            failed += 1
-            rows.append({"board": name, "error": str(out), "code": out.code})
+            err = results.failed[name]
+            rows.append({"board": name, "error": str(err), "code": err.code})
     summary = {"boards": len(boards), "ok": len(boards) - failed, "failed": failed,
                "seconds": round(time.perf_counter() - t0, 3), "results": rows}
     _print(a, summary, f"{len(boards) - failed} of {len(boards)} boards on {bundle.name} "
@@ -356,7 +358,7 @@ def cmd_bootstrap(a) -> int:
 
 
 def _rollout_opts(a):
-    from .rollout import Options
+    from .fleet import Options
 
     inc = a.max_latency_increase
     try:
@@ -376,11 +378,9 @@ def _rollout_opts(a):
 
 
 def _rollout_bundle(model: str, gate_data: str | None):
-    from .bundle import load_bundle
-    from .rollout import GATE_FILE
+    from .fleet import rollout_bundle
 
-    b = load_bundle(model)
-    return b.with_files({GATE_FILE: Path(gate_data)}) if gate_data else b
+    return rollout_bundle(model, gate_data)
 
 
 def _emit(a):
@@ -396,7 +396,8 @@ def _emit(a):
     return emit
 
 
-def _print_rollout(a, r: dict) -> int:
+def _print_rollout(a, rep) -> int:
+    r = rep.to_dict()
     if a.json:
         print(json.dumps(r, indent=2))
     else:
@@ -421,21 +422,21 @@ def _print_rollout(a, r: dict) -> int:
 
 def cmd_rollout(a) -> int:
     from ..targets import load_fleet
-    from . import rollout as ro
+    from . import fleet as ro
 
     j = ro.Journal(a.journal)
     if a.target == "status":
-        return _print_rollout(a, ro.report(j, j.rollout(a.id)["id"]))
+        return _print_rollout(a, ro.report(j, j.rollout(a.id).id))
     if a.target == "cancel":
         if not a.id:
             raise InputError("rollout cancel needs the rollout ID")
-        r = ro.cancel(j, a.id)
+        r = ro.cancel(j, a.id).to_dict()
         _print(a, r, f"rollout {a.id}: {r['state']} ({r['message']})")
         return 0
     if a.resume:
         row = j.rollout(a.resume)
-        fleet = load_fleet(Path(row["fleet"]))
-        bundle = _rollout_bundle(a.target or row["bundle"], row["options"].get("gate_data"))
+        fleet = load_fleet(Path(row.fleet))
+        bundle = _rollout_bundle(a.target or row.bundle, row.options.gate_data)
         return _print_rollout(a, ro.resume(j, a.resume, fleet.boards, bundle, _emit(a)))
     if not a.target:
         raise InputError("name the MODEL to roll out (or `status`, `cancel ID`, --resume ID)")
@@ -449,6 +450,7 @@ def cmd_rollout(a) -> int:
     r = ro.start(j, boards, bundle, str(Path(a.target).resolve()), str(fleet_path.resolve()),
                  opts, dry_run=a.dry_run, emit=_emit(a))
     if a.dry_run:
+        r = r.to_dict()
         _print(a, r, "\n".join([f"{r['model']} {r['version']}: gates "
                                 f"{', '.join(r['gates']) or 'none'}"]
                                + [f"wave {i}{' (canary)' if i == 0 else ''}: {', '.join(w)}"

@@ -232,25 +232,3 @@ class BoardSession:
                                hint="`edgedeploy push` installs the current agent")
         return self.link.put_once(st.data, path, f"{sha256_file(path)}{path.suffix}")
 
-
-def push_many(boards: list[Board], bundle: Bundle, *, activate: bool = True, parallel: int = 16,
-              accept_new_host_key: bool = False, on_done=None) -> dict:
-    """Push one bundle to many boards, PARALLEL at a time (moving to host/fleet)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from ..errors import EdgeDeployError
-
-    def one(board: Board) -> "PushResult | BoardError":
-        try:
-            with BoardSession(board, accept_new_host_key=accept_new_host_key) as s:
-                out: PushResult | BoardError = s.push(bundle, activate=activate)
-        except BoardError as exc:
-            out = exc
-        except EdgeDeployError as exc:
-            out = BoardError(board.name, str(exc))
-        if on_done:
-            on_done(board.name, out)
-        return out
-
-    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(boards)))) as pool:
-        return dict(zip((b.name for b in boards), pool.map(one, boards)))

@@ -106,14 +106,14 @@ class Rig:
 
     # -- the three ways -------------------------------------------------------------------
     def ours(self, n: int, bundle) -> dict:
-        from edgedeploy.host.deploy import PushResult, push_many
+        from edgedeploy.host.fleet import push_many
 
         res = push_many(self.boards[:n], bundle, parallel=n)
-        bad = {k: str(v) for k, v in res.items() if not isinstance(v, PushResult)}
+        bad = {k: str(v) for k, v in res.failed.items()}
         if bad:
             raise SystemExit(f"bench_push: edgedeploy push failed: {bad}")
-        return {"bytes": sum(r.bytes_sent for r in res.values()),
-                "resident": sum(r.resident_agent for r in res.values())}  # type: ignore[misc]
+        return {"bytes": sum(r.bytes_sent for r in res.succeeded.values()),
+                "resident": sum(r.resident_agent for r in res.succeeded.values())}
 
     def wait_resident(self, want: bool) -> int:
         """Until every board's resident agent runs (bounded): the warm-up sessions start them

@@ -48,7 +48,7 @@ def ansible_bin() -> Path:
 
 
 def wave_sizes(n: int, waves: str) -> list[int]:
-    from edgedeploy.host.rollout import plan_waves
+    from edgedeploy.host.fleet import plan_waves
 
     return [len(w) for w in plan_waves([f"b{i}" for i in range(n)], "1", waves)]
 
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import bench_push
     from edgedeploy.host.bundle import Bundle, load_bundle
-    from edgedeploy.host.deploy import push_many
+    from edgedeploy.host.fleet import push_many
     from edgedeploy.targets import load_fleet
 
     playbook_bin = ansible_bin()
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         # the agent on every board once (a first push does that; not what is measured)
         res = push_many(boards, Bundle(replace(a_base.manifest, name="warm"),
                                        a_base.model_path), parallel=a.parallel)
-        bad = [k for k, v in res.items() if not hasattr(v, "version")]
+        bad = list(res.failed)
         if bad:
             raise SystemExit(f"bench_rollout: warm-up push failed on {bad[:5]}")
         rows, trial = [], 0

@@ -173,7 +173,7 @@ def test_bad_input_is_refused_before_anything_moves(rfleet, models, tmp_path):
 
 def test_a_second_rollout_on_the_same_boards_is_refused(rfleet, models, tmp_path):
     from edgedeploy.host.bundle import load_bundle
-    from edgedeploy.host.rollout import Journal, Options
+    from edgedeploy.host.fleet import Journal, Options
 
     d, db, jn = rfleet, tmp_path / "r.db", tmp_path / "j.db"
     j = Journal(jn)
@@ -273,12 +273,14 @@ def _run_in_background(d: Path, db: Path, jn: Path, model: Path, *args) -> subpr
 
 
 def _wait_for(jn: Path, pred, seconds: float = 120) -> list[dict]:
-    from edgedeploy.host.rollout import Journal
+    """Wait until PRED({board: {"state": …, …}}) holds for the latest rollout's journal rows."""
+    from edgedeploy.host.fleet import Journal
     j = Journal(jn)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            rows = j.boards(j.rollout()["id"])
+            rows = [{"board": b.board, "state": b.state.value} for b in
+                    j.boards(j.rollout().id)]
         except Exception:
             rows = []
         if rows and pred({b["board"]: b for b in rows}):
@@ -326,19 +328,18 @@ def test_host_killed_mid_rollout_then_resume(rfleet, models, tmp_path, trial):
               >= 1 + trial)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    from edgedeploy.host.rollout import Journal
+    from edgedeploy.host.fleet import Journal
     j = Journal(jn)
-    rid = j.rollout()["id"]
-    assert j.rollout(rid)["state"] == "running"
-    done_before = {b["board"] for b in j.boards(rid) if b["state"] == "committed"}
+    rid = j.rollout().id
+    assert j.rollout(rid).state == "running"
+    done_before = {b.board for b in j.boards(rid) if b.state == "committed"}
     assert done_before
     p, r = ro("--resume", rid, db=db, journal=jn)
     assert p.returncode == 0, p.stderr
     assert r["state"] == "succeeded" and r["counts"] == {"committed": N}
     # finished boards were not redone: their journal rows kept their first figures
-    ev = j._db().execute("SELECT board, count(*) FROM events WHERE rollout = ? AND "
-                         "state = 'committed' GROUP BY board", (rid,)).fetchall()
-    assert all(c == 1 for _, c in ev)
+    committed = [e.board for e in j.events(rid) if e.state == "committed"]
+    assert committed and len(committed) == len(set(committed))
     journal_agrees(d, r, old)
     assert old != r["version"]
 
