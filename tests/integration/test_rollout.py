@@ -34,7 +34,7 @@ def rfleet(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bad_model(tmp_path_factory, digits):
     """digits trained on shuffled labels: a valid model whose accuracy is near chance."""
-    import digits_cnn
+    from tests.support import digits_cnn
 
     out = tmp_path_factory.mktemp("bad")
     digits_cnn.make(out, epochs=2, shuffle_labels=True)
