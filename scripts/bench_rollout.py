@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                     push_many(boards[:n], old, parallel=a.parallel)
                     bdir = new.write_folder(work / f"bundle-{trial}")
                     if way == "edgedeploy":
-                        r = run_timed([*cli, "rollout", str(bdir), "--fleet", str(sub),
+                        r = run_timed([*cli, "rollout", "start", str(bdir), "--fleet", str(sub),
                                        "--waves", a.waves, "--parallel", str(a.parallel),
                                        "--journal", str(work / "journal.db"), "--json",
                                        "--max-failures", "0"],
