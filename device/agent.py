@@ -252,7 +252,7 @@ def cmd_eval(a, store) -> dict:
     outputs = run_dataset(interp, data["x"], data_path, progress)
     seconds = time.perf_counter() - t0
     acc = accuracy(outputs, data["y"], data_path)
-    agree = agreement(outputs, ref, ref_path).__dict__ if ref is not None else None
+    agree = agreement(outputs, ref, str(ref_path)).__dict__ if ref is not None else None
     return protocol.ok("eval", model=info, runtime=_runtime_info(rt), data=data_path,
                        samples=acc.samples, top1=acc.top1, top5=acc.top5, agreement=agree,
                        seconds=round(seconds, 4), outputs_sha256=_sha(np.ascontiguousarray(outputs)))

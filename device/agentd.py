@@ -44,7 +44,7 @@ LOCK = "agentd.lock"
 
 def _stamp() -> list:
     """What the running code and its packages depend on: the zipapp and every import folder."""
-    out = []
+    out: list[tuple[object, ...]] = []
     for p in [sys.argv[0], *sys.path]:
         try:
             st = os.stat(p or ".")

@@ -320,7 +320,8 @@ def targets_command(action: str, board: str | None, where: Boards, *, as_json: b
         return 0
     from ..deploy import board_problems
 
-    failed, out = 0, []
+    failed = 0
+    out: list[dict[str, Any]] = []
     for b in boards:
         try:
             with where.session(b.name) as s:

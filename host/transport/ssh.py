@@ -70,7 +70,7 @@ def _ssh_config(path: str | None) -> paramiko.SSHConfig:
     return paramiko.SSHConfig()
 
 
-def _socket(board: str, host: str, port: int, timeout: float) -> socket.socket:
+def _socket(board: str, host: str, port: int, timeout: float) -> "socket.socket | _QuickAck":
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except socket.timeout as exc:
