@@ -227,6 +227,7 @@ class Journal:
                   old_figures: dict | None = None, error: str | None = None) -> None:
         """Move BOARD to STATE (a move TRANSITIONS allows, else JournalError), with the columns
         given (None: unchanged), and log the event — one transaction."""
+        state = BoardState(state)
         cols: dict[str, Any] = {"old": old, "error": error,
                                 "figures": json.dumps(figures) if figures is not None else None,
                                 "old_figures": json.dumps(old_figures)

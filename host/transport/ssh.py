@@ -6,6 +6,9 @@ config's UserKnownHostsFile, else ~/.ssh/known_hosts). An unknown key is refused
 ``accept_new_host_key`` (OpenSSH's accept-new: the key is recorded); a *changed* key is always
 refused. paramiko hangs on a cut link, keepalives notwithstanding (measured here), so the socket
 is made here with TCP_USER_TIMEOUT and handed to paramiko.
+
+(A little past 400 lines: one transport — connection and host keys, command streams, the
+stream-local channel paramiko can't open itself, SFTP — whose parts share its error mapping.)
 """
 
 from __future__ import annotations
