@@ -55,11 +55,17 @@ Agent commands (``edgedeploy-agent [--store DIR] CMD``) and their answers (``kin
                "ops": null | [{"index", "op", "delegated"}], "op_timing": null | ..., "note": ...}
     eval      (`--data FILE` | `--bundled-data REL`: a file the model's own bundle carried,
                or, with `--data-version V`, version V's bundle; `--reference FILE` |
-               `--bundled-reference REL` likewise)
-              {"model": {...}, "runtime": {...}, "data": "test.npz", "samples": 540,
-               "top1": 0.979, "top5": 1.0 | null,
-               "agreement": null | {"samples", "top1_agreement", "mean_abs_error", "max_abs_error"},
-               "seconds": 0.21}
+               `--bundled-reference REL` likewise; `--output NAME`: the output labels refer
+               to; `--data-name`/`--reference-name`: the user's file names, for messages)
+              {"model": {...}, "runtime": {...}, "data": "test.npz",   # the user's file name
+               "reference": "host.npz" | null, "samples": 540,
+               "outputs": ["probs", …],            # every output's key
+               "output": "probs" | null,           # the one top-1 figures are about
+               "top1": 0.979 | null, "top5": 1.0 | null,         # null: no labels y
+               "agreement": null | {"samples", "top1_agreement", "mean_abs_error",
+                                    "max_abs_error"},              # the top-1 output
+               "errors": null | [{"output", "max_abs_error", "mean_abs_error", "cosine"}],
+               "seconds": 0.21, "outputs_sha256": "…"}
     agentd --detach  {"started": true, "pid": 4242, "replaced": 4100 | null}
                      | {"started": false, "reason": "..."}
     agentd --stop    {"stopped": 4242 | null}     # (without either: runs the resident agent)
@@ -425,10 +431,11 @@ class Bench:
 
 @dataclass(frozen=True)
 class Eval:
-    """``eval``: top-1 (and top-1 agreement with reference outputs, when given)."""
+    """``eval``: top-1 on the labels (None without labels), top-1 agreement with reference
+    outputs, and each output's error against them, when given."""
     model: ModelRef
     samples: int
-    top1: float
+    top1: float | None
     agreement: float | None        # top1_agreement
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -436,7 +443,7 @@ class Eval:
     def parse(cls, msg: Any) -> "Eval":
         ag = _field(msg, "agreement", dict, True)
         return cls(ModelRef.parse(_field(msg, "model", dict)), _field(msg, "samples", int),
-                   _field(msg, "top1", float),
+                   _field(msg, "top1", float, True),
                    _field(ag, "top1_agreement", float) if ag is not None else None, msg)
 
 

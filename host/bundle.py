@@ -79,7 +79,8 @@ class Bundle:
 
 
 def load_bundle(path: str | Path) -> Bundle:
-    """A .tflite with NAME.LABEL.manifest.json beside it, or a bundle folder."""
+    """A .tflite with NAME.LABEL.manifest.json beside it, a bare .tflite (made elsewhere: its
+    manifest is made here from the flatbuffer, marked ``source.imported``), or a bundle folder."""
     path = Path(path)
     if path.is_dir():
         manifests = sorted(path.glob("*.manifest.json")) + sorted(path.glob("manifest.json"))
@@ -95,8 +96,9 @@ def load_bundle(path: str | Path) -> Bundle:
         raise InputError(f"{path}: expected a .tflite file (with its manifest) or a bundle folder")
     mpath = path.with_name(path.name[:-len(".tflite")] + ".manifest.json")
     if not mpath.is_file():
-        raise InputError(f"{path}: no manifest {mpath.name} beside it",
-                         hint="models made by `edgedeploy compile` come with one")
+        from .compiler.importer import import_manifest
+
+        return _checked(Bundle(import_manifest(path), path), path)
     m = Manifest.load(mpath)
     if m.file != path.name:
         m = replace(m, file=path.name)
@@ -109,5 +111,7 @@ def _checked(b: Bundle, where: Path) -> Bundle:
             raise InputError(f"{where}: {rel} named by the manifest is missing")
     if sha256_file(b.model_path) != b.manifest.sha256:
         raise InputError(f"{b.model_path}: sha256 differs from its manifest",
-                         hint="the file changed after it was compiled; compile it again")
+                         hint="the file changed after its manifest was written: compile it "
+                              "again, or remove the stale manifest to push the file as it is "
+                              "(imported)")
     return b

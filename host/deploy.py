@@ -208,11 +208,17 @@ class BoardSession:
             args += ["--max-seconds", max_seconds]
         return self.link.ask(protocol.Bench.parse, *args)
 
-    def eval(self, spec: str, data: Path, reference: Path | None = None) -> protocol.Eval:
-        """SPEC on DATA (x, y; sent once per content to the folder the agent names)."""
-        args: list[object] = ["eval", spec, "--data", self._put_data(data)]
+    def eval(self, spec: str, data: Path, reference: Path | None = None,
+             output: str | None = None) -> protocol.Eval:
+        """SPEC on DATA (inputs by name, y optional; sent once per content to the folder the
+        agent names); messages name the user's files, not the board's copies."""
+        args: list[object] = ["eval", spec, "--data", self._put_data(data), "--data-name",
+                              str(data)]
         if reference:
-            args += ["--reference", self._put_data(reference)]
+            args += ["--reference", self._put_data(reference), "--reference-name",
+                     str(reference)]
+        if output:
+            args += ["--output", output]
         return self.link.ask(protocol.Eval.parse, *args)
 
     def eval_bundled(self, name: str, version: str, rel: str, *, data_version: str,

@@ -34,6 +34,12 @@ BENCH_EXAMPLES = """examples:
 EVAL_EXAMPLES = """examples:
   edgedeploy eval b0 digits --data test.npz --fleet fleet.toml
   edgedeploy eval b0 digits --data test.npz --reference host_outputs.npz --json
+  edgedeploy eval b0 landmarker --data frames.npz --reference host_outputs.npz
+  edgedeploy eval b0 detector --data labelled.npz --output scores
+
+Data: one array per model input, keyed by the input's name (x for a model with one input),
+and labels y (optional). Reference: the host's outputs keyed by output name (outputs for one
+output): each output's max and mean abs error and cosine similarity.
 """ + EXAMPLES
 STATUS_EXAMPLES = """examples:
   edgedeploy status b0 --fleet fleet.toml
@@ -87,9 +93,13 @@ def register(sub: Any) -> None:
                        formatter_class=RAW)
     add_board_options(e)
     e.add_argument("model", metavar="NAME[@VERSION]")
-    e.add_argument("--data", type=Path, required=True, metavar="FILE.npz", help="x, y")
+    e.add_argument("--data", type=Path, required=True, metavar="FILE.npz",
+                   help="inputs keyed by input name (x for one input), labels y (optional)")
     e.add_argument("--reference", type=Path, metavar="FILE.npz",
-                   help="host outputs (key `outputs`): top-1 agreement with them")
+                   help="host outputs keyed by output name (outputs for one output): max/mean "
+                        "abs error and cosine similarity per output")
+    e.add_argument("--output", metavar="NAME",
+                   help="the output labels and top-1 refer to (models with several)")
     e.set_defaults(func=run_eval)
 
     s = sub.add_parser("status", help="active and previous versions, agent, health",
@@ -222,16 +232,16 @@ def bench_command(board: str, spec: str | None, where: Boards, *, runs: int, war
 
 def run_eval(a: argparse.Namespace) -> int:
     return eval_command(a.board, a.model, a.data, a.reference, Boards.from_args(a),
-                        as_json=a.json)
+                        as_json=a.json, output=a.output)
 
 
 def eval_command(board: str, spec: str, data: Path, reference: Path | None, where: Boards, *,
-                 as_json: bool) -> int:
+                 as_json: bool, output: str | None = None) -> int:
     for f in (data, reference):
         if f is not None and not f.is_file():
             raise InputError(f"{f}: no such data file")
     with where.session(board) as s:
-        e = s.eval(spec, data, reference)
+        e = s.eval(spec, data, reference, output)
     where.results().record("eval", board, e.raw)
     emit(as_json, e.raw, eval_line(board, e))
     return 0
