@@ -24,6 +24,7 @@ EXAMPLES = """examples:
   edgedeploy-agent bench digits --runs 1000 --warmup 50 --threads 1
   edgedeploy-agent eval digits --data test.npz --reference host_outputs.npz
   edgedeploy-agent eval digits@3f2a9c1b0d4e --bundled-data gate.npz --bundled-reference gate.npz
+  edgedeploy-agent probe digits           # does it load and run here? (child process)
   edgedeploy-agent serve --socket /tmp/edgedeploy.sock
 
 The store defaults to $EDGEDEPLOY_STORE, else ~/.edgedeploy/store."""
@@ -112,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "(the user's file, not this copy)")
     e.add_argument("--reference-name", metavar="NAME", help="the same for the reference")
     e.add_argument("--threads", type=int, default=1)
+    pr = sub.add_parser("probe", help="load a model in a child process with this board's "
+                                      "runtime, invoke it once on zeros: can it run here?")
+    pr.add_argument("spec", metavar="NAME[@VERSION]|FILE.tflite")
+    pr.add_argument("--timeout", type=float, default=120, metavar="S",
+                    help="give up loading after S seconds (120)")
+    pr.add_argument("--no-cache", action="store_true",
+                    help="probe again even if this model was probed with this runtime")
     s = sub.add_parser("serve", help="on-device inference endpoint for local apps")
     where = s.add_mutually_exclusive_group(required=True)
     where.add_argument("--socket", metavar="PATH", help="a Unix socket")
@@ -320,6 +328,22 @@ def _load_arrays(path: str, name: str) -> dict:
         raise InputError(f"{name}: not a readable .npz ({exc})") from exc
 
 
+def cmd_probe(a, store) -> dict:
+    from .probe import probe
+
+    if a.spec.endswith(".tflite") and os.path.exists(a.spec):
+        info, path = {"path": a.spec}, a.spec
+    else:
+        info, path, _ = _resolve(store, a.spec)
+    r = probe(path, runtime=a.runtime, timeout=a.timeout,
+              cache_dir=None if a.no_cache else os.path.join(str(store.root), PROBE_CACHE))
+    d = r.to_dict()
+    return protocol.ok("probe", model=info, loads=d.pop("ok"), **d)
+
+
+PROBE_CACHE = "probe-cache"
+
+
 def cmd_serve(a, store) -> dict:
     from .serve import serve
 
@@ -346,7 +370,7 @@ def _prefix(a) -> list[str]:
 COMMANDS = {"version": cmd_version, "info": cmd_info, "state": cmd_state, "install": cmd_install,
             "activate": cmd_activate, "rollback": cmd_rollback, "list": cmd_list,
             "remove": cmd_remove, "verify": cmd_verify, "bench": cmd_bench, "eval": cmd_eval,
-            "serve": cmd_serve, "agentd": cmd_agentd}
+            "probe": cmd_probe, "serve": cmd_serve, "agentd": cmd_agentd}
 
 
 def run(a: argparse.Namespace, store) -> tuple[int, dict]:

@@ -66,6 +66,15 @@ Agent commands (``edgedeploy-agent [--store DIR] CMD``) and their answers (``kin
                                     "max_abs_error"},              # the top-1 output
                "errors": null | [{"output", "max_abs_error", "mean_abs_error", "cosine"}],
                "seconds": 0.21, "outputs_sha256": "…"}
+    probe     {"model": {...} | {"path": FILE}, "loads": false,
+               "reason": null | "invalid_model" | "missing_custom_op" | "op_version" |
+                         "crashed" | "timeout" | "load_failed" | "invoke_failed",
+               "message": "the runtime crashed loading it: signal 11 (SIGSEGV)",
+               "sha256": …, "runtime": "tflite_runtime", "runtime_version": "2.14.0",
+               "stage": "read" | "load" | "allocate" | "invoke" | "done", "seconds": 1.2,
+               "cached": false, "details": {"op", "version", "custom_op", "signal", …}}
+               # (device/probe.py: the model is loaded in a child process; cached in
+               # STORE/probe-cache/ by sha256 and the runtime packages installed)
     agentd --detach  {"started": true, "pid": 4242, "replaced": 4100 | null}
                      | {"started": false, "reason": "..."}
     agentd --stop    {"stopped": 4242 | null}     # (without either: runs the resident agent)
