@@ -144,3 +144,20 @@ def check(ops: Iterable[tuple[str, int, bool]], runtime: str, version: str | Non
                                f"{op} version {ver} needs a TFLite runtime of TensorFlow {rv} or "
                                f"newer; {label} has older kernels"))
     return out
+
+
+def ops_of(requires: dict) -> list[tuple[str, int, bool]]:
+    """A manifest's ``requires`` as the (op, version, custom) list ``check`` takes."""
+    return [(op, int(v), False) for op, v in (requires.get("ops") or {}).items()] + \
+        [(op, 1, True) for op in requires.get("custom_ops") or []]
+
+
+def board_check(requires: dict | None, info: dict) -> list[Problem]:
+    """What a board lacks for a model: REQUIRES from its manifest, INFO the agent's ``info``
+    answer (``runtime``, ``runtimes``, ``delegates``). Nothing to say without ``requires``."""
+    if not requires:
+        return []
+    runtime = info.get("runtime")
+    version = (info.get("runtimes") or {}).get(runtime) if runtime else None
+    edgetpu = bool(((info.get("delegates") or {}).get("edgetpu") or {}).get("available"))
+    return check(ops_of(requires), runtime or "", version, edgetpu=edgetpu)

@@ -231,7 +231,7 @@ def accuracy_warnings(t: Training, rows: list[tuple[str, float | None]], before:
     if before is None:
         return out
     for lbl, acc in rows:
-        if acc is None or (before - acc) * 100 <= ACCURACY_WARN_PTS:
+        if acc is None or round((before - acc) * 100, 6) <= ACCURACY_WARN_PTS:
             continue
         advice = "try more --epochs (e.g. 10)"
         if t.prune is not None:

@@ -153,3 +153,25 @@ def test_layers_that_cannot_move_are_named(entry, needle):
     with pytest.raises(CannotMove) as e:
         layer_config(entry, _accepts)
     assert needle in str(e.value) and repr(e.value.layer) in str(e.value)
+
+
+def test_eval_line_shows_errors_per_output_and_the_users_file():
+    from edgedeploy.device.protocol import Eval
+    from edgedeploy.host.cli.render import eval_line
+
+    r = {"model": {"name": "lm", "version": "abc", "mode": "float16"}, "samples": 40,
+         "data": "frames.npz", "reference": "host.npz", "outputs": ["cls", "landmarks"],
+         "output": None, "top1": None, "agreement": None,
+         "errors": [{"output": "cls", "max_abs_error": 0.00012, "mean_abs_error": 1e-5,
+                     "cosine": 0.999999},
+                    {"output": "landmarks", "max_abs_error": 0.0031, "mean_abs_error": 4e-4,
+                     "cosine": 0.99998}]}
+    line = eval_line("b0", Eval.parse(r))
+    assert line.startswith("b0: lm abc (float16) on 40 samples of frames.npz vs host.npz: ")
+    assert "cls: max err 0.00012, mean 1e-05, cosine 0.999999" in line
+    assert "landmarks: max err 0.0031" in line and "top-1" not in line
+    r.update(top1=0.95, output="cls", errors=None, reference=None,
+             agreement={"top1_agreement": 1.0, "samples": 40, "mean_abs_error": 0.0,
+                        "max_abs_error": 0.0})
+    line = eval_line("b0", Eval.parse(r))
+    assert "top-1 (cls) 95.00%" in line and "agreement 100.00%" in line

@@ -65,3 +65,19 @@ def test_check_message_names_runtime_and_release():
     (p,) = check(FC12, "tflite_runtime", "2.14.0")
     assert "FULLY_CONNECTED version 12" in p.message and "2.17.0" in p.message
     assert "tflite_runtime 2.14.0" in p.message
+
+
+def test_board_check_reads_the_manifest_and_the_board_info():
+    from edgedeploy.host.compiler.op_versions import board_check
+
+    requires = {"min_runtime": "2.17.0", "ops": {"CONV_2D": 3, "FULLY_CONNECTED": 12},
+                "custom_ops": ["edgetpu-custom-op"]}
+    pi = {"runtime": "tflite_runtime", "runtimes": {"tflite_runtime": "2.14.0"},
+          "delegates": {"edgetpu": {"available": False}}}
+    got = board_check(requires, pi)
+    assert [(p.kind, p.op) for p in got] == [("op_version", "FULLY_CONNECTED"),
+                                             ("custom_op", "edgetpu-custom-op")]
+    coral = {"runtime": "litert", "runtimes": {"litert": "2.3.0"},
+             "delegates": {"edgetpu": {"available": True}}}
+    assert board_check(requires, coral) == []
+    assert board_check(None, pi) == [] and board_check({}, pi) == []
