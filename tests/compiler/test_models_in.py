@@ -12,7 +12,6 @@ import pytest
 
 from edgedeploy.device.manifest import Manifest
 from edgedeploy.device.runtime import make_interpreter
-from edgedeploy.errors import InputError
 from edgedeploy.host.compiler import CompileOptions, Training, compile_model
 from edgedeploy.host.compiler.source import detect_format
 from tests.conftest import run_cli
@@ -74,7 +73,8 @@ def test_formats_are_told_apart_from_the_file(saved):
 
 @pytest.fixture(scope="module")
 def every_mode(saved, digits, tmp_path_factory):
-    """Every save format → every mode (compile --mode all), in this process."""
+    """Every save format → every mode (compile --mode all), in this process: 7 formats × 7
+    conversions (the modes and the float32 reference), about 10 minutes on 2 busy cores."""
     out = {}
     for key, path in saved.items():
         report = compile_model(CompileOptions(
@@ -86,6 +86,7 @@ def every_mode(saved, digits, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["k3.keras", "k3.h5", "k3.export", "k2.keras", "k2.h5",
                                  "k2.savedmodel", "k2.tf_saved_model"])
 def test_every_format_converts_in_every_mode(every_mode, key):
@@ -105,6 +106,7 @@ def test_every_format_converts_in_every_mode(every_mode, key):
         assert src["keras"].startswith("2.")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 def test_keras3_sizes_match_tf_keras_within_5_percent(every_mode, mode):
     """The seed-004 table holds for a Keras 3 model as for tf_keras: the same architecture
@@ -117,6 +119,7 @@ def test_keras3_sizes_match_tf_keras_within_5_percent(every_mode, mode):
 
 # -- a .tflite imported as it is -------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 def test_import_reads_the_mode_from_the_file(every_mode, tmp_path, mode):
     m, path = every_mode["k3.keras"][mode]
@@ -131,6 +134,7 @@ def test_import_reads_the_mode_from_the_file(every_mode, tmp_path, mode):
     assert got.requires == m.requires
 
 
+@pytest.mark.slow
 def test_import_with_eval_measures_the_file(every_mode, digits, tmp_path):
     m, path = every_mode["k3.keras"]["int8"]
     proc = run_cli("compile", path, "--eval", digits / "test.npz", "--latency-runs", "5",
@@ -140,6 +144,7 @@ def test_import_with_eval_measures_the_file(every_mode, digits, tmp_path):
     assert row["latency_p50_ms"] > 0
 
 
+@pytest.mark.slow
 def test_import_refuses_conversion_options(every_mode, digits, tmp_path):
     _, path = every_mode["k3.keras"]["float32"]
     proc = run_cli("compile", path, "--mode", "int8", "--calib", digits / "calib.npz",
