@@ -21,6 +21,7 @@ BOARD is a name in the fleet file (--fleet, else $EDGEDEPLOY_FLEET, else ./fleet
 or `local`. Unknown SSH host keys are refused unless --accept-new-host-key."""
 PUSH_EXAMPLES = """examples:
   edgedeploy push out/digits.int8.tflite pi-kitchen
+  edgedeploy push vendor/mobilenet_v2_edgetpu.tflite coral-1 # a bare .tflite: imported
   edgedeploy push out/digits.int8.tflite local               # this machine, no SSH
   edgedeploy push out/digits.int8.tflite b0 --fleet fleet.toml --no-activate
   edgedeploy push out/digits.int8.tflite --all --parallel 32 --fleet fleet.toml
@@ -66,7 +67,9 @@ def register(sub: Any) -> None:
                        description="Send MODEL to one or more boards: checked, uploaded, "
                                    "installed, activated.", epilog=PUSH_EXAMPLES,
                        formatter_class=RAW)
-    p.add_argument("model", metavar="MODEL", help="a .tflite with its manifest, or a bundle dir")
+    p.add_argument("model", metavar="MODEL",
+                   help="a .tflite (with the manifest compile wrote, or bare: its manifest is "
+                        "made from the file), or a bundle dir")
     p.add_argument("boards", nargs="*", metavar="BOARD", help="one or more boards")
     add_board_options(p, board=False)
     p.add_argument("--no-activate", action="store_true", help="install only")
