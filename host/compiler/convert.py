@@ -128,7 +128,8 @@ def make_converter(tf, src: SourceModel, mode: str, *, keras_model=None,
             conv.inference_input_type = types[io]
             conv.inference_output_type = types[io]
     elif mode == "int16x8":
-        conv.representative_dataset = _representative(calib)
+        if calib is not None:
+            conv.representative_dataset = _representative(calib)
         ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
         if allow_float_fallback:
             ops.append(tf.lite.OpsSet.TFLITE_BUILTINS)

@@ -23,7 +23,7 @@ The config translation is pure (``config_to_keras2``) and tested as a table:
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -142,7 +142,7 @@ def config_to_keras2(cfg: dict, accepts, *, sequential: bool) -> dict:
     return out
 
 
-def _accepts_factory(tf_keras):
+def _accepts_factory(tf_keras: Any) -> Callable[[str], "set[str] | None"]:
     base = {"name", "trainable", "dtype", "dynamic", "input_dim", "input_shape",
             "batch_input_shape", "batch_size", "weights", "activity_regularizer", "autocast",
             "implementation"}

@@ -143,6 +143,7 @@ def _check_inputs(opts: CompileOptions) -> tuple[_Inputs, Plan]:
     elif train is not None and any(m in ("int8", "int16x8", "edgetpu") for m in plan.modes):
         n = opts.calib_samples or 200
         calib = {k: v[:n] for k, v in train.x.items()}
+        assert opts.train_data is not None  # train came from it
         calib_info = datamod.summary(calib, f"{opts.train_data} (inputs, training split)",
                                      sha256_file(opts.train_data))
     ev = datamod.load_labelled(opts.eval_data, src.inputs, need_y=False) \
@@ -163,7 +164,8 @@ def compile_model(opts: CompileOptions, progress: Callable[[str], None] | None =
 
     from .convert import convert, versions
 
-    reference = baseline = None
+    reference = None
+    baseline: dict | None = None
     ev_source = str(opts.eval_data) if opts.eval_data else ""
     if inputs.eval is not None:
         say("float32 reference outputs")
@@ -179,7 +181,7 @@ def compile_model(opts: CompileOptions, progress: Callable[[str], None] | None =
                             latency_runs=opts.latency_runs, output=opts.output)}
 
     keras_model = None
-    training = None
+    training: dict | None = None
     warnings: list[str] = []
     if opts.training.active:
         assert inputs.train is not None
@@ -191,10 +193,10 @@ def compile_model(opts: CompileOptions, progress: Callable[[str], None] | None =
         if inputs.eval is None:  # check the fine-tune on its own data, in Keras
             before = keras_accuracy(src.tf_keras(), inputs.train, src)
             after = keras_accuracy(keras_model, inputs.train, src)
-            training.update(check_data=f"{opts.train_data} (training data)",
-                            accuracy_before=before, accuracy_after=after)
+            where = f"{opts.train_data} (training data)"
+            training.update(check_data=where, accuracy_before=before, accuracy_after=after)
             warnings += accuracy_warnings(opts.training, [(opts.training.tag, after)], before,
-                                          training["check_data"])
+                                          where)
 
     opts.out.mkdir(parents=True, exist_ok=True)
     conv_versions = {**versions(), "edgedeploy": __version__}
@@ -227,7 +229,7 @@ def accuracy_warnings(t: Training, rows: list[tuple[str, float | None]], before:
                       where: str) -> list[str]:
     """Pure: one warning per row whose accuracy fell more than ACCURACY_WARN_PTS points below
     BEFORE after the fine-tune of T."""
-    out = []
+    out: list[str] = []
     if before is None:
         return out
     for lbl, acc in rows:
