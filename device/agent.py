@@ -77,9 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("rollback", help="switch back to the previous version")
     r.add_argument("name")
     sub.add_parser("list", help="models, versions, current and previous")
-    rm = sub.add_parser("remove", help="delete a version that is not active")
+    rm = sub.add_parser("remove", help="delete a version that is not active, or (no VERSION) "
+                                       "the whole model")
     rm.add_argument("name")
-    rm.add_argument("version")
+    rm.add_argument("version", nargs="?", help="default: every version, the active one too")
     v = sub.add_parser("verify", help="re-hash a stored version against its manifest")
     v.add_argument("spec", metavar="NAME[@VERSION]")
     b = sub.add_parser("bench", help="time a stored model (or a .tflite path)")
@@ -214,8 +215,13 @@ def cmd_list(a, store) -> dict:
 
 def cmd_remove(a, store) -> dict:
     with store.locked():
+        if a.version is None:
+            versions = store.remove_model(a.name)
+            return protocol.ok("remove", name=a.name, version=None, versions=versions,
+                               removed=True)
         store.remove(a.name, a.version)
-    return protocol.ok("remove", name=a.name, version=a.version, removed=True)
+    return protocol.ok("remove", name=a.name, version=a.version, versions=[a.version],
+                       removed=True)
 
 
 def cmd_verify(a, store) -> dict:
@@ -331,17 +337,26 @@ def _load_arrays(path: str, name: str) -> dict:
 def cmd_probe(a, store) -> dict:
     from .probe import probe
 
+    m = None
     if a.spec.endswith(".tflite") and os.path.exists(a.spec):
         info, path = {"path": a.spec}, a.spec
     else:
-        info, path, _ = _resolve(store, a.spec)
+        info, path, m = _resolve(store, a.spec)
     r = probe(path, runtime=a.runtime, timeout=a.timeout,
-              cache_dir=None if a.no_cache else os.path.join(str(store.root), PROBE_CACHE))
+              cache_dir=None if a.no_cache else store.probe_cache,
+              edgetpu=bool(m and m.edgetpu and m.edgetpu.get("compiled")))
     d = r.to_dict()
     return protocol.ok("probe", model=info, loads=d.pop("ok"), **d)
 
 
-PROBE_CACHE = "probe-cache"
+def runs_check(runtime: str | None, cache_dir: str):
+    """The store's check before a version may become current: device/probe.py's gate (the
+    model loaded in a child process with this board's runtime; only a success is cached)."""
+    def runs(path, manifest, what: str):
+        from .probe import gate
+
+        return gate(path, manifest, runtime=runtime, cache_dir=cache_dir, what=what)
+    return runs
 
 
 def cmd_serve(a, store) -> dict:
@@ -428,7 +443,10 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     a = parser.parse_args(argv)
-    store = Store(a.store or default_store())
+    from .store import PROBES
+
+    root = a.store or default_store()
+    store = Store(root, runs=runs_check(a.runtime, os.path.join(root, PROBES)))
     if a.command == "batch":
         return batch(parser, _prefix(a), store)
     if a.command == "agentd" and not (a.detach or a.stop):

@@ -15,6 +15,7 @@ missing_custom_op  "Encountered unresolved custom op: X" (an Edge TPU model with
 op_version         "Didn't find op for builtin opcode 'X' version 'N'", or an op code the
                    runtime doesn't know at all: the converter is newer than the runtime
 crashed            the child died of a signal: "the runtime crashed loading it: signal 11"
+no_delegate        an Edge TPU-compiled model, and the Edge TPU delegate does not load here
 timeout            loading did not finish in time
 load_failed        any other refusal of the runtime while loading or allocating
 invoke_failed      it loaded but its first invoke on zeros failed
@@ -44,8 +45,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-REASONS = ("invalid_model", "missing_custom_op", "op_version", "crashed", "timeout",
-           "load_failed", "invoke_failed")
+REASONS = ("invalid_model", "missing_custom_op", "op_version", "crashed", "no_delegate",
+           "timeout", "load_failed", "invoke_failed")
+NOT_CACHED = ("timeout", "no_delegate")   # a slow moment, an unplugged accelerator: no verdict
 CACHE_SCHEMA = 1
 
 
@@ -126,12 +128,14 @@ def _emit(fd: int, msg: dict) -> None:
     os.write(fd, (json.dumps(msg) + "\n").encode())
 
 
-def _child(model_path: str, runtime: str | None) -> int:
-    """In the child: load, allocate, invoke on zeros; JSON lines on the real stdout."""
+def _child(model_path: str, runtime: str | None, edgetpu: bool = False) -> int:
+    """In the child: load (with the Edge TPU delegate for an Edge TPU model), allocate, invoke
+    on zeros; JSON lines on the real stdout."""
     import numpy as np
 
+    from ..errors import DelegateMissing
     from .flatbuffer_check import FlatbufferError, check_tflite
-    from .runtime import CapturedNativeOutput, load_runtime
+    from .runtime import CapturedNativeOutput, load_edgetpu, load_runtime
 
     out = os.dup(1)
     info: dict = {}
@@ -145,10 +149,18 @@ def _child(model_path: str, runtime: str | None) -> int:
         info = {"runtime": rt.name, "runtime_version": rt.version}
         stage = "load"
         _emit(out, {"stage": stage, **info})
+        kwargs: dict = {"num_threads": 1}
+        if edgetpu:
+            try:
+                kwargs["experimental_delegates"] = [load_edgetpu(rt)]
+            except DelegateMissing as exc:
+                _emit(out, {"ok": False, "stage": stage, "reason": "no_delegate",
+                            "error": str(exc), **info})
+                return 0
         cap = CapturedNativeOutput()
         try:
             with cap:
-                interp = rt.module.Interpreter(model_path=model_path, num_threads=1)
+                interp = rt.module.Interpreter(model_path=model_path, **kwargs)
                 stage = "allocate"
                 _emit(out, {"stage": stage})
                 interp.allocate_tensors()
@@ -177,7 +189,7 @@ def _child(model_path: str, runtime: str | None) -> int:
 
 _CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); "
           "from edgedeploy.device.probe import _child; "
-          "sys.exit(_child(sys.argv[2], sys.argv[3] or None))")
+          "sys.exit(_child(sys.argv[2], sys.argv[3] or None, sys.argv[4] == '1'))")
 
 
 def _package_root() -> str:
@@ -189,13 +201,14 @@ def _package_root() -> str:
 
 # -- the cache ------------------------------------------------------------------------------------
 
-def runtime_key(runtime: str | None) -> str:
+def runtime_key(runtime: str | None, edgetpu: bool = False) -> str:
     """Names what would load a model: the runtime asked for and every runtime package installed
-    (metadata only: nothing is imported)."""
+    (metadata only: nothing is imported), and whether the Edge TPU delegate is used."""
     from .runtime import runtime_versions
 
     got = runtime_versions()
-    return f"{runtime or 'auto'}:" + ",".join(f"{k}={got[k]}" for k in sorted(got))
+    return f"{runtime or 'auto'}:" + ",".join(f"{k}={got[k]}" for k in sorted(got)) + \
+        (":edgetpu" if edgetpu else "")
 
 
 def _cache_path(cache_dir: str | os.PathLike, sha: str) -> Path:
@@ -216,7 +229,7 @@ def cached(cache_dir: str | os.PathLike | None, sha: str, key: str) -> ProbeResu
 
 
 def _remember(cache_dir: str | os.PathLike | None, sha: str, key: str, r: ProbeResult) -> None:
-    if cache_dir is None or r.reason == "timeout":  # a slow moment is not a verdict
+    if cache_dir is None or r.reason in NOT_CACHED:
         return
     path = _cache_path(cache_dir, sha)
     try:
@@ -249,10 +262,13 @@ def _sha256(path: str) -> str:
 
 
 def probe(model_path: str | os.PathLike, *, runtime: str | None = None, timeout: float = 120,
-          cache_dir: str | os.PathLike | None = None, sha256: str | None = None) -> ProbeResult:
+          cache_dir: str | os.PathLike | None = None, sha256: str | None = None,
+          edgetpu: bool = False, cache_refusals: bool = True) -> ProbeResult:
     """Load MODEL_PATH in a child process with RUNTIME (default: the one make_interpreter would
-    pick), allocate, invoke once on zeros. Never raises for a bad model: the result says why.
-    InputError only when MODEL_PATH can't be read at all."""
+    pick; EDGETPU: with the Edge TPU delegate), allocate, invoke once on zeros. Never raises for
+    a bad model: the result says why. InputError only when MODEL_PATH can't be read at all.
+    CACHE_REFUSALS=False writes only a success to CACHE_DIR (an install that refuses a model
+    leaves the store exactly as it was)."""
     from ..errors import InputError
 
     path = os.fspath(model_path)
@@ -260,18 +276,36 @@ def probe(model_path: str | os.PathLike, *, runtime: str | None = None, timeout:
         sha = sha256 or _sha256(path)
     except OSError as exc:
         raise InputError(f"{path}: cannot read the model ({exc.strerror})") from exc
-    key = runtime_key(runtime)
+    key = runtime_key(runtime, edgetpu)
     hit = cached(cache_dir, sha, key)
     if hit is not None:
         return hit
     t0 = time.monotonic()
-    result = _run_child(path, sha, runtime, timeout)
+    result = _run_child(path, sha, runtime, timeout, edgetpu)
     result.seconds = round(time.monotonic() - t0, 3)
-    _remember(cache_dir, sha, key, result)
+    if result.ok or cache_refusals:
+        _remember(cache_dir, sha, key, result)
     return result
 
 
-def _run_child(path: str, sha: str, runtime: str | None, timeout: float) -> ProbeResult:
+def gate(model_path: str | os.PathLike, manifest, *, runtime: str | None,
+         cache_dir: str | os.PathLike | None, what: str, timeout: float = 120) -> ProbeResult:
+    """For install, activate and serve: the probe's result if MODEL_PATH runs here, else
+    ModelLoadFailed naming WHAT (e.g. "model digits version 3f2a…") and the reason. Only a
+    success is cached."""
+    from ..errors import ModelLoadFailed
+
+    etpu = bool(manifest is not None and manifest.edgetpu and manifest.edgetpu.get("compiled"))
+    r = probe(model_path, runtime=runtime, timeout=timeout, cache_dir=cache_dir,
+              sha256=getattr(manifest, "sha256", None), edgetpu=etpu, cache_refusals=False)
+    if not r.ok:
+        raise ModelLoadFailed(f"{what} cannot run on this board: {r.message}",
+                              hint="the store is unchanged; the board keeps its active model")
+    return r
+
+
+def _run_child(path: str, sha: str, runtime: str | None, timeout: float,
+               edgetpu: bool = False) -> ProbeResult:
     from .flatbuffer_check import FlatbufferError, check_tflite
 
     try:  # the cheap check first, in this process: a broken file needs no child
@@ -282,7 +316,8 @@ def _run_child(path: str, sha: str, runtime: str | None, timeout: float) -> Prob
         return ProbeResult(False, reason, message, sha, stage="read", details=details)
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     try:
-        proc = subprocess.run([sys.executable, "-c", _CHILD, _package_root(), path, runtime or ""],
+        proc = subprocess.run([sys.executable, "-c", _CHILD, _package_root(), path, runtime or "",
+                               "1" if edgetpu else "0"],
                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
@@ -322,6 +357,10 @@ def _run_child(path: str, sha: str, runtime: str | None, timeout: float) -> Prob
                            facts.get("runtime"), facts.get("runtime_version"), "done",
                            details={"inputs": final.get("inputs"),
                                     "outputs": final.get("outputs")})
+    if final.get("reason") == "no_delegate":
+        return ProbeResult(False, "no_delegate", "an Edge TPU model, and the Edge TPU delegate "
+                           f"does not load here: {final.get('error', '')}", sha,
+                           facts.get("runtime"), facts.get("runtime_version"), "load")
     reason, message, details = classify(final.get("stage", stage), final.get("error", ""),
                                         runtime=rt, runtime_version=rv)
     return ProbeResult(False, reason, message, sha, facts.get("runtime"),

@@ -43,7 +43,8 @@ Agent commands (``edgedeploy-agent [--store DIR] CMD``) and their answers (``kin
     list      {"models": [{"name": ..., "current": ..., "previous": ...,
                            "versions": [{"version": ..., "mode": "int8", "size": ...,
                                          "created": ..., "installed": ...}]}]}
-    remove    {"name": ..., "version": ..., "removed": true}
+    remove    {"name": ..., "version": ... | null, "versions": [...], "removed": true}
+              # (no VERSION: the whole model, the active version too)
     verify    {"name": ..., "version": ..., "valid": true, "problems": []}
     bench     {"model": {"name", "version", "mode", "sha256"}, "runtime": {"name", "version"},
                "threads": 1, "delegate": {"requested": "auto", "applied": "xnnpack" | null,
@@ -124,7 +125,8 @@ SCHEMA = 1
 
 # -- shared with the resident agent (agentd.py) and the host's link (host/agent_link.py) ----
 CONTROL = frozenset({"version", "info", "state", "install", "activate", "rollback", "list",
-                     "remove", "verify"})  # what the resident agent serves
+                     "remove", "verify", "probe"})  # what the resident agent serves (probe
+                                                    # loads the model in a child process)
 UPLOAD = "upload"          # the resident agent's upload line: raw bytes follow it
 SOCKET = "agentd.sock"     # STORE/SOCKET: the resident agent's Unix socket
 HELLO_KEY = "agentd"       # the hello line: {HELLO_KEY: 1, "pid", "tag", "content_hash"}
@@ -395,6 +397,41 @@ class Verified:
     def parse(cls, msg: Any) -> "Verified":
         return cls(_field(msg, "name", str), _field(msg, "version", str),
                    _field(msg, "valid", bool), tuple(_field(msg, "problems", list, True) or ()))
+
+
+@dataclass(frozen=True)
+class Probe:
+    """``probe``: can the board's runtime load and run the model (in a child process)?"""
+    loads: bool
+    reason: str | None             # None when it loads; see device/probe.py's REASONS
+    message: str
+    runtime: str | None
+    runtime_version: str | None
+    cached: bool
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def parse(cls, msg: Any) -> "Probe":
+        return cls(_field(msg, "loads", bool), _field(msg, "reason", str, True),
+                   _field(msg, "message", str), _field(msg, "runtime", str, True),
+                   _field(msg, "runtime_version", str, True),
+                   bool(_field(msg, "cached", bool, True)), msg)
+
+
+@dataclass(frozen=True)
+class Removed:
+    """``remove``: a version, or (version None) the whole model."""
+    name: str
+    version: str | None
+    versions: tuple[str, ...]
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def parse(cls, msg: Any) -> "Removed":
+        version = _field(msg, "version", str, True)
+        return cls(_field(msg, "name", str), version,
+                   tuple(_field(msg, "versions", list, True) or ([version] if version else [])),
+                   msg)
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,11 @@ class Bundle:
     def size(self) -> int:
         return sum(p.stat().st_size for p in self.files().values()) + len(self.manifest_bytes())
 
+    def requires(self) -> dict | None:
+        """The ops (highest version of each), custom ops and TensorFlow-numbered runtime the
+        model needs (its manifest's; load_bundle reads them from the file for an older one)."""
+        return self.manifest.requires
+
     def with_files(self, extra: dict[str, Path]) -> "Bundle":
         """The same model with extra files; the version then names model + files together."""
         for rel in extra:
@@ -105,6 +110,21 @@ def load_bundle(path: str | Path) -> Bundle:
     return _checked(Bundle(m, path, {rel: path.parent / rel for rel in (m.files or {})}), path)
 
 
+def _with_requirements(b: Bundle) -> Bundle:
+    """A manifest written before ``requires`` existed gets it from the model file (the push
+    preflight checks it against the board's runtime)."""
+    if b.manifest.requires is not None:
+        return b
+    from .compiler.importer import requirements
+    from .compiler.tflite_reader import read_model
+
+    try:
+        req = requirements(read_model(b.model_path))
+    except InputError:
+        return b  # not readable as a model here: the board's install probe will say why
+    return Bundle(replace(b.manifest, requires=req), b.model_path, b.extra)
+
+
 def _checked(b: Bundle, where: Path) -> Bundle:
     for rel, p in b.files().items():
         if not p.is_file():
@@ -114,4 +134,4 @@ def _checked(b: Bundle, where: Path) -> Bundle:
                          hint="the file changed after its manifest was written: compile it "
                               "again, or remove the stale manifest to push the file as it is "
                               "(imported)")
-    return b
+    return _with_requirements(b)

@@ -1,6 +1,6 @@
-"""The board-facing subcommands: push, bench, eval, status, rollback, bootstrap, targets. Each
-``run_*`` unpacks the command line once; the ``*_command`` functions below take typed values
-and do the work through host/deploy.py (one board) or host/fleet (many)."""
+"""The board-facing subcommands: push, bench, eval, status, rollback, remove, bootstrap,
+targets. Each ``run_*`` unpacks the command line once; the ``*_command`` functions below take
+typed values and do the work through host/deploy.py (one board) or host/fleet (many)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,10 @@ STATUS_EXAMPLES = """examples:
 """ + EXAMPLES
 ROLLBACK_EXAMPLES = """examples:
   edgedeploy rollback b0 digits --fleet fleet.toml
+""" + EXAMPLES
+REMOVE_EXAMPLES = """examples:
+  edgedeploy remove b0 digits@3f2a9c1b0d4e      # one version (not the active one)
+  edgedeploy remove b0 digits --fleet fleet.toml  # the whole model, the active version too
 """ + EXAMPLES
 BOOTSTRAP_EXAMPLES = """examples:
   pip download --only-binary=:all: --python-version 3.11 --platform manylinux2014_aarch64 \\
@@ -117,6 +121,16 @@ def register(sub: Any) -> None:
     add_board_options(r)
     r.add_argument("model", metavar="NAME")
     r.set_defaults(func=run_rollback)
+
+    rm = sub.add_parser("remove", help="delete a model version from a board (or the whole model)",
+                        description="Delete NAME@VERSION from BOARD's store (not the active "
+                                    "version: activate or roll back first), or, with NAME "
+                                    "alone, every version of the model and its pointer — a "
+                                    "`serve` there stops serving it.",
+                        epilog=REMOVE_EXAMPLES, formatter_class=RAW)
+    add_board_options(rm)
+    rm.add_argument("model", metavar="NAME[@VERSION]")
+    rm.set_defaults(func=run_remove)
 
     bs = sub.add_parser("bootstrap", help="set a board up: agent + runtime wheels in a venv "
                                           "(offline with --wheelhouse)",
@@ -282,6 +296,22 @@ def rollback_command(board: str, model: str, where: Boards, *, as_json: bool) ->
         sw = s.rollback(model)
     r = {"name": sw.name, "current": sw.current, "previous": sw.previous}
     emit(as_json, r, f"{board}: {model} now {sw.current} (was {sw.previous})")
+    return 0
+
+
+def run_remove(a: argparse.Namespace) -> int:
+    return remove_command(a.board, a.model, Boards.from_args(a), as_json=a.json)
+
+
+def remove_command(board: str, spec: str, where: Boards, *, as_json: bool) -> int:
+    name, _, version = spec.partition("@")
+    if not name:
+        raise InputError(f"{spec!r}: name the model (NAME or NAME@VERSION)")
+    with where.session(board) as s:
+        r = s.remove(name, version or None)
+    gone = ", ".join(r.versions) or "no version"
+    emit(as_json, r.raw, f"{board}: removed {name} " + (f"version {version}" if version else
+                                                         f"(every version: {gone})"))
     return 0
 
 
