@@ -37,15 +37,13 @@ def _write(tmp_path: Path, name: str, data: bytes) -> Path:
 
 def test_a_model_that_runs(agent, models, tmp_path):
     agent("install", bundle_dir(models["int8"], tmp_path / "b"), "--activate")
-    r = agent("probe", "digits")
+    r = agent("probe", "digits")   # install probed it: the answer is the cached one
     assert r["loads"] is True and r["reason"] is None and r["stage"] == "done"
-    assert r["runtime"] == agent.runtime and r["cached"] is False
+    assert r["runtime"] == agent.runtime and r["cached"] is True
     assert r["details"] == {"inputs": 1, "outputs": 1}
-    again = agent("probe", "digits")
-    assert again["cached"] is True and again["loads"] is True
     assert list((agent.store / "probe-cache").glob("*.json"))
     fresh = agent("probe", "digits", "--no-cache")
-    assert fresh["cached"] is False
+    assert fresh["cached"] is False and fresh["loads"] is True and fresh["seconds"] > 0
 
 
 def test_custom_op(agent, tmp_path):
