@@ -6,6 +6,7 @@ dataclasses so the preflight and the float-op check are pure functions of it.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,9 +125,17 @@ def read_model(source: bytes | str | Path) -> ModelInfo:
     except ImportError as exc:
         raise EnvironmentProblem("the 'tflite' package is needed to read .tflite files",
                                  hint="pip install tflite") from exc
+    from ...device.flatbuffer_check import FlatbufferError, check_tflite
+
+    try:
+        check_tflite(data)   # offsets and lengths first: a truncated file is named as such
+    except FlatbufferError as exc:
+        raise InputError(f"{label}: damaged TFLite model ({exc})",
+                         hint="re-create or re-copy the file") from exc
     try:
         return _parse(tflite, data)
-    except (IndexError, ValueError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+    except (IndexError, ValueError, TypeError, AttributeError, UnicodeDecodeError,
+            struct.error) as exc:
         # flatbuffers raises these on offsets that run past the end of a damaged file
         raise InputError(f"{label}: damaged TFLite model ({type(exc).__name__}: {exc})",
                          hint="re-create or re-copy the file") from exc

@@ -61,3 +61,13 @@ def test_mode_suffix_is_dropped_from_the_name(tmp_path):
     p = tmp_path / "detector.edgetpu.tflite"
     p.write_bytes(edgetpu_compiled())
     assert import_manifest(p).name == "detector"
+
+
+def test_a_truncated_model_is_named_as_damaged():
+    """read_model on half a converter-made model: an InputError naming it damaged (the
+    flatbuffer accessors raise struct.error there, which used to escape)."""
+    data = (Path(__file__).parent.parent / "fixtures" / "crash-base.tflite").read_bytes()
+    for cut in (len(data) // 2, 1000):
+        with pytest.raises(InputError) as e:
+            read_model(data[:cut])
+        assert "damaged TFLite model" in str(e.value) and "truncated" in str(e.value)
