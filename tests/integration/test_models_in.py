@@ -178,6 +178,16 @@ def test_converter_newer_than_the_board_is_flagged_before_upload(fleet, digits, 
     assert "FULLY_CONNECTED version 12 needs a TFLite runtime of TensorFlow 2.17.0" in p.stderr
     assert "tflite_runtime 2.14.0" in p.stderr and "nothing was changed" in p.stderr
     assert _tree(store / "models" / NAME) == before
+    # a rollout's preflight asks the same: it stops before anything moves …
+    jn = tmp_path / "j.db"
+    p = ed("rollout", "start", model, "--fleet", fleet, "--journal", jn, db=db)
+    assert p.returncode != 0 and "b1" in p.stderr + p.stdout
+    assert "FULLY_CONNECTED version 12" in p.stderr + p.stdout
+    assert _tree(store / "models" / NAME) == before
+    # … or, told to, leaves b1 out and lists it as skipped
+    dry = ed_json("rollout", "start", model, "--fleet", fleet, "--journal", jn, "--dry-run",
+                  "--skip-incompatible", db=db)
+    assert "b1" in dry["skipped"] and "FULLY_CONNECTED version 12" in dry["skipped"]["b1"]
     ok = ed_json("push", model, "b0", "--fleet", fleet, db=db)
     assert ok["activated"] and ok["bytes_sent"] > 0
     ed_json("remove", "b0", NAME, "--fleet", fleet, db=db)
