@@ -58,9 +58,15 @@ def train_keras3(d: dict, epochs: int, out: Path) -> float:
 
 
 def digits_cnn_seed() -> int:
-    import digits_cnn
+    from tests.support import digits_cnn
 
     return digits_cnn.SEED
+
+
+def digits_split() -> dict:
+    from tests.support import digits_cnn
+
+    return digits_cnn.load_split(32)
 
 
 def bare_convert(tf, keras_path: Path, mode: str, calib: np.ndarray, out: Path,
@@ -208,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 4. Keras 3: the same CNN, every mode, and compile time against a bare converter
     with CapturedNativeOutput():
-        k3_acc = train_keras3(digits_cnn.load_split(32), a.epochs, work / "data" / "k3.keras")
+        k3_acc = train_keras3(digits_split(), a.epochs, work / "data" / "k3.keras")
     k3_report = compile_model(CompileOptions(
         work / "data" / "k3.keras", "all", work / "models-k3", io="uint8", name="digits",
         calib=work / "data" / "calib.npz", eval_data=work / "data" / "test.npz",
