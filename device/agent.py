@@ -24,6 +24,7 @@ EXAMPLES = """examples:
   edgedeploy-agent bench digits --runs 1000 --warmup 50 --threads 1
   edgedeploy-agent eval digits --data test.npz --reference host_outputs.npz
   edgedeploy-agent eval digits@3f2a9c1b0d4e --bundled-data gate.npz --bundled-reference gate.npz
+  edgedeploy-agent probe digits           # does it load and run here? (child process)
   edgedeploy-agent serve --socket /tmp/edgedeploy.sock
 
 The store defaults to $EDGEDEPLOY_STORE, else ~/.edgedeploy/store."""
@@ -76,9 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("rollback", help="switch back to the previous version")
     r.add_argument("name")
     sub.add_parser("list", help="models, versions, current and previous")
-    rm = sub.add_parser("remove", help="delete a version that is not active")
+    rm = sub.add_parser("remove", help="delete a version that is not active, or (no VERSION) "
+                                       "the whole model")
     rm.add_argument("name")
-    rm.add_argument("version")
+    rm.add_argument("version", nargs="?", help="default: every version, the active one too")
     v = sub.add_parser("verify", help="re-hash a stored version against its manifest")
     v.add_argument("spec", metavar="NAME[@VERSION]")
     b = sub.add_parser("bench", help="time a stored model (or a .tflite path)")
@@ -92,20 +94,33 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--inputs", metavar="FILE.npz", help="inputs instead of random data")
     b.add_argument("--op-profile", action="store_true", help="list ops and where they ran")
     b.add_argument("--no-samples", action="store_true", help="leave out the raw samples")
-    e = sub.add_parser("eval", help="accuracy on labelled data; agreement with host outputs")
+    e = sub.add_parser("eval", help="accuracy on labelled data; error against host outputs")
     e.add_argument("spec", metavar="NAME[@VERSION]|FILE.tflite")
     data = e.add_mutually_exclusive_group(required=True)
-    data.add_argument("--data", metavar="FILE.npz", help="x (float inputs), y")
+    data.add_argument("--data", metavar="FILE.npz",
+                      help="inputs keyed by input name (x: the only one), labels y (optional)")
     data.add_argument("--bundled-data", metavar="REL",
                       help="a file that travelled in the model's bundle (listed in its "
                            "manifest), e.g. gate.npz")
     ref = e.add_mutually_exclusive_group()
-    ref.add_argument("--reference", metavar="FILE.npz", help="host outputs (key 'outputs')")
+    ref.add_argument("--reference", metavar="FILE.npz",
+                     help="host outputs keyed by output name (outputs: the only one)")
     ref.add_argument("--bundled-reference", metavar="REL", help="host outputs, from the bundle")
     e.add_argument("--data-version", metavar="VERSION",
                    help="take bundled files from this version of the model (default: the one "
                         "evaluated)")
+    e.add_argument("--output", metavar="NAME", help="the output labels / top-1 refer to")
+    e.add_argument("--data-name", metavar="NAME", help="what to call the data in messages "
+                                                      "(the user's file, not this copy)")
+    e.add_argument("--reference-name", metavar="NAME", help="the same for the reference")
     e.add_argument("--threads", type=int, default=1)
+    pr = sub.add_parser("probe", help="load a model in a child process with this board's "
+                                      "runtime, invoke it once on zeros: can it run here?")
+    pr.add_argument("spec", metavar="NAME[@VERSION]|FILE.tflite")
+    pr.add_argument("--timeout", type=float, default=120, metavar="S",
+                    help="give up loading after S seconds (120)")
+    pr.add_argument("--no-cache", action="store_true",
+                    help="probe again even if this model was probed with this runtime")
     s = sub.add_parser("serve", help="on-device inference endpoint for local apps")
     where = s.add_mutually_exclusive_group(required=True)
     where.add_argument("--socket", metavar="PATH", help="a Unix socket")
@@ -200,8 +215,13 @@ def cmd_list(a, store) -> dict:
 
 def cmd_remove(a, store) -> dict:
     with store.locked():
+        if a.version is None:
+            versions = store.remove_model(a.name)
+            return protocol.ok("remove", name=a.name, version=None, versions=versions,
+                               removed=True)
         store.remove(a.name, a.version)
-    return protocol.ok("remove", name=a.name, version=a.version, removed=True)
+    return protocol.ok("remove", name=a.name, version=a.version, versions=[a.version],
+                       removed=True)
 
 
 def cmd_verify(a, store) -> dict:
@@ -220,7 +240,8 @@ def cmd_bench(a, store) -> dict:
     edgetpu = bool(m and m.edgetpu and m.edgetpu.get("compiled"))
     result = bench_model(path, runs=a.runs, warmup=a.warmup, threads=a.threads,
                          delegate=a.delegate, max_seconds=a.max_seconds, inputs_path=a.inputs,
-                         op_profile=a.op_profile, edgetpu_model=edgetpu, runtime=rt)
+                         op_profile=a.op_profile, edgetpu_model=edgetpu, runtime=rt,
+                         manifest=m)
     if a.no_samples:
         result["timing"].pop("samples_ms", None)
     return protocol.ok("bench", model=info, runtime=_runtime_info(rt), **result)
@@ -229,17 +250,28 @@ def cmd_bench(a, store) -> dict:
 def cmd_eval(a, store) -> dict:
     import numpy as np
 
-    from .evaluate import accuracy, agreement, run_dataset
+    from .evaluate import accuracy, agreement, error_stats, match, pick_output, ports, \
+        run_outputs
     from .runtime import load_runtime, make_interpreter
 
-    info, path, _ = _resolve(store, a.spec)
+    info, path, m = _resolve(store, a.spec)
     data_path = a.data or _bundled(store, info, a.bundled_data, a.data_version)
     ref_path = a.reference or (_bundled(store, info, a.bundled_reference, a.data_version)
                                if a.bundled_reference else None)
-    data = _load_npz(data_path, ("x", "y"))
-    ref = _load_npz(ref_path, ("outputs",))["outputs"] if ref_path else None
+    data_name = a.data_name or a.data or a.bundled_data
+    ref_name = a.reference_name or a.reference or a.bundled_reference
+    data = _load_arrays(data_path, data_name)
+    ref = _load_arrays(ref_path, ref_name) if ref_path else None
+    if ref is None and "y" not in data:
+        raise InputError(f"{data_name}: no labels y and no --reference: nothing to compare with",
+                         hint="add y (class ids) to the data, or pass --reference outputs")
     rt = load_runtime(a.runtime)
     interp = make_interpreter(path, num_threads=a.threads, runtime=rt)
+    ins, outs = ports(interp, m)
+    found = match(list(data), ins, data_name, single="x", what="input")
+    top = pick_output(outs, a.output, labels="y" in data, source=data_name)
+    ref_keys = match(list(ref), outs, ref_name, single="outputs", what="output",
+                     ignore=()) if ref is not None else {}
     last = [time.monotonic()]
 
     def progress(done: int, total: int) -> None:
@@ -249,13 +281,22 @@ def cmd_eval(a, store) -> dict:
             print(f"eval {info.get('name', path)}: {done}/{total}", file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
-    outputs = run_dataset(interp, data["x"], data_path, progress)
+    outputs = run_outputs(interp, ins, outs, {k: data[v] for k, v in found.items()},
+                          data_name, progress)
     seconds = time.perf_counter() - t0
-    acc = accuracy(outputs, data["y"], data_path)
-    agree = agreement(outputs, ref, str(ref_path)).__dict__ if ref is not None else None
-    return protocol.ok("eval", model=info, runtime=_runtime_info(rt), data=data_path,
-                       samples=acc.samples, top1=acc.top1, top5=acc.top5, agreement=agree,
-                       seconds=round(seconds, 4), outputs_sha256=_sha(np.ascontiguousarray(outputs)))
+    samples = len(next(iter(outputs.values()))) if outputs else 0
+    acc = accuracy(outputs[top.key], data["y"], data_name) if "y" in data and top else None
+    errors = [error_stats(p.key, outputs[p.key], ref[ref_keys[p.key]], ref_name).__dict__
+              for p in outs] if ref is not None else None
+    agree = agreement(outputs[top.key], ref[ref_keys[top.key]], ref_name).__dict__ \
+        if ref is not None and top is not None else None
+    blob = b"".join(np.ascontiguousarray(outputs[p.key]).tobytes() for p in outs)
+    return protocol.ok("eval", model=info, runtime=_runtime_info(rt), data=data_name,
+                       reference=ref_name, samples=samples, output=top.key if top else None,
+                       outputs=[p.key for p in outs],
+                       top1=acc.top1 if acc else None, top5=acc.top5 if acc else None,
+                       agreement=agree, errors=errors, seconds=round(seconds, 4),
+                       outputs_sha256=_sha_bytes(blob))
 
 
 def _bundled(store, info: dict, rel: str, version: str | None) -> str:
@@ -271,29 +312,51 @@ def _bundled(store, info: dict, rel: str, version: str | None) -> str:
     return str(store.version_dir(name, version) / rel)
 
 
-def _sha(a) -> str:
+def _sha_bytes(b: bytes) -> str:
     import hashlib
 
-    return hashlib.sha256(a.tobytes()).hexdigest()
+    return hashlib.sha256(b).hexdigest()
 
 
-def _load_npz(path: str, keys: tuple[str, ...]) -> dict:
+def _load_arrays(path: str, name: str) -> dict:
+    """Every array of an .npz (an .npy is its one array, as ``x``); InputError naming NAME."""
     import numpy as np
 
     try:
-        with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in keys if k not in z.files]
-            if missing and len(z.files) == 1 and len(keys) == 1:
-                return {keys[0]: z[z.files[0]]}
-            if missing:
-                raise InputError(f"{path}: lacks array(s) {', '.join(missing)} "
-                                 f"(it has {', '.join(z.files) or 'none'})",
-                                 hint=f"save it with np.savez(path, {'=..., '.join(keys)}=...)")
-            return {k: z[k] for k in keys}
+        z = np.load(path, allow_pickle=False)
+        if isinstance(z, np.ndarray):
+            return {"x": z}
+        with z:
+            return {k: z[k] for k in z.files}
     except FileNotFoundError:
-        raise InputError(f"{path}: no such file")
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable .npz ({exc})") from exc
+        raise InputError(f"{name}: no such file")
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputError(f"{name}: not a readable .npz ({exc})") from exc
+
+
+def cmd_probe(a, store) -> dict:
+    from .probe import probe
+
+    m = None
+    if a.spec.endswith(".tflite") and os.path.exists(a.spec):
+        info, path = {"path": a.spec}, a.spec
+    else:
+        info, path, m = _resolve(store, a.spec)
+    r = probe(path, runtime=a.runtime, timeout=a.timeout,
+              cache_dir=None if a.no_cache else store.probe_cache,
+              edgetpu=bool(m and m.edgetpu and m.edgetpu.get("compiled")))
+    d = r.to_dict()
+    return protocol.ok("probe", model=info, loads=d.pop("ok"), **d)
+
+
+def runs_check(runtime: str | None, cache_dir: str):
+    """The store's check before a version may become current: device/probe.py's gate (the
+    model loaded in a child process with this board's runtime; only a success is cached)."""
+    def runs(path, manifest, what: str):
+        from .probe import gate
+
+        return gate(path, manifest, runtime=runtime, cache_dir=cache_dir, what=what)
+    return runs
 
 
 def cmd_serve(a, store) -> dict:
@@ -322,7 +385,7 @@ def _prefix(a) -> list[str]:
 COMMANDS = {"version": cmd_version, "info": cmd_info, "state": cmd_state, "install": cmd_install,
             "activate": cmd_activate, "rollback": cmd_rollback, "list": cmd_list,
             "remove": cmd_remove, "verify": cmd_verify, "bench": cmd_bench, "eval": cmd_eval,
-            "serve": cmd_serve, "agentd": cmd_agentd}
+            "probe": cmd_probe, "serve": cmd_serve, "agentd": cmd_agentd}
 
 
 def run(a: argparse.Namespace, store) -> tuple[int, dict]:
@@ -380,7 +443,10 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     a = parser.parse_args(argv)
-    store = Store(a.store or default_store())
+    from .store import PROBES
+
+    root = a.store or default_store()
+    store = Store(root, runs=runs_check(a.runtime, os.path.join(root, PROBES)))
     if a.command == "batch":
         return batch(parser, _prefix(a), store)
     if a.command == "agentd" and not (a.detach or a.stop):

@@ -8,21 +8,33 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
-def random_inputs(interp, seed: int = 0) -> list[np.ndarray]:
-    """One random array per input, in the input's dtype and range."""
-    rng = np.random.default_rng(seed)
-    arrays = []
-    for d in interp.get_input_details():
-        dtype = np.dtype(d["dtype"])
-        shape = tuple(d["shape"])
-        if dtype.kind == "f":
-            arrays.append(rng.random(shape, dtype=np.float32).astype(dtype))
-        elif dtype == np.bool_:
-            arrays.append(rng.integers(0, 2, shape).astype(bool))
-        else:
+def random_array(dtype, shape, *, quantized: bool, rng) -> np.ndarray:
+    """Random data for one input of DTYPE and SHAPE: floats in [0, 1); a quantized integer input
+    over its whole range; an integer input that is not quantized (ids, indices, lengths) in
+    {0, 1}, so a gather or an embedding lookup stays in bounds; bools; empty strings."""
+    dtype = np.dtype(dtype)
+    shape = tuple(int(d) for d in shape)
+    if dtype.kind == "f":
+        return rng.random(shape, dtype=np.float32).astype(dtype)
+    if dtype == np.bool_:
+        return rng.integers(0, 2, shape).astype(bool)
+    if dtype.kind in "iu":
+        if quantized:
             info = np.iinfo(dtype)
-            arrays.append(rng.integers(info.min, int(info.max) + 1, shape, dtype=dtype))
-    return arrays
+            return rng.integers(int(info.min), int(info.max), shape, dtype=dtype,
+                                endpoint=True)
+        return rng.integers(0, 2, shape).astype(dtype)
+    if dtype.kind in "SUO":
+        return np.full(shape, b"", dtype=object)
+    return np.zeros(shape, dtype=dtype)
+
+
+def random_inputs(interp, seed: int = 0) -> list[np.ndarray]:
+    """One random array per input, in the input's dtype, shape and range."""
+    rng = np.random.default_rng(seed)
+    return [random_array(d["dtype"], d["shape"], rng=rng,
+                         quantized=bool((d.get("quantization") or (0.0, 0))[0]))
+            for d in interp.get_input_details()]
 
 
 @dataclass
@@ -78,34 +90,29 @@ def peak_rss_bytes() -> int | None:
         return None
 
 
-def load_inputs(path: str, interp) -> list[np.ndarray]:
-    """Inputs from an .npz/.npy: one array per model input (npz keys in input order, or 'x');
-    a batch is cut to its first sample; float data for a quantized input is quantized."""
+def load_inputs(path: str, interp, manifest=None) -> list[np.ndarray]:
+    """Inputs from an .npz/.npy: one array per model input, keyed by input name (``x`` or the
+    only array for a model with one input); a batch is cut to its first sample; float data for
+    a quantized input is quantized."""
     from ..errors import InputError
-    from .evaluate import check_inputs, quantize
+    from .evaluate import check_inputs, match, ports, quantize
 
-    details = interp.get_input_details()
+    ins, _ = ports(interp, manifest)
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: not a readable .npz/.npy ({exc})") from exc
-    if isinstance(data, np.ndarray):
-        arrays = [data]
-    else:
-        keys = list(data.keys())
-        if "x" in keys:
-            keys = ["x"] + [k for k in keys if k not in ("x", "y")]
-        arrays = [data[k] for k in keys[:len(details)]]
-    if len(arrays) < len(details):
-        raise InputError(f"{path}: holds {len(arrays)} arrays, the model has {len(details)} "
-                         f"inputs")
+    arrays = {"x": data} if isinstance(data, np.ndarray) else {k: data[k] for k in data.keys()}
+    found = match(list(arrays), ins, path, single="x", what="input")
     out = []
-    for d, a in zip(details, arrays):
+    for p in ins:
+        a = arrays[found[p.key]]
+        d = p.detail
         want = list(d["shape"])
         if list(a.shape) == want:
             a = a.reshape([1] + want[1:]) if want and want[0] == 1 else a
         else:
-            check_inputs(a, d, path)
+            check_inputs(a, d, path, p.key if len(ins) > 1 else None)
             a = a[:1]
         out.append(quantize(a, d) if a.dtype != np.dtype(d["dtype"]) else a)
     return out
@@ -114,7 +121,7 @@ def load_inputs(path: str, interp) -> list[np.ndarray]:
 def bench_model(model_path: str, *, runs: int = 100, warmup: int = 10, threads: int = 1,
                 delegate: str = "auto", max_seconds: float | None = None,
                 inputs_path: str | None = None, op_profile: bool = False,
-                edgetpu_model: bool = False, runtime=None) -> dict:
+                edgetpu_model: bool = False, runtime=None, manifest=None) -> dict:
     """Cold load, first invoke, warm runs; the delegate actually applied and how many ops it
     took. An Edge TPU model whose delegate took no op raises SilentCpuFallback."""
     from ..errors import InputError, SilentCpuFallback
@@ -143,7 +150,7 @@ def bench_model(model_path: str, *, runs: int = 100, warmup: int = 10, threads: 
     applied = None
     if placed["delegate_nodes"]:
         applied = "edgetpu" if delegate == "edgetpu" else "xnnpack"
-    arrays = load_inputs(inputs_path, interp) if inputs_path else random_inputs(interp)
+    arrays = load_inputs(inputs_path, interp, manifest) if inputs_path else random_inputs(interp)
     for d, a in zip(interp.get_input_details(), arrays):
         interp.set_tensor(d["index"], a)
     t0 = time.perf_counter_ns()

@@ -2,9 +2,12 @@
 
 tflite-runtime 2.14 does not verify a model file: a truncated one crashes the process (SIGSEGV,
 measured here). This walks the parts of the schema the interpreter touches first — the Model
-table, its operator codes, subgraphs (tensors, operators, inputs, outputs) and buffers — and
-checks every offset, vector length and index against the file, so a truncated, padded or random
-file is refused with a message instead of a crash. It is not a full flatbuffers verifier.
+table, its operator codes, subgraphs (tensors with their names and quantization, operators with
+their options, inputs, outputs), buffers, metadata and signature defs — and checks every offset,
+vector length, string and index against the file, so a truncated, padded or random file is
+refused with a message instead of a crash. It is not a full flatbuffers verifier (a union's
+table is checked for bounds, not field by field), and a model it passes can still crash a
+runtime (tests/fixtures/README.md has one): device/probe.py loads models in a child process.
 """
 
 from __future__ import annotations
@@ -81,6 +84,13 @@ class _Table:
         return [self.b.table(start + 4 * k + self.b.u32(start + 4 * k, name),
                              f"{self.what}.{name}[{k}]") for k in range(n)]
 
+    def string(self, i: int, name: str) -> None:
+        self.vector(i, name, 1)
+
+    def sub(self, i: int, name: str) -> "_Table | None":
+        p = self.ref(i, name)
+        return None if p is None else self.b.table(p, f"{self.what}.{name}")
+
     def ints(self, i: int, name: str) -> list[int]:
         start, n = self.vector(i, name, 4)
         return [self.b.i32(start + 4 * k, name) for k in range(n)]
@@ -96,7 +106,11 @@ def check_tflite(data: bytes) -> None:
     if b.n < 8 or data[4:8] != b"TFL3":
         raise FlatbufferError("not a TFLite flatbuffer (no TFL3 identifier at byte 4)")
     model = b.table(b.u32(0, "root offset"), "Model")
-    n_codes = len(model.tables(1, "operator_codes"))
+    codes = model.tables(1, "operator_codes")
+    for oc in codes:
+        oc.string(1, "custom_code")
+    n_codes = len(codes)
+    model.string(3, "description")
     buffers = model.tables(4, "buffers")
     for k, buf in enumerate(buffers):
         buf.vector(0, "data", 1)
@@ -105,14 +119,40 @@ def check_tflite(data: bytes) -> None:
             o, s = b.u64(offset, f"buffers[{k}].offset"), b.u64(size, f"buffers[{k}].size")
             if o > 1:
                 b.need(o, s, f"buffers[{k}] (external data)")
+    model.ints(5, "metadata_buffer")
+    for k, md in enumerate(model.tables(6, "metadata")):
+        md.string(0, "name")
+        if md.u32(1, "buffer") >= max(len(buffers), 1):
+            raise FlatbufferError(f"metadata[{k}] names buffer {md.u32(1, 'buffer')} of "
+                                  f"{len(buffers)}")
     subgraphs = model.tables(2, "subgraphs")
     if not subgraphs:
         raise FlatbufferError("the model has no subgraph")
+    for k, sd in enumerate(model.tables(7, "signature_defs")):
+        sd.string(2, "signature_key")
+        g = sd.u32(4, "subgraph_index")
+        if g >= len(subgraphs):
+            raise FlatbufferError(f"signature_defs[{k}] names subgraph {g} of {len(subgraphs)}")
+        nt = subgraphs[g].vector(0, "tensors", 4)[1]
+        for idx, name in ((0, "inputs"), (1, "outputs")):
+            for tm in sd.tables(idx, name):
+                tm.string(0, "name")
+                if tm.u32(1, "tensor_index") >= nt:
+                    raise FlatbufferError(f"signature_defs[{k}].{name} names tensor "
+                                          f"{tm.u32(1, 'tensor_index')} of {nt}")
     for g, sg in enumerate(subgraphs):
+        sg.string(4, "name")
         tensors = sg.tables(0, "tensors")
         nt = len(tensors)
         for t, tensor in enumerate(tensors):
             tensor.ints(0, "shape")
+            tensor.string(3, "name")
+            tensor.ints(7, "shape_signature")
+            q = tensor.sub(4, "quantization")
+            if q is not None:
+                for qi, qn, size in ((0, "min", 4), (1, "max", 4), (2, "scale", 4),
+                                     (3, "zero_point", 8)):
+                    q.vector(qi, qn, size)
             if tensor.u32(2, "buffer") >= max(len(buffers), 1):
                 raise FlatbufferError(f"subgraph {g} tensor {t} names buffer "
                                       f"{tensor.u32(2, 'buffer')} of {len(buffers)}")
@@ -124,7 +164,9 @@ def check_tflite(data: bytes) -> None:
             if op.u32(0, "opcode_index") >= n_codes:
                 raise FlatbufferError(f"subgraph {g} operator {o} names opcode "
                                       f"{op.u32(0, 'opcode_index')} of {n_codes}")
-            for name, idx in (("inputs", 1), ("outputs", 2)):
+            op.sub(4, "builtin_options")
+            op.vector(5, "custom_options", 1)
+            for name, idx in (("inputs", 1), ("outputs", 2), ("intermediates", 8)):
                 for i in op.ints(idx, name):
                     if not -1 <= i < nt:
                         raise FlatbufferError(f"subgraph {g} operator {o} {name} names tensor "

@@ -7,19 +7,25 @@ JSON (schema 1)::
      "label": "int8", "file": "digits.int8.tflite", "sha256": "…", "size": 132328,
      "gzip_size": 101234,
      "inputs":  [{"name": "serving_default_image:0", "index": 0, "shape": [1, 32, 32, 1],
-                  "dtype": "uint8", "scale": 0.0039, "zero_point": 0}],
-     "outputs": [...same fields...],
+                  "dtype": "uint8", "scale": 0.0039, "zero_point": 0, "key": "image"}],
+     "outputs": [...same fields...],   # key: the name users give the tensor (the model's
+                                       # input/output name; data files are keyed by it)
      "quantization": {"io": "uint8", "float_fallback": false, "float_ops": [],
                       "calibration": {"source": "calib.npz", "sha256": "…", "samples": 179,
                                       "shape": [179, 32, 32, 1], "dtype": "float32",
                                       "min": 0.0, "max": 1.0}},
      "training": {"qat": false, "prune": null, "cluster": null, "epochs": null, "data": null},
-     "source": {"path": "digits.keras", "sha256": "…", "format": "keras"},
+     "source": {"path": "digits.keras", "sha256": "…", "format": "keras" | "h5" | "saved_model"
+                | "tflite", "keras": "3.15.1" | "2.21.0" | null,
+                "imported": false},   # imported: a .tflite taken as it is (no conversion)
      "converter": {"tensorflow": "2.21.0", "tf_keras": "2.21.0", "edgedeploy": "0.1.0", …},
      "edgetpu": null | {"compiled": false, "message": "…", "preflight": {…}, "log": {…}},
      "host_figures": null | {"accuracy": 0.98, "top1_agreement": 1.0, "max_abs_error": 0.01,
                              "latency_ms": {"p50": 0.21, …}, "eval_data": "test.npz"},
      "files": {"gate.npz": "<sha256>"},   # other files that travel in the bundle (optional)
+     "requires": null | {"min_runtime": "2.17.0",     # TensorFlow-numbered runtime it needs
+                         "ops": {"FULLY_CONNECTED": 12, …},   # highest version per builtin op
+                         "custom_ops": ["edgetpu-custom-op"]},
      "created": "2026-11-24T08:00:00Z"}
 
 Stdlib only: the agent reads it on the board.
@@ -46,6 +52,12 @@ class TensorSpec:
     dtype: str
     scale: float = 0.0
     zero_point: int = 0
+    key: str | None = None   # the user-facing name (Keras input/output name, signature name)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TensorSpec":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclass
@@ -67,6 +79,7 @@ class Manifest:
     edgetpu: dict[str, Any] | None = None
     host_figures: dict[str, Any] | None = None
     files: dict[str, str] = field(default_factory=dict)  # extra bundle files: path → sha256
+    requires: dict[str, Any] | None = None
     created: str = ""
     schema: int = SCHEMA
 
@@ -90,11 +103,11 @@ class Manifest:
             raise InputError(f"{source}: manifest lacks {', '.join(missing)}")
         kw = {k: v for k, v in data.items() if k in names}
         try:
-            kw["inputs"] = [TensorSpec(**t) for t in data["inputs"]]
-            kw["outputs"] = [TensorSpec(**t) for t in data["outputs"]]
+            kw["inputs"] = [TensorSpec.from_dict(t) for t in data["inputs"]]
+            kw["outputs"] = [TensorSpec.from_dict(t) for t in data["outputs"]]
             kw.setdefault("label", data["mode"])
             return cls(**kw)
-        except TypeError as exc:
+        except (TypeError, AttributeError) as exc:
             raise InputError(f"{source}: malformed manifest ({exc})") from exc
 
     @classmethod

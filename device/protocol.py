@@ -43,7 +43,8 @@ Agent commands (``edgedeploy-agent [--store DIR] CMD``) and their answers (``kin
     list      {"models": [{"name": ..., "current": ..., "previous": ...,
                            "versions": [{"version": ..., "mode": "int8", "size": ...,
                                          "created": ..., "installed": ...}]}]}
-    remove    {"name": ..., "version": ..., "removed": true}
+    remove    {"name": ..., "version": ... | null, "versions": [...], "removed": true}
+              # (no VERSION: the whole model, the active version too)
     verify    {"name": ..., "version": ..., "valid": true, "problems": []}
     bench     {"model": {"name", "version", "mode", "sha256"}, "runtime": {"name", "version"},
                "threads": 1, "delegate": {"requested": "auto", "applied": "xnnpack" | null,
@@ -55,11 +56,26 @@ Agent commands (``edgedeploy-agent [--store DIR] CMD``) and their answers (``kin
                "ops": null | [{"index", "op", "delegated"}], "op_timing": null | ..., "note": ...}
     eval      (`--data FILE` | `--bundled-data REL`: a file the model's own bundle carried,
                or, with `--data-version V`, version V's bundle; `--reference FILE` |
-               `--bundled-reference REL` likewise)
-              {"model": {...}, "runtime": {...}, "data": "test.npz", "samples": 540,
-               "top1": 0.979, "top5": 1.0 | null,
-               "agreement": null | {"samples", "top1_agreement", "mean_abs_error", "max_abs_error"},
-               "seconds": 0.21}
+               `--bundled-reference REL` likewise; `--output NAME`: the output labels refer
+               to; `--data-name`/`--reference-name`: the user's file names, for messages)
+              {"model": {...}, "runtime": {...}, "data": "test.npz",   # the user's file name
+               "reference": "host.npz" | null, "samples": 540,
+               "outputs": ["probs", …],            # every output's key
+               "output": "probs" | null,           # the one top-1 figures are about
+               "top1": 0.979 | null, "top5": 1.0 | null,         # null: no labels y
+               "agreement": null | {"samples", "top1_agreement", "mean_abs_error",
+                                    "max_abs_error"},              # the top-1 output
+               "errors": null | [{"output", "max_abs_error", "mean_abs_error", "cosine"}],
+               "seconds": 0.21, "outputs_sha256": "…"}
+    probe     {"model": {...} | {"path": FILE}, "loads": false,
+               "reason": null | "invalid_model" | "missing_custom_op" | "op_version" |
+                         "crashed" | "timeout" | "load_failed" | "invoke_failed",
+               "message": "the runtime crashed loading it: signal 11 (SIGSEGV)",
+               "sha256": …, "runtime": "tflite_runtime", "runtime_version": "2.14.0",
+               "stage": "read" | "load" | "allocate" | "invoke" | "done", "seconds": 1.2,
+               "cached": false, "details": {"op", "version", "custom_op", "signal", …}}
+               # (device/probe.py: the model is loaded in a child process; cached in
+               # STORE/probe-cache/ by sha256 and the runtime packages installed)
     agentd --detach  {"started": true, "pid": 4242, "replaced": 4100 | null}
                      | {"started": false, "reason": "..."}
     agentd --stop    {"stopped": 4242 | null}     # (without either: runs the resident agent)
@@ -109,7 +125,8 @@ SCHEMA = 1
 
 # -- shared with the resident agent (agentd.py) and the host's link (host/agent_link.py) ----
 CONTROL = frozenset({"version", "info", "state", "install", "activate", "rollback", "list",
-                     "remove", "verify"})  # what the resident agent serves
+                     "remove", "verify", "probe"})  # what the resident agent serves (probe
+                                                    # loads the model in a child process)
 UPLOAD = "upload"          # the resident agent's upload line: raw bytes follow it
 SOCKET = "agentd.sock"     # STORE/SOCKET: the resident agent's Unix socket
 HELLO_KEY = "agentd"       # the hello line: {HELLO_KEY: 1, "pid", "tag", "content_hash"}
@@ -383,6 +400,41 @@ class Verified:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """``probe``: can the board's runtime load and run the model (in a child process)?"""
+    loads: bool
+    reason: str | None             # None when it loads; see device/probe.py's REASONS
+    message: str
+    runtime: str | None
+    runtime_version: str | None
+    cached: bool
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def parse(cls, msg: Any) -> "Probe":
+        return cls(_field(msg, "loads", bool), _field(msg, "reason", str, True),
+                   _field(msg, "message", str), _field(msg, "runtime", str, True),
+                   _field(msg, "runtime_version", str, True),
+                   bool(_field(msg, "cached", bool, True)), msg)
+
+
+@dataclass(frozen=True)
+class Removed:
+    """``remove``: a version, or (version None) the whole model."""
+    name: str
+    version: str | None
+    versions: tuple[str, ...]
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def parse(cls, msg: Any) -> "Removed":
+        version = _field(msg, "version", str, True)
+        return cls(_field(msg, "name", str), version,
+                   tuple(_field(msg, "versions", list, True) or ([version] if version else [])),
+                   msg)
+
+
+@dataclass(frozen=True)
 class ModelRef:
     """The ``model`` part of bench and eval answers."""
     name: str | None
@@ -425,10 +477,11 @@ class Bench:
 
 @dataclass(frozen=True)
 class Eval:
-    """``eval``: top-1 (and top-1 agreement with reference outputs, when given)."""
+    """``eval``: top-1 on the labels (None without labels), top-1 agreement with reference
+    outputs, and each output's error against them, when given."""
     model: ModelRef
     samples: int
-    top1: float
+    top1: float | None
     agreement: float | None        # top1_agreement
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -436,7 +489,7 @@ class Eval:
     def parse(cls, msg: Any) -> "Eval":
         ag = _field(msg, "agreement", dict, True)
         return cls(ModelRef.parse(_field(msg, "model", dict)), _field(msg, "samples", int),
-                   _field(msg, "top1", float),
+                   _field(msg, "top1", float, True),
                    _field(ag, "top1_agreement", float) if ag is not None else None, msg)
 
 

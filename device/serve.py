@@ -2,8 +2,9 @@
 see protocol.py. Unix socket, or TCP bound to 127.0.0.1 only.
 
 Hot swap: a watcher thread reads each model's ``current.json`` every ``poll`` seconds. When it
-names a new version, the new interpreter is loaded (its sha256 checked first) *beside* the old
-one and then put in place with one reference assignment; a request already holding the old slot
+names a new version, it is first probed in a child process (device/probe.py: a model that
+crashes the runtime kills the child, not serve), then the new interpreter is loaded (its sha256
+checked first) *beside* the old one and put in place with one reference assignment; a request already holding the old slot
 finishes on it. If the new version fails to load, the old one keeps serving and ``health``
 reports why. One interpreter per model, one lock per interpreter (they are not thread-safe).
 """
@@ -68,6 +69,10 @@ class Registry:
         if sha256_file(path) != m.sha256:
             raise HashMismatch(f"model {name} version {version}: {m.file} differs from its "
                                f"manifest's sha256")
+        from .probe import gate
+
+        gate(path, m, runtime=self.rt.name, cache_dir=self.store.probe_cache,
+             what=f"model {name} version {version}")
         interp = make_interpreter(str(path), num_threads=self.threads, runtime=self.rt)
         return Slot(name, version, interp, interp.get_input_details(),
                     interp.get_output_details(), time.time())

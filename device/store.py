@@ -10,6 +10,8 @@ Layout under the store root (one filesystem, so every switch is a rename)::
     ROOT/incoming/TOKEN/           an upload on its way in (the deployer picks TOKEN; `install
                                    ROOT/incoming/TOKEN --remove-bundle` takes it in)
     ROOT/data/SHA256.EXT           data files a deployer sent for `eval`, one per content
+    ROOT/probe-cache/SHA256.json   what device/probe.py found when it loaded a model (by
+                                   sha256 and runtime packages): a success saves the next child
 
 Invariants, kept through a kill -9 at any instant:
 
@@ -17,7 +19,11 @@ Invariants, kept through a kill -9 at any instant:
   written, checked against the manifest's sha256 and fsync'd;
 * ``current.json`` only ever names such a folder: it is replaced by one rename of a fsync'd
   temporary file, and both ``current`` and ``previous`` change in that one rename;
-* the version named ``current`` (and the one named ``previous``) is never removed or pruned.
+* the version named ``current`` (and the one named ``previous``) is never removed or pruned;
+* with a ``runs`` check (the agent passes device/probe.py's gate: the model loaded, allocated
+  and invoked once on zeros in a child process with this board's runtime), a version that
+  can't run here is refused at install — before its folder appears — and at activation, and
+  the store is left exactly as it was.
 
 What a bundle may hold, and how it is checked, is intake.py's; file-system helpers (atomic
 writes, fsyncs, the kill -9 checkpoints) are fsio.py's. The agent reports INCOMING and DATA in
@@ -42,8 +48,11 @@ from .intake import MANIFEST, expected_files, fsync_tree
 from .intake import stage as stage_bundle
 from .manifest import Manifest, sha256_file
 
+# (model file, its manifest, "model NAME version V") → None if it runs here, else raise
+RunsCheck = Callable[[Path, Manifest, str], object]
+
 POINTER = "current.json"
-INCOMING, DATA = "incoming", "data"
+INCOMING, DATA, PROBES = "incoming", "data", "probe-cache"
 DEFAULT_KEEP = 3
 
 def check_name(kind: str, value: str) -> str:
@@ -75,12 +84,15 @@ class Installed:
 
 
 class Store:
-    def __init__(self, root: str | os.PathLike, keep: int = DEFAULT_KEEP) -> None:
+    def __init__(self, root: str | os.PathLike, keep: int = DEFAULT_KEEP,
+                 runs: RunsCheck | None = None) -> None:
         self.root = Path(root)
         self.keep = keep
+        self.runs = runs
         self.models = self.root / "models"
         self.incoming = self.root / INCOMING   # uploads on their way in (see the docstring)
         self.data = self.root / DATA           # eval data sent by a deployer
+        self.probe_cache = self.root / PROBES  # probe results (device/probe.py)
 
     # -- locking and housekeeping ---------------------------------------------------------
     def _prepare(self) -> None:
@@ -217,6 +229,8 @@ class Store:
                                    f"with other content",
                                    hint="a version names one content; compile a new version")
                 return Installed(name, version, dest, len(expected) + 1, total, True)
+            if self.runs is not None:
+                self.runs(staging / m.file, m, f"model {name} version {version}")
             fsync_tree(staging)
             checkpoint("install:verified")
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -241,6 +255,10 @@ class Store:
         old = self.pointer(name)
         if old.current == version:
             return old, []
+        if self.runs is not None:
+            m = self.manifest(name, version)
+            self.runs(self.version_dir(name, version) / m.file, m,
+                      f"model {name} version {version}")
         new = Pointer(version, old.current or old.previous)
         self._write_pointer(name, new)
         checkpoint("activate:switched")
@@ -256,6 +274,10 @@ class Store:
         if problems:
             raise HashMismatch(f"model {name} previous version {old.previous} is damaged: "
                                f"{problems[0]}; staying on {old.current}")
+        if self.runs is not None:
+            m = self.manifest(name, old.previous)
+            self.runs(self.version_dir(name, old.previous) / m.file, m,
+                      f"model {name} previous version {old.previous}")
         new = Pointer(old.previous, old.current)
         self._write_pointer(name, new)
         checkpoint("rollback:switched")
@@ -273,6 +295,17 @@ class Store:
         if version == ptr.previous:
             self._write_pointer(name, Pointer(ptr.current, None))
         self._discard(d)
+
+    def remove_model(self, name: str) -> list[str]:
+        """Every version of NAME, the active one too, and its pointer: one rename of its folder
+        into the trash (nothing of it stays visible if the process dies). The versions gone."""
+        d = self.models / check_name("model name", name)
+        if not d.is_dir():
+            raise NotFound(f"model {name} is not in the store {self.root}",
+                           hint="see `edgedeploy-agent list`")
+        versions = self.versions(name)
+        self._discard(d)
+        return versions
 
     def _write_pointer(self, name: str, ptr: Pointer) -> None:
         ptr.updated = _iso(time.time())

@@ -45,6 +45,11 @@ class Bundle:
     def size(self) -> int:
         return sum(p.stat().st_size for p in self.files().values()) + len(self.manifest_bytes())
 
+    def requires(self) -> dict | None:
+        """The ops (highest version of each), custom ops and TensorFlow-numbered runtime the
+        model needs (its manifest's; load_bundle reads them from the file for an older one)."""
+        return self.manifest.requires
+
     def with_files(self, extra: dict[str, Path]) -> "Bundle":
         """The same model with extra files; the version then names model + files together."""
         for rel in extra:
@@ -79,7 +84,8 @@ class Bundle:
 
 
 def load_bundle(path: str | Path) -> Bundle:
-    """A .tflite with NAME.LABEL.manifest.json beside it, or a bundle folder."""
+    """A .tflite with NAME.LABEL.manifest.json beside it, a bare .tflite (made elsewhere: its
+    manifest is made here from the flatbuffer, marked ``source.imported``), or a bundle folder."""
     path = Path(path)
     if path.is_dir():
         manifests = sorted(path.glob("*.manifest.json")) + sorted(path.glob("manifest.json"))
@@ -95,12 +101,28 @@ def load_bundle(path: str | Path) -> Bundle:
         raise InputError(f"{path}: expected a .tflite file (with its manifest) or a bundle folder")
     mpath = path.with_name(path.name[:-len(".tflite")] + ".manifest.json")
     if not mpath.is_file():
-        raise InputError(f"{path}: no manifest {mpath.name} beside it",
-                         hint="models made by `edgedeploy compile` come with one")
+        from .compiler.importer import import_manifest
+
+        return _checked(Bundle(import_manifest(path), path), path)
     m = Manifest.load(mpath)
     if m.file != path.name:
         m = replace(m, file=path.name)
     return _checked(Bundle(m, path, {rel: path.parent / rel for rel in (m.files or {})}), path)
+
+
+def _with_requirements(b: Bundle) -> Bundle:
+    """A manifest written before ``requires`` existed gets it from the model file (the push
+    preflight checks it against the board's runtime)."""
+    if b.manifest.requires is not None:
+        return b
+    from .compiler.importer import requirements
+    from .compiler.tflite_reader import read_model
+
+    try:
+        req = requirements(read_model(b.model_path))
+    except InputError:
+        return b  # not readable as a model here: the board's install probe will say why
+    return Bundle(replace(b.manifest, requires=req), b.model_path, b.extra)
 
 
 def _checked(b: Bundle, where: Path) -> Bundle:
@@ -109,5 +131,7 @@ def _checked(b: Bundle, where: Path) -> Bundle:
             raise InputError(f"{where}: {rel} named by the manifest is missing")
     if sha256_file(b.model_path) != b.manifest.sha256:
         raise InputError(f"{b.model_path}: sha256 differs from its manifest",
-                         hint="the file changed after it was compiled; compile it again")
-    return b
+                         hint="the file changed after its manifest was written: compile it "
+                              "again, or remove the stale manifest to push the file as it is "
+                              "(imported)")
+    return _with_requirements(b)

@@ -23,7 +23,7 @@ from .bundle import Bundle
 from .transport import Transport
 
 __all__ = ["BoardSession", "BoardStatus", "PushPlan", "PushResult", "board_problems",
-           "local_agent", "model_problems", "plan_push"]
+           "local_agent", "model_problems", "plan_push", "runtime_problems"]
 
 
 @dataclass
@@ -62,11 +62,26 @@ def model_problems(board: Board, m: Manifest) -> list[str]:
     return []
 
 
+def runtime_problems(info: protocol.BoardInfo, requires: dict | None) -> list[str]:
+    """Pure: the custom ops and op versions the model needs (REQUIRES, a manifest's) that the
+    board's runtime lacks — the "Didn't find op for builtin opcode" a push would meet. A
+    prediction from LiteRT's op-version table (compiler/op_versions.py); the board's install
+    probe loads the model for real."""
+    from .compiler.op_versions import board_check
+
+    if not info.runtime:
+        return []  # board_problems says so
+    rt = f"{info.runtime} {info.runtimes.get(info.runtime) or ''}".rstrip()
+    return [f"{rt} lacks the {p.message}" if p.kind == "custom_op" else p.message
+            for p in board_check(requires, info.raw)]
+
+
 def plan_push(board: Board, info: protocol.BoardInfo, entry: protocol.ModelEntry | None,
               bundle: Bundle, activate: bool) -> PushPlan:
     """Pure: what a push must do on this board (ENTRY: what its store holds of the model),
     and why it cannot (problems)."""
-    problems = board_problems(board, info) + model_problems(board, bundle.manifest)
+    problems = board_problems(board, info) + model_problems(board, bundle.manifest) + \
+        runtime_problems(info, bundle.requires())
     present = entry is not None and entry.has(bundle.version)
     if not present and info.free_bytes is not None and info.free_bytes < 2 * bundle.size:
         problems.append(f"only {info.free_bytes} bytes free in the store, the bundle needs "
@@ -142,6 +157,10 @@ class BoardSession:
                 v = self.link.ask(protocol.Verified.parse, "verify", f"{e.name}@{e.current}")
                 if not v.valid:
                     problems.append(f"{e.name}@{e.current}: {v.problems[0]}")
+                    continue
+                p = self.probe(f"{e.name}@{e.current}")  # cached by sha256 + runtime
+                if not p.loads:
+                    problems.append(f"{e.name}@{e.current} does not load: {p.message}")
         return BoardStatus(self.board.name, h, h == local_agent()["content_hash"], models,
                            "ok" if not problems else "; ".join(problems))
 
@@ -199,6 +218,15 @@ class BoardSession:
     def rollback(self, name: str) -> protocol.Switched:
         return self.link.ask(protocol.Switched.parse, "rollback", name)
 
+    def remove(self, name: str, version: str | None = None) -> protocol.Removed:
+        """VERSION of NAME (not the active one), or without VERSION the whole model."""
+        return self.link.ask(protocol.Removed.parse, "remove", name,
+                             *([version] if version else []))
+
+    def probe(self, spec: str) -> protocol.Probe:
+        """Does SPEC load and run with the board's runtime (in a child process; cached)?"""
+        return self.link.ask(protocol.Probe.parse, "probe", spec)
+
     # -- measuring ---------------------------------------------------------------------
     def bench(self, spec: str, *, runs: int = 100, warmup: int = 10, threads: int | None = None,
               delegate: str = "auto", max_seconds: float | None = None) -> protocol.Bench:
@@ -208,11 +236,17 @@ class BoardSession:
             args += ["--max-seconds", max_seconds]
         return self.link.ask(protocol.Bench.parse, *args)
 
-    def eval(self, spec: str, data: Path, reference: Path | None = None) -> protocol.Eval:
-        """SPEC on DATA (x, y; sent once per content to the folder the agent names)."""
-        args: list[object] = ["eval", spec, "--data", self._put_data(data)]
+    def eval(self, spec: str, data: Path, reference: Path | None = None,
+             output: str | None = None) -> protocol.Eval:
+        """SPEC on DATA (inputs by name, y optional; sent once per content to the folder the
+        agent names); messages name the user's files, not the board's copies."""
+        args: list[object] = ["eval", spec, "--data", self._put_data(data), "--data-name",
+                              str(data)]
         if reference:
-            args += ["--reference", self._put_data(reference)]
+            args += ["--reference", self._put_data(reference), "--reference-name",
+                     str(reference)]
+        if output:
+            args += ["--output", output]
         return self.link.ask(protocol.Eval.parse, *args)
 
     def eval_bundled(self, name: str, version: str, rel: str, *, data_version: str,

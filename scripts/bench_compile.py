@@ -8,6 +8,10 @@
 3. Compile time: ``compile_model`` (edgedeploy compile without --eval) against a bare
    TFLiteConverter call (load the .keras, from_keras_model, same settings, convert, write the
    file), alternating, ``--compile-repeats`` times each; medians and ratios.
+4. Keras 3 (TF 2.21's default ``tf.keras``): the same CNN trained the same way in Keras 3 and
+   saved as ``.keras``, compiled in every mode: size and accuracy per mode against the tf_keras
+   model's, and compile time against a bare converter on the Keras 3 model
+   (``keras.models.load_model`` + ``from_keras_model``), alternating, medians.
 
 Writes benchmarks/compile.json and prints the tables.
 """
@@ -34,11 +38,46 @@ GOALS = {"int8_size_ratio_max": 0.27, "accuracy_drop_pts_max": 1.0,
          "int8_latency_ratio_max": 0.7, "compile_time_ratio_max": 1.1}
 
 
-def bare_convert(tf, keras_path: Path, mode: str, calib: np.ndarray, out: Path) -> None:
-    """What a user writes by hand with the TFLite docs: the baseline."""
-    import tf_keras
+def train_keras3(d: dict, epochs: int, out: Path) -> float:
+    """The digits CNN of digits_cnn.build_model, in Keras 3, trained as digits_cnn.train does;
+    saved to OUT; its test accuracy."""
+    import keras as K
 
-    model = tf_keras.models.load_model(str(keras_path))
+    K.utils.set_random_seed(digits_cnn_seed())
+    m = K.Sequential([
+        K.layers.Input((32, 32, 1), name="image"),
+        K.layers.Conv2D(32, 3, activation="relu", padding="same"), K.layers.MaxPooling2D(),
+        K.layers.Conv2D(64, 3, activation="relu", padding="same"), K.layers.MaxPooling2D(),
+        K.layers.Conv2D(64, 3, activation="relu", padding="same"), K.layers.Flatten(),
+        K.layers.Dense(64, activation="relu"),
+        K.layers.Dense(10, activation="softmax", name="probs")], name="digits_cnn")
+    m.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    m.fit(d["x_train"], d["y_train"], epochs=epochs, batch_size=32, verbose=0, shuffle=True)
+    m.save(out)
+    return float(np.mean(np.argmax(m.predict(d["x_test"], verbose=0), axis=1) == d["y_test"]))
+
+
+def digits_cnn_seed() -> int:
+    from tests.support import digits_cnn
+
+    return digits_cnn.SEED
+
+
+def digits_split() -> dict:
+    from tests.support import digits_cnn
+
+    return digits_cnn.load_split(32)
+
+
+def bare_convert(tf, keras_path: Path, mode: str, calib: np.ndarray, out: Path,
+                 keras3: bool = False) -> None:
+    """What a user writes by hand with the TFLite docs: the baseline."""
+    if keras3:
+        import keras as loader
+    else:
+        import tf_keras as loader
+
+    model = loader.models.load_model(str(keras_path))
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
     if mode != "float32":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -55,11 +94,29 @@ def bare_convert(tf, keras_path: Path, mode: str, calib: np.ndarray, out: Path) 
     out.write_bytes(conv.convert())
 
 
+def cpu_facts() -> dict:
+    """The CPU model and the SIMD extensions int8 kernels lean on (VNNI makes XNNPACK's int8
+    several times faster than float32; with AVX2 alone int8 can be slower)."""
+    model, flags = None, set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name") and model is None:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {"cpu": model, "simd": sorted(f for f in flags
+                                         if f.startswith(("avx", "fma", "sse4")) or "vnni" in f)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--invokes", type=int, default=2000, help="timed invokes per mode (2000)")
     p.add_argument("--block", type=int, default=100, help="invokes per round-robin block")
     p.add_argument("--compile-repeats", type=int, default=9)
+    p.add_argument("--keras3-repeats", type=int, default=5,
+                   help="compile-time repeats for the Keras 3 model (5)")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "compile.json")
     a = p.parse_args(argv)
@@ -155,6 +212,54 @@ def main(argv: list[str] | None = None) -> int:
         ct.add_row(mode, f"{o:.3f}", f"{b:.3f}", f"{o / b:.3f}x")
     console.print(ct)
 
+    # 4. Keras 3: the same CNN, every mode, and compile time against a bare converter
+    with CapturedNativeOutput():
+        k3_acc = train_keras3(digits_split(), a.epochs, work / "data" / "k3.keras")
+    k3_report = compile_model(CompileOptions(
+        work / "data" / "k3.keras", "all", work / "models-k3", io="uint8", name="digits",
+        calib=work / "data" / "calib.npz", eval_data=work / "data" / "test.npz",
+        latency_runs=0))
+    k3_rows = rep.rows(k3_report)
+    by2 = {r.label: r for r in rows}
+    kt = Table(title=f"Keras 3 .keras (Keras test accuracy {k3_acc:.4f}) vs the tf_keras model")
+    for col in ("mode", "size KB", "vs tf_keras", "accuracy", "tf_keras accuracy"):
+        kt.add_column(col, justify="right")
+    k3_size_ratio = {}
+    for r in k3_rows:
+        other = by2.get(r.label)
+        if r.ok and other is not None and other.size:
+            k3_size_ratio[r.label] = r.size / other.size
+            kt.add_row(r.label, f"{r.size / 1000:.1f}", f"{r.size / other.size:.4f}x",
+                       f"{100 * r.accuracy:.2f}%", f"{100 * other.accuracy:.2f}%")
+    console.print(kt)
+    k3_times: dict[str, dict[str, list[float]]] = {}
+    for mode in ("float32", "int8"):
+        ours, bare = [], []
+        for i in range(-1, a.keras3_repeats):
+            order = [("ours", ours), ("bare", bare)] if i % 2 == 0 else \
+                [("bare", bare), ("ours", ours)]
+            for who, bucket in order:
+                gc.collect()
+                t0 = time.perf_counter()
+                if who == "ours":
+                    compile_model(CompileOptions(
+                        work / "data" / "k3.keras", mode, work / f"k3ct-{mode}",
+                        calib=work / "data" / "calib.npz" if mode == "int8" else None,
+                        io="uint8" if mode == "int8" else None))
+                else:
+                    with CapturedNativeOutput():
+                        bare_convert(tf, work / "data" / "k3.keras", mode, calib,
+                                     work / f"k3bare-{mode}.tflite", keras3=True)
+                if i >= 0:
+                    bucket.append(time.perf_counter() - t0)
+        k3_times[mode] = {"edgedeploy_s": ours, "bare_converter_s": bare}
+    k3_ratios = {m: statistics.median(t["edgedeploy_s"]) / statistics.median(t["bare_converter_s"])
+                 for m, t in k3_times.items()}
+    for m, t in k3_times.items():
+        console.print(f"Keras 3 compile {m}: edgedeploy {statistics.median(t['edgedeploy_s']):.3f}"
+                      f" s, bare converter {statistics.median(t['bare_converter_s']):.3f} s "
+                      f"({k3_ratios[m]:.3f}x, median of {a.keras3_repeats})")
+
     by = {r.label: r for r in rows}
     i8 = by["int8"]
     checks = {
@@ -167,13 +272,16 @@ def main(argv: list[str] | None = None) -> int:
                                        ratios["float32"] <= GOALS["compile_time_ratio_max"]),
         "compile_time_ratio_float16": (ratios["float16"],
                                        ratios["float16"] <= GOALS["compile_time_ratio_max"]),
+        "keras3_size_within_5pct": (max(abs(v - 1) for v in k3_size_ratio.values()),
+                                    all(abs(v - 1) <= 0.05 for v in k3_size_ratio.values())),
     }
     for k, (v, ok) in checks.items():
         console.print(f"{'[green]met[/green]' if ok else '[red]MISSED[/red]'}  {k} = {v:.3f}")
     payload = {
         "benchmark": "compile", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
-                    "machine": platform.machine(), "runtime": f"{rt.name} {rt.version}"},
+                    "machine": platform.machine(), "runtime": f"{rt.name} {rt.version}",
+                    **cpu_facts()},
         "model": "digits CNN 32x32x1 conv32-pool-conv64-pool-conv64-dense64-dense10",
         "data": summary, "goals": GOALS,
         "modes": [r.__dict__ for r in rows],
@@ -182,6 +290,13 @@ def main(argv: list[str] | None = None) -> int:
         "latency_method": f"round-robin blocks of {a.block} invokes over all modes, 1 thread, "
                           f"{a.invokes}+ invokes each, one process",
         "compile_time": compile_times, "compile_time_ratio": ratios,
+        "keras3": {"source": "the same CNN trained in Keras 3 (keras "
+                             f"{__import__('keras').__version__}), saved as .keras",
+                   "keras_test_accuracy": k3_acc, "modes": [r.__dict__ for r in k3_rows],
+                   "size_vs_tf_keras": k3_size_ratio, "compile_time": k3_times,
+                   "compile_time_ratio": k3_ratios,
+                   "compile_time_baseline": "keras.models.load_model + "
+                                            "TFLiteConverter.from_keras_model"},
         "checks": {k: {"value": v, "met": ok} for k, (v, ok) in checks.items()},
     }
     write_result(a.out, payload, console.print)

@@ -1,6 +1,6 @@
-"""The board-facing subcommands: push, bench, eval, status, rollback, bootstrap, targets. Each
-``run_*`` unpacks the command line once; the ``*_command`` functions below take typed values
-and do the work through host/deploy.py (one board) or host/fleet (many)."""
+"""The board-facing subcommands: push, bench, eval, status, rollback, remove, bootstrap,
+targets. Each ``run_*`` unpacks the command line once; the ``*_command`` functions below take
+typed values and do the work through host/deploy.py (one board) or host/fleet (many)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ BOARD is a name in the fleet file (--fleet, else $EDGEDEPLOY_FLEET, else ./fleet
 or `local`. Unknown SSH host keys are refused unless --accept-new-host-key."""
 PUSH_EXAMPLES = """examples:
   edgedeploy push out/digits.int8.tflite pi-kitchen
+  edgedeploy push vendor/mobilenet_v2_edgetpu.tflite coral-1 # a bare .tflite: imported
   edgedeploy push out/digits.int8.tflite local               # this machine, no SSH
   edgedeploy push out/digits.int8.tflite b0 --fleet fleet.toml --no-activate
   edgedeploy push out/digits.int8.tflite --all --parallel 32 --fleet fleet.toml
@@ -34,6 +35,12 @@ BENCH_EXAMPLES = """examples:
 EVAL_EXAMPLES = """examples:
   edgedeploy eval b0 digits --data test.npz --fleet fleet.toml
   edgedeploy eval b0 digits --data test.npz --reference host_outputs.npz --json
+  edgedeploy eval b0 landmarker --data frames.npz --reference host_outputs.npz
+  edgedeploy eval b0 detector --data labelled.npz --output scores
+
+Data: one array per model input, keyed by the input's name (x for a model with one input),
+and labels y (optional). Reference: the host's outputs keyed by output name (outputs for one
+output): each output's max and mean abs error and cosine similarity.
 """ + EXAMPLES
 STATUS_EXAMPLES = """examples:
   edgedeploy status b0 --fleet fleet.toml
@@ -41,6 +48,10 @@ STATUS_EXAMPLES = """examples:
 """ + EXAMPLES
 ROLLBACK_EXAMPLES = """examples:
   edgedeploy rollback b0 digits --fleet fleet.toml
+""" + EXAMPLES
+REMOVE_EXAMPLES = """examples:
+  edgedeploy remove b0 digits@3f2a9c1b0d4e      # one version (not the active one)
+  edgedeploy remove b0 digits --fleet fleet.toml  # the whole model, the active version too
 """ + EXAMPLES
 BOOTSTRAP_EXAMPLES = """examples:
   pip download --only-binary=:all: --python-version 3.11 --platform manylinux2014_aarch64 \\
@@ -60,7 +71,9 @@ def register(sub: Any) -> None:
                        description="Send MODEL to one or more boards: checked, uploaded, "
                                    "installed, activated.", epilog=PUSH_EXAMPLES,
                        formatter_class=RAW)
-    p.add_argument("model", metavar="MODEL", help="a .tflite with its manifest, or a bundle dir")
+    p.add_argument("model", metavar="MODEL",
+                   help="a .tflite (with the manifest compile wrote, or bare: its manifest is "
+                        "made from the file), or a bundle dir")
     p.add_argument("boards", nargs="*", metavar="BOARD", help="one or more boards")
     add_board_options(p, board=False)
     p.add_argument("--no-activate", action="store_true", help="install only")
@@ -87,9 +100,13 @@ def register(sub: Any) -> None:
                        formatter_class=RAW)
     add_board_options(e)
     e.add_argument("model", metavar="NAME[@VERSION]")
-    e.add_argument("--data", type=Path, required=True, metavar="FILE.npz", help="x, y")
+    e.add_argument("--data", type=Path, required=True, metavar="FILE.npz",
+                   help="inputs keyed by input name (x for one input), labels y (optional)")
     e.add_argument("--reference", type=Path, metavar="FILE.npz",
-                   help="host outputs (key `outputs`): top-1 agreement with them")
+                   help="host outputs keyed by output name (outputs for one output): max/mean "
+                        "abs error and cosine similarity per output")
+    e.add_argument("--output", metavar="NAME",
+                   help="the output labels and top-1 refer to (models with several)")
     e.set_defaults(func=run_eval)
 
     s = sub.add_parser("status", help="active and previous versions, agent, health",
@@ -104,6 +121,16 @@ def register(sub: Any) -> None:
     add_board_options(r)
     r.add_argument("model", metavar="NAME")
     r.set_defaults(func=run_rollback)
+
+    rm = sub.add_parser("remove", help="delete a model version from a board (or the whole model)",
+                        description="Delete NAME@VERSION from BOARD's store (not the active "
+                                    "version: activate or roll back first), or, with NAME "
+                                    "alone, every version of the model and its pointer — a "
+                                    "`serve` there stops serving it.",
+                        epilog=REMOVE_EXAMPLES, formatter_class=RAW)
+    add_board_options(rm)
+    rm.add_argument("model", metavar="NAME[@VERSION]")
+    rm.set_defaults(func=run_remove)
 
     bs = sub.add_parser("bootstrap", help="set a board up: agent + runtime wheels in a venv "
                                           "(offline with --wheelhouse)",
@@ -222,16 +249,16 @@ def bench_command(board: str, spec: str | None, where: Boards, *, runs: int, war
 
 def run_eval(a: argparse.Namespace) -> int:
     return eval_command(a.board, a.model, a.data, a.reference, Boards.from_args(a),
-                        as_json=a.json)
+                        as_json=a.json, output=a.output)
 
 
 def eval_command(board: str, spec: str, data: Path, reference: Path | None, where: Boards, *,
-                 as_json: bool) -> int:
+                 as_json: bool, output: str | None = None) -> int:
     for f in (data, reference):
         if f is not None and not f.is_file():
             raise InputError(f"{f}: no such data file")
     with where.session(board) as s:
-        e = s.eval(spec, data, reference)
+        e = s.eval(spec, data, reference, output)
     where.results().record("eval", board, e.raw)
     emit(as_json, e.raw, eval_line(board, e))
     return 0
@@ -269,6 +296,22 @@ def rollback_command(board: str, model: str, where: Boards, *, as_json: bool) ->
         sw = s.rollback(model)
     r = {"name": sw.name, "current": sw.current, "previous": sw.previous}
     emit(as_json, r, f"{board}: {model} now {sw.current} (was {sw.previous})")
+    return 0
+
+
+def run_remove(a: argparse.Namespace) -> int:
+    return remove_command(a.board, a.model, Boards.from_args(a), as_json=a.json)
+
+
+def remove_command(board: str, spec: str, where: Boards, *, as_json: bool) -> int:
+    name, _, version = spec.partition("@")
+    if not name:
+        raise InputError(f"{spec!r}: name the model (NAME or NAME@VERSION)")
+    with where.session(board) as s:
+        r = s.remove(name, version or None)
+    gone = ", ".join(r.versions) or "no version"
+    emit(as_json, r.raw, f"{board}: removed {name} " + (f"version {version}" if version else
+                                                         f"(every version: {gone})"))
     return 0
 
 

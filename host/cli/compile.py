@@ -14,15 +14,22 @@ if TYPE_CHECKING:
     from ..compiler import CompileOptions
 
 COMPILE_EXAMPLES = """examples:
-  edgedeploy compile digits.keras --mode float16 --out out/
+  edgedeploy compile digits.keras --mode float16 --out out/      # Keras 3 or tf_keras, .keras/.h5
+  edgedeploy compile exported/ --mode dynamic --out out/         # SavedModel (model.export())
+  edgedeploy compile mobilenet.tflite --eval test.npz --out out/ # import a .tflite as it is
   edgedeploy compile digits.keras --mode int8 --calib calib.npz --io uint8 --out out/
   edgedeploy compile digits.keras --mode all --calib calib.npz --eval test.npz --out out/
   edgedeploy compile digits.keras --mode int8 --qat --train train.npz --epochs 2 --out out/
   edgedeploy compile digits.keras --mode dynamic --prune 0.5 --train train.npz --out out/
   edgedeploy compile saved_model/ --mode edgetpu --calib images/ --out out/
+  edgedeploy compile two_in.keras --mode int8 --calib calib.npz --eval test.npz \
+      --output probs --out out/        # several inputs/outputs: arrays keyed by name
 
 Each compile writes NAME.MODE.tflite and NAME.MODE.manifest.json into --out.
-With --mode all it also writes NAME.compare.json and, with --eval, NAME.compare.png."""
+With --mode all it also writes NAME.compare.json and, with --eval, NAME.compare.png.
+Data files (.npz) hold one array per model input, keyed by the input's name (x for a model
+with one input), and labels y; --eval without y reports each output's error against the
+float32 model. A .tflite is not converted: its mode is read from the file."""
 
 INSPECT_EXAMPLES = """examples:
   edgedeploy inspect out/digits.int8.tflite
@@ -33,11 +40,15 @@ INSPECT_EXAMPLES = """examples:
 def register(sub: Any) -> None:
     from ..compiler.modes import MODES
 
-    c = sub.add_parser("compile", help="Keras/SavedModel → TFLite in one mode or all of them",
-                       description="Convert MODEL (.keras, .h5 or a SavedModel folder) to "
-                                   "TFLite.", epilog=COMPILE_EXAMPLES, formatter_class=RAW)
+    c = sub.add_parser("compile", help="Keras/SavedModel → TFLite in one mode or all of them; "
+                                       "import a .tflite",
+                       description="Convert MODEL (.keras or .h5 from Keras 3 or tf_keras, or a "
+                                   "SavedModel folder) to TFLite, or import a .tflite made "
+                                   "elsewhere (no conversion: a manifest read from the file).",
+                       epilog=COMPILE_EXAMPLES, formatter_class=RAW)
     c.add_argument("model", type=Path, metavar="MODEL")
-    c.add_argument("--mode", required=True, choices=[*MODES, "all"])
+    c.add_argument("--mode", choices=[*MODES, "all"],
+                   help="needed to convert; a .tflite's mode is read from the file")
     c.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     c.add_argument("--name", help="NAME of the outputs (default: the model file's stem)")
     q = c.add_argument_group("quantization")
@@ -59,7 +70,10 @@ def register(sub: Any) -> None:
     t.add_argument("--cluster", type=int, metavar="K", help="weight clustering into K clusters")
     m = c.add_argument_group("measurement")
     m.add_argument("--eval", type=Path, metavar="DATA",
-                   help=".npz with x, y: accuracy, agreement with float32, latency on this host")
+                   help=".npz with the inputs (x for one) and y (optional): accuracy, error vs "
+                        "float32 per output, latency on this host")
+    m.add_argument("--output", metavar="NAME",
+                   help="the output y refers to (models with several outputs)")
     m.add_argument("--latency-runs", type=int, default=200, metavar="N",
                    help="timed single-thread invokes per model (200)")
     c.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -83,7 +97,8 @@ def run_compile(a: argparse.Namespace) -> int:
         io=a.io, allow_float_fallback=a.allow_float_fallback, num_segments=a.num_segments,
         min_runtime_version=a.min_runtime_version,
         training=Training(qat=a.qat, prune=a.prune, cluster=a.cluster, epochs=a.epochs),
-        train_data=a.train, eval_data=a.eval, latency_runs=a.latency_runs, name=a.name)
+        train_data=a.train, eval_data=a.eval, latency_runs=a.latency_runs, name=a.name,
+        output=a.output)
     return compile_command(opts, as_json=a.json)
 
 
@@ -108,6 +123,12 @@ def compile_command(opts: "CompileOptions", *, as_json: bool) -> int:
         print(json.dumps(payload, indent=2))
     else:
         rep.render(table)
+        if result.training:
+            t = result.training
+            print(f"{t['tag']}: fine-tuned for {t['epochs']} epoch(s) on {t['samples']} samples "
+                  f"of {t['data']}")
+        for w in result.warnings:
+            print(f"warning: {w}")
         for mode, why in result.plan.skipped:
             print(f"skipped {mode}: {why}")
         for r in result.results:

@@ -34,9 +34,23 @@ def bench_line(board: str, b: protocol.Bench) -> str:
 
 
 def eval_line(board: str, e: protocol.Eval) -> str:
-    return (f"{board}: {e.model.name} {e.model.version} ({e.model.mode}): top-1 "
-            f"{100 * e.top1:.2f}% on {e.samples} samples"
-            + (f", agreement {100 * e.agreement:.2f}%" if e.agreement is not None else ""))
+    """One line: top-1 on the labels (and agreement), then each output's error against the
+    reference; the user's data file, not the board's copy."""
+    r = e.raw
+    parts = []
+    if e.top1 is not None:
+        outs = r.get("outputs") or []
+        which = f" ({r['output']})" if r.get("output") and len(outs) > 1 else ""
+        parts.append(f"top-1{which} {100 * e.top1:.2f}%")
+        if e.agreement is not None:
+            parts.append(f"agreement {100 * e.agreement:.2f}%")
+    for x in r.get("errors") or []:
+        parts.append(f"{x['output']}: max err {x['max_abs_error']:.3g}, mean "
+                     f"{x['mean_abs_error']:.3g}, cosine {x['cosine']:.6f}")
+    data = f" of {r['data']}" if r.get("data") else ""
+    ref = f" vs {r['reference']}" if r.get("reference") else ""
+    return (f"{board}: {e.model.name} {e.model.version} ({e.model.mode}) on {e.samples} "
+            f"samples{data}{ref}: " + "; ".join(parts))
 
 
 def status_lines(rows: list[dict]) -> str:

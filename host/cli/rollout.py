@@ -57,7 +57,8 @@ def register(sub: Any) -> None:
 
     s = verbs.add_parser("start", help="check, plan and run a rollout", epilog=START_EXAMPLES,
                          formatter_class=RAW)
-    s.add_argument("model", metavar="MODEL", help="a .tflite with its manifest, or a bundle dir")
+    s.add_argument("model", metavar="MODEL",
+                   help="a .tflite (with its manifest, or bare: imported), or a bundle dir")
     s.add_argument("--group", help="the boards in this group")
     s.add_argument("--tag", help="the boards with this tag")
     w = s.add_argument_group("waves")

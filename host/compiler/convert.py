@@ -1,29 +1,34 @@
 """Keras / SavedModel → TFLite bytes in one mode, with the real TFLiteConverter.
 
-This module and ``training.py`` are the only places that import TensorFlow, and only when called.
-Keras models are loaded with Keras 2 (``tf_keras``, ``TF_USE_LEGACY_KERAS=1``) because
-tensorflow-model-optimization needs it.
+This module, ``source.py`` and ``training.py`` are the only places that import TensorFlow, and
+only when called. A Keras 3 or tf_keras model is converted through a ``tf.function`` of the
+model with the batch fixed to 1, its inputs named as the model names them and its outputs
+returned as a dict keyed by the model's output names: the .tflite's signature then maps those
+names to tensors (the converter reorders inputs and outputs, so data is matched by name, never
+by position). A SavedModel is converted through its serving signature the same way.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
-from ...device.manifest import sha256_file, sha256_tree
-from ...errors import CompileError, EnvironmentProblem, InputError, QuantizationError
 from ...device.runtime import CapturedNativeOutput
+from ...errors import CompileError, EnvironmentProblem, InputError, QuantizationError
 from .modes import default_io
+from .source import SourceModel, _first_line, load_source, saved_model_signature
 from .tflite_reader import float_ops, read_model
+
+__all__ = ["SourceModel", "load_source", "convert", "make_converter", "import_tf", "versions",
+           "_first_line"]
 
 
 def import_tf():
-    """TensorFlow with Keras 2 as tf.keras; quiet logs. EnvironmentProblem if absent."""
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    """TensorFlow, quiet. Keras 3 (``keras``) and Keras 2 (``tf_keras``) are both imported by
+    name where needed, so ``TF_USE_LEGACY_KERAS`` doesn't matter here. EnvironmentProblem if
+    TensorFlow is absent."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         with CapturedNativeOutput():  # TF's start-up lines (oneDNN, CUDA probes) go nowhere
@@ -40,80 +45,25 @@ def import_tf():
     return tf
 
 
-@dataclass
-class SourceModel:
-    path: Path
-    format: str                      # keras | h5 | saved_model
-    sha256: str
-    sample_shape: list[int]          # input shape without the batch dimension
-    keras_model: Any = None          # tf_keras model (None for a SavedModel not loaded as Keras)
-
-    def describe(self) -> dict:
-        return {"path": str(self.path), "sha256": self.sha256, "format": self.format,
-                "input_shape": self.sample_shape}
-
-    def keras(self):
-        """The model as tf_keras (needed for QAT / pruning / clustering)."""
-        if self.keras_model is None:
-            import_tf()
-            import tf_keras
-            try:
-                self.keras_model = tf_keras.models.load_model(str(self.path))
-            except Exception as exc:
-                raise InputError(f"{self.path}: this SavedModel cannot be loaded as a Keras model, "
-                                 f"which training-time optimization needs ({_first_line(exc)})",
-                                 hint="give the .keras file the model was saved as") from exc
-        return self.keras_model
+Calib = dict  # input name → float32 samples [N, ...]
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+def _representative(calib: Calib) -> Callable[[], Iterator[dict[str, np.ndarray]]]:
+    """One dict per sample, keyed by the signature's input names (the converter matches them by
+    name: it reorders inputs)."""
+    n = min(len(v) for v in calib.values())
 
-
-def load_source(path: str | Path) -> SourceModel:
-    """Open MODEL (.keras / .h5 / SavedModel folder); InputError naming the file when it can't."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file or folder",
-                         hint="give a .keras or .h5 file, or a SavedModel folder")
-    tf = import_tf()
-    if path.is_dir():
-        if not (path / "saved_model.pb").is_file():
-            raise InputError(f"{path}: a folder but not a SavedModel (no saved_model.pb in it)")
-        try:
-            with CapturedNativeOutput():
-                loaded = tf.saved_model.load(str(path))
-            sig = loaded.signatures["serving_default"]
-            spec = list(sig.structured_input_signature[1].values())[0]
-            shape = [int(d) if d is not None else -1 for d in spec.shape[1:]]
-        except Exception as exc:
-            raise InputError(f"{path}: cannot be read as a SavedModel with a serving_default "
-                             f"signature ({_first_line(exc)})") from exc
-        return SourceModel(path, "saved_model", sha256_tree(path), shape)
-    if path.suffix not in (".keras", ".h5", ".hdf5"):
-        raise InputError(f"{path}: unknown model format {path.suffix!r}",
-                         hint="give a .keras or .h5 file, or a SavedModel folder")
-    import tf_keras
-    try:
-        with CapturedNativeOutput():
-            model = tf_keras.models.load_model(str(path))
-    except Exception as exc:
-        raise InputError(f"{path}: cannot be loaded as a Keras model ({_first_line(exc)})",
-                         hint="is the file whole, and saved by Keras 2 / tf_keras?") from exc
-    if len(model.inputs) != 1:
-        raise InputError(f"{path}: the model has {len(model.inputs)} inputs; edgedeploy compiles "
-                         f"single-input models")
-    shape = [int(d) if d is not None else -1 for d in model.inputs[0].shape[1:]]
-    fmt = "keras" if path.suffix == ".keras" else "h5"
-    return SourceModel(path, fmt, sha256_file(path), shape, model)
-
-
-def _representative(x: np.ndarray) -> Callable[[], Iterator[list[np.ndarray]]]:
     def gen():
-        for i in range(len(x)):
-            yield [x[i:i + 1]]
+        for i in range(n):
+            yield {k: v[i:i + 1] for k, v in calib.items()}
     return gen
+
+
+def _tf_variables(model) -> list:
+    # Keras 3 wraps each tf.Variable (``.value``); the converter must see the tf.Variable itself
+    # or it keeps the weights as resource variables (VAR_HANDLE ops) instead of constants.
+    return [v.value if type(v).__module__.startswith("keras.") and hasattr(v, "value") else v
+            for v in model.variables]
 
 
 def _fixed_batch_converter(tf, src: SourceModel, keras_model=None):
@@ -124,27 +74,36 @@ def _fixed_batch_converter(tf, src: SourceModel, keras_model=None):
     batch (-1 in the shape signature) that the Edge TPU compiler refuses.
     """
     model = keras_model if keras_model is not None else src.keras_model
-    shape = [1] + list(src.sample_shape)
+    specs = [tf.TensorSpec([1] + [d if d > 0 else 1 for d in t.shape], t.dtype, name=t.name)
+             for t in src.inputs]
     if model is not None:
-        inp = model.inputs[0]
-        name = inp.name.split(":")[0].split("/")[0] or "input"
-        fn = tf.function(lambda x: model(x, training=False))
-        concrete = fn.get_concrete_function(tf.TensorSpec(shape, inp.dtype, name=name))
+        names = [t.name for t in src.outputs]
+        multi = len(src.inputs) > 1
+
+        def call(*xs):
+            out = model(list(xs) if multi else xs[0], training=False)
+            if isinstance(out, dict):
+                return {k: out[k] for k in out}
+            out = list(out) if isinstance(out, (list, tuple)) else [out]
+            return dict(zip(names, out))
+        concrete = tf.function(call).get_concrete_function(*specs)
         # The converter saves what it is given as a SavedModel first: hand it just the
         # variables the function captures, not the Keras model's whole object graph (a
         # third of the conversion time went to walking it).
         holder = tf.Module()
-        holder.variables_ = list(model.variables)
+        holder.variables_ = _tf_variables(model)
         return tf.lite.TFLiteConverter.from_concrete_functions([concrete], holder)
-    loaded = tf.saved_model.load(str(src.path))
-    sig = loaded.signatures["serving_default"]
-    arg_name, spec = list(sig.structured_input_signature[1].items())[0]
-    fn = tf.function(lambda x: sig(**{arg_name: x}))
-    concrete = fn.get_concrete_function(tf.TensorSpec(shape, spec.dtype, name=arg_name))
+    loaded, sig, args, _ = saved_model_signature(tf, src.path)
+    arg_names = [n for n, _ in args]
+
+    def call_sig(*xs):
+        return sig(**dict(zip(arg_names, xs)))
+    concrete = tf.function(call_sig).get_concrete_function(*specs)
     return tf.lite.TFLiteConverter.from_concrete_functions([concrete], loaded)
 
 
-def make_converter(tf, src: SourceModel, mode: str, *, keras_model=None, calib=None,
+def make_converter(tf, src: SourceModel, mode: str, *, keras_model=None,
+                   calib: Calib | None = None,
                    io: str | None = None, allow_float_fallback: bool = False,
                    qat: bool = False):
     """A TFLiteConverter set up for MODE (pure configuration: nothing is converted yet)."""
@@ -169,7 +128,8 @@ def make_converter(tf, src: SourceModel, mode: str, *, keras_model=None, calib=N
             conv.inference_input_type = types[io]
             conv.inference_output_type = types[io]
     elif mode == "int16x8":
-        conv.representative_dataset = _representative(calib)
+        if calib is not None:
+            conv.representative_dataset = _representative(calib)
         ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
         if allow_float_fallback:
             ops.append(tf.lite.OpsSet.TFLITE_BUILTINS)
@@ -182,7 +142,8 @@ def make_converter(tf, src: SourceModel, mode: str, *, keras_model=None, calib=N
     return conv
 
 
-def convert(src: SourceModel, mode: str, *, keras_model=None, calib=None, io: str | None = None,
+def convert(src: SourceModel, mode: str, *, keras_model=None, calib: Calib | None = None,
+            io: str | None = None,
             allow_float_fallback: bool = False, qat: bool = False) -> bytes:
     """TFLite bytes for MODE. For the integer modes, a float op left in the model is an error
     (QuantizationError naming the ops) unless ``allow_float_fallback``."""

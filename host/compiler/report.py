@@ -42,6 +42,13 @@ def rows(report: CompileReport) -> list[Row]:
                        latency_p50_ms=(f.get("latency_ms") or {}).get("p50"),
                        file=str(r.model_path)))
     base = next((x for x in out if x.mode == "float32" and x.ok), None)
+    if report.baseline is not None:  # the source model, measured as float32: the reference row
+        f = report.baseline.get("host_figures") or {}
+        base = Row(report.baseline.get("label", "source-float32"), "source", True,
+                   report.baseline["size"], report.baseline.get("gzip_size"),
+                   accuracy=f.get("accuracy"),
+                   latency_p50_ms=(f.get("latency_ms") or {}).get("p50"))
+        out.insert(0, base)
     if base is not None:
         for x in out:
             if not x.ok:
@@ -89,7 +96,8 @@ def render(table_rows: list[Row], console=None) -> None:
 def to_json(report: CompileReport, table_rows: list[Row]) -> dict:
     return {"source": report.source, "skipped": [list(s) for s in report.plan.skipped],
             "rows": [asdict(r) for r in table_rows],
-            "notes": {r.label: r.notes for r in report.results if r.notes}}
+            "notes": {r.label: r.notes for r in report.results if r.notes},
+            "training": report.training, "warnings": report.warnings}
 
 
 def write_json(path: Path, payload: dict) -> None:

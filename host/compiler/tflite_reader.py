@@ -6,6 +6,7 @@ dataclasses so the preflight and the float-op check are pure functions of it.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,12 +42,27 @@ class OpInfo:
     version: int
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
+    custom: bool = False
 
     @property
     def signature(self) -> str:
         ins = ",".join(t.dtype for t in self.inputs if not t.const) or "-"
         outs = ",".join(t.dtype for t in self.outputs) or "-"
         return f"{ins} -> {outs}"
+
+
+@dataclass(frozen=True)
+class OpCode:
+    type: str            # BuiltinOperator name, or the custom code for CUSTOM ops
+    version: int
+    custom: bool
+
+
+@dataclass
+class Signature:
+    key: str                     # e.g. "serving_default"
+    inputs: dict[str, int]       # signature name → tensor index (subgraph 0)
+    outputs: dict[str, int]
 
 
 @dataclass
@@ -60,9 +76,26 @@ class ModelInfo:
     subgraphs: int
     param_bytes: int
     tensors: dict[int, TensorInfo] = field(repr=False, default_factory=dict)
+    opcodes: list[OpCode] = field(default_factory=list)      # every code, used or not
+    metadata: dict[str, bytes] = field(repr=False, default_factory=dict)
+    signatures: list[Signature] = field(default_factory=list)
 
     def op_types(self) -> list[str]:
         return [op.type for op in self.ops]
+
+    @property
+    def min_runtime_version(self) -> str | None:
+        """What the converter wrote into the ``min_runtime_version`` metadata, if anything."""
+        raw = self.metadata.get("min_runtime_version")
+        text = raw.split(b"\0", 1)[0].decode("ascii", "replace").strip() if raw else ""
+        return text or None
+
+    def signature_names(self) -> tuple[dict[int, str], dict[int, str]]:
+        """Tensor index → the name the first signature gives it, for inputs and outputs."""
+        if not self.signatures:
+            return {}, {}
+        sig = self.signatures[0]
+        return ({i: n for n, i in sig.inputs.items()}, {i: n for n, i in sig.outputs.items()})
 
 
 def _type_names() -> dict[int, str]:
@@ -92,27 +125,44 @@ def read_model(source: bytes | str | Path) -> ModelInfo:
     except ImportError as exc:
         raise EnvironmentProblem("the 'tflite' package is needed to read .tflite files",
                                  hint="pip install tflite") from exc
+    from ...device.flatbuffer_check import FlatbufferError, check_tflite
+
+    try:
+        check_tflite(data)   # offsets and lengths first: a truncated file is named as such
+    except FlatbufferError as exc:
+        raise InputError(f"{label}: damaged TFLite model ({exc})",
+                         hint="re-create or re-copy the file") from exc
     try:
         return _parse(tflite, data)
-    except (IndexError, ValueError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+    except (IndexError, ValueError, TypeError, AttributeError, UnicodeDecodeError,
+            struct.error) as exc:
         # flatbuffers raises these on offsets that run past the end of a damaged file
         raise InputError(f"{label}: damaged TFLite model ({type(exc).__name__}: {exc})",
                          hint="re-create or re-copy the file") from exc
 
 
-def _parse(tflite, data: bytes) -> ModelInfo:
+def _op_names() -> dict[int, str]:
     from tflite.utils import BUILTIN_OPCODE2NAME
 
+    from .op_table import CODES
+
+    # ops newer than the tflite package are named from LiteRT's schema
+    return {**{code: name for name, code in CODES.items()}, **BUILTIN_OPCODE2NAME}
+
+
+def _parse(tflite, data: bytes) -> ModelInfo:
     model = tflite.Model.GetRootAsModel(data, 0)
     types = _type_names()
-    opcodes = []
+    names = _op_names()
+    opcodes: list[OpCode] = []
     for i in range(model.OperatorCodesLength()):
         oc = model.OperatorCodes(i)
         code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
-        name = BUILTIN_OPCODE2NAME.get(code, f"BUILTIN_{code}")
-        if name == "CUSTOM" and oc.CustomCode():
+        name = names.get(code, f"BUILTIN_{code}")
+        custom = name == "CUSTOM"
+        if custom and oc.CustomCode():
             name = oc.CustomCode().decode("utf-8", "replace")
-        opcodes.append((name, oc.Version()))
+        opcodes.append(OpCode(name, oc.Version(), custom))
 
     def buffer_bytes(buffer_index: int) -> int:
         if buffer_index <= 0 or buffer_index >= model.BuffersLength():
@@ -153,13 +203,32 @@ def _parse(tflite, data: bytes) -> ModelInfo:
             outputs = [tensors[i] for i in sg.OutputsAsNumpy()] if sg.OutputsLength() else []
         for o in range(sg.OperatorsLength()):
             op = sg.Operators(o)
-            name, version = opcodes[op.OpcodeIndex()]
+            oc = opcodes[op.OpcodeIndex()]
             ins = [tensors[i] for i in (op.InputsAsNumpy() if op.InputsLength() else []) if i >= 0]
             outs = [tensors[i] for i in (op.OutputsAsNumpy() if op.OutputsLength() else []) if i >= 0]
-            ops.append(OpInfo(o, s, name, version, ins, outs))
+            ops.append(OpInfo(o, s, oc.type, oc.version, ins, outs, oc.custom))
     description = (model.Description() or b"").decode("utf-8", "replace")
+    metadata = {}
+    for i in range(model.MetadataLength()):
+        md = model.Metadata(i)
+        b = md.Buffer()
+        if 0 < b < model.BuffersLength() and model.Buffers(b).DataLength() <= 4096:
+            metadata[(md.Name() or b"").decode("utf-8", "replace")] = \
+                model.Buffers(b).DataAsNumpy().tobytes()
+    signatures = []
+    for i in range(model.SignatureDefsLength()):
+        sd = model.SignatureDefs(i)
+        if sd.SubgraphIndex() != 0:
+            continue
+        def tmap(n, get):
+            return {(get(k).Name() or b"").decode("utf-8", "replace"): int(get(k).TensorIndex())
+                    for k in range(n)}
+        signatures.append(Signature((sd.SignatureKey() or b"").decode("utf-8", "replace"),
+                                    tmap(sd.InputsLength(), sd.Inputs),
+                                    tmap(sd.OutputsLength(), sd.Outputs)))
     return ModelInfo(len(data), model.Version(), description, ops, inputs, outputs,
-                     model.SubgraphsLength(), param_bytes, all_tensors)
+                     model.SubgraphsLength(), param_bytes, all_tensors, opcodes, metadata,
+                     signatures)
 
 
 def float_ops(info: ModelInfo) -> list[OpInfo]:

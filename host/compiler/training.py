@@ -7,8 +7,10 @@
 - clustering: ``cluster_weights`` into K centroids (k-means++ init), fine-tuned, then
   ``strip_clustering`` (K distinct values per weight tensor also compress well).
 
-The fine-tune uses the model's own loss when it was saved compiled, else sparse categorical
-cross-entropy (on probabilities or logits, whichever the outputs are).
+TF-MOT wraps tf_keras (Keras 2) models only: a Keras 3 model is moved across first
+(keras_bridge.py; a layer that can't move is named). The fine-tune uses the model's own loss when
+it was saved compiled, else sparse categorical cross-entropy (on probabilities or logits,
+whichever the outputs are).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import CompileError, EnvironmentProblem
-from .convert import SourceModel, _first_line, import_tf
+from .convert import import_tf
+from .data import Labelled
 from .modes import Training
+from .source import SourceModel, _first_line
 
 
 def _tfmot():
@@ -30,13 +34,20 @@ def _tfmot():
     return tfmot
 
 
-def _loss(model, x: np.ndarray):
+def _feed(src: SourceModel, data: Labelled):
+    """The inputs as Keras takes them: one array, or a list in the model's input order."""
+    xs = [data.x[t.name] for t in src.inputs]
+    return xs[0] if len(xs) == 1 else xs
+
+
+def _loss(model, x):
     import tf_keras as keras
 
     loss = getattr(model, "loss", None)
     if loss:
         return loss
-    out = model.predict(x[:8], verbose=0)
+    first = x[:8] if not isinstance(x, list) else [a[:8] for a in x]
+    out = model.predict(first, verbose=0)
     probs = bool(np.all(out >= 0) and np.allclose(out.sum(axis=-1), 1.0, atol=1e-3))
     return keras.losses.SparseCategoricalCrossentropy(from_logits=not probs)
 
@@ -49,20 +60,29 @@ def _clone(model):
     return clone
 
 
-def optimize(src: SourceModel, training: Training, x: np.ndarray, y: np.ndarray,
+def keras_accuracy(model, data: Labelled, src: SourceModel) -> float:
+    """Top-1 accuracy of a Keras model on labelled data (the fine-tune check without --eval)."""
+    assert data.y is not None
+    out = np.asarray(model.predict(_feed(src, data), verbose=0))
+    return float(np.mean(np.argmax(out.reshape(len(out), -1), axis=1) == data.y))
+
+
+def optimize(src: SourceModel, training: Training, data: Labelled,
              *, learning_rate: float = 1e-4, batch_size: int = 32):
     """The fine-tuned, stripped tf_keras model ready for the converter."""
     tfmot = _tfmot()
     import tf_keras as keras
 
-    base = _clone(src.keras())
-    loss = _loss(src.keras(), x)
+    x, y = _feed(src, data), data.y
+    original = src.tf_keras()
+    base = _clone(original)
+    loss = _loss(original, x)
     try:
         if training.qat:
             model = tfmot.quantization.keras.quantize_model(base)
             callbacks = []
         elif training.prune is not None:
-            steps = max(1, int(np.ceil(len(x) / batch_size)))
+            steps = max(1, int(np.ceil(len(data) / batch_size)))
             schedule = tfmot.sparsity.keras.ConstantSparsity(training.prune, begin_step=0,
                                                              frequency=steps)
             model = tfmot.sparsity.keras.prune_low_magnitude(base, pruning_schedule=schedule)

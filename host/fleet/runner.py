@@ -107,7 +107,8 @@ class Runner:
         if GATE_FILE in self.bundle.extra:
             ev = s.eval_bundled(name, version, GATE_FILE, data_version=self.bundle.version,
                                 reference=self.reference)
-            figures["accuracy"] = ev.top1
+            if ev.top1 is not None:  # None: the gate data has no labels y
+                figures["accuracy"] = ev.top1
             if ev.agreement is not None:
                 figures["agreement"] = ev.agreement
         b = s.bench(f"{name}@{version}", runs=self.options.bench_runs, warmup=5)

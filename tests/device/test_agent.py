@@ -246,7 +246,8 @@ def test_version_with_other_content_is_a_conflict(agent, models, tmp_path):
 
 
 def _bundle_for_bytes(tmp_path, name: str, data: bytes, like: Manifest):
-    """A self-consistent bundle (hashes match) whose model is DATA: installs, cannot load."""
+    """A self-consistent bundle (hashes match) whose model is DATA: passes every hash check,
+    cannot load (the install probe refuses it)."""
     from dataclasses import replace
     import hashlib
     d = tmp_path / name
@@ -260,13 +261,21 @@ def _bundle_for_bytes(tmp_path, name: str, data: bytes, like: Manifest):
 
 @pytest.mark.parametrize("kind", ["truncated", "random"])
 def test_broken_model_is_a_clear_error(agent, models, tmp_path, kind):
+    """Hashes match, the model can't load: refused at install (store unchanged, the old version
+    active), and bench/eval of the file itself say why."""
     good = models["int8"].read_bytes()
     data = good[: len(good) // 3] if kind == "truncated" else \
         np.random.default_rng(1).integers(0, 256, 50_000, dtype=np.uint8).tobytes()
     like = Manifest.load(models["int8"].with_name("digits.int8.manifest.json"))
+    before = _installed(agent, models, tmp_path)
     d, m = _bundle_for_bytes(tmp_path, "broken", data, like)
-    agent("install", d, "--activate")
-    for cmd in (["bench", "digits", "--runs", 5], ["eval", "digits", "--data", models["test"]]):
+    err = agent("install", d, "--activate", ok=False)
+    assert err["code"] == "model_load_failed" and err["_rc"] == 2
+    assert f"model digits version {m.version} cannot run on this board: not a valid model" \
+        in err["message"]
+    assert store_state(agent.store) == before
+    for cmd in (["bench", d / m.file, "--runs", 5], ["eval", d / m.file, "--data",
+                                                     models["test"]]):
         err = agent(*cmd, ok=False)
         assert err["code"] == "model_load_failed" and err["_rc"] == 2
         assert m.file in err["message"] and "cannot load" in err["message"]

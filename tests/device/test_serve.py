@@ -1,6 +1,7 @@
 """`edgedeploy-agent serve` in both board envs: several concurrent clients keep getting answers
-while a new version is activated (0 failed requests), and a broken new version leaves the old
-one serving with the reason in `health`."""
+while a new version is activated (0 failed requests); a broken new version is refused at
+install, and one put in the store behind the agent's back — a model that crashes the runtime —
+is probed out of process before the swap: the old one keeps serving, the reason in `health`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ from .conftest import bundle_dir
 from .test_agent import _bundle_for_bytes
 
 pytestmark = pytest.mark.board
+CRASHER = Path(__file__).resolve().parent.parent / "fixtures" / "crash-on-load.tflite"
 
 
 class Served:
@@ -90,15 +93,24 @@ def test_hot_swap_under_concurrent_load(agent, models, served, tmp_path):
     n_at_swap = len(seen)
     assert _wait_for(lambda: len(seen) > n_at_swap + 200)
 
-    # a broken new version: installs (hashes match) but cannot load → old one keeps serving
-    bad, m_bad = _bundle_for_bytes(tmp_path, "broken", b"\0" * 4096,
-                                   Manifest.load(next(b8.glob("*.manifest.json"))))
-    agent("install", bad, "--activate")
+    # a broken new version (hashes match): refused at install, nothing changes
+    like = Manifest.load(next(b8.glob("*.manifest.json")))
+    bad, m_bad = _bundle_for_bytes(tmp_path, "broken", b"\0" * 4096, like)
+    err = agent("install", bad, "--activate", ok=False)
+    assert err["code"] == "model_load_failed" and "not a valid model" in err["message"]
+    # a model that kills the runtime, activated behind the agent's back (a store with no
+    # probe): serve probes it in a child process before the swap and keeps the old one
+    crash, m_crash = _bundle_for_bytes(tmp_path, "crash", CRASHER.read_bytes(), like)
+    from edgedeploy.device.store import Store
+    with Store(agent.store).locked() as st:
+        st.install(crash)
+        st.activate("digits", m_crash.version)
     with Client(socket=sock) as c:
         assert _wait_for(lambda: c.health()["models"]["digits"]["last_error"] is not None)
         h = c.health()["models"]["digits"]
-        assert h["version"] == v_new and m_bad.version in h["last_error"]
-        assert "still serving" in h["last_error"] and "cannot load" in h["last_error"]
+        assert h["version"] == v_new and m_crash.version in h["last_error"]
+        assert "still serving" in h["last_error"]
+        assert "the runtime crashed loading it: signal 11 (SIGSEGV)" in h["last_error"]
     n_after_bad = len(seen)
     assert _wait_for(lambda: len(seen) > n_after_bad + 200)
     stop.set()

@@ -120,3 +120,34 @@ def test_wheel_choice_for_a_board():
     # armv7 with only tflite-runtime and no numpy for it: refused, saying what to fetch
     with pytest.raises(InputError, match="no runtime for Python 3.11.2 on armv7l"):
         choose(wheels, ("litert", "tflite_runtime"), "3.11.2", "armv7l")
+
+
+REQ_FC12 = {"min_runtime": "2.17.0", "ops": {"CONV_2D": 3, "FULLY_CONNECTED": 12},
+            "custom_ops": []}
+REQ_ETPU = {"min_runtime": None, "ops": {}, "custom_ops": ["edgetpu-custom-op"]}
+TFLRT = {**INFO, "runtimes": {"tflite_runtime": "2.14.0"},
+         "delegates": {"edgetpu": {"available": False}}}
+LITERT = {**INFO, "runtime": "litert", "runtimes": {"litert": "2.3.0"},
+          "delegates": {"edgetpu": {"available": False}}}
+
+
+@pytest.mark.parametrize("info, requires, problem", [
+    (TFLRT, REQ_FC12, "FULLY_CONNECTED version 12 needs a TFLite runtime of TensorFlow 2.17.0"),
+    (LITERT, REQ_FC12, None),
+    (TFLRT, {**REQ_FC12, "ops": {"CONV_2D": 3}}, None),
+    (LITERT, REQ_ETPU, "litert 2.3.0 lacks the custom op 'edgetpu-custom-op'"),
+    (TFLRT, {**REQ_FC12, "ops": {}, "custom_ops": ["MyOp"]}, "custom op 'MyOp'"),
+    (TFLRT, None, None),                        # nothing known about the model: the probe decides
+])
+def test_plan_push_flags_what_the_runtime_lacks_before_any_upload(tmp_path, info, requires,
+                                                                  problem):
+    from dataclasses import replace
+
+    board = Board(name="b", host="h", profile=load_profile("rpi-aarch64"))
+    b = _bundle(tmp_path)
+    b = Bundle(replace(b.manifest, requires=requires), b.model_path)
+    plan = plan_push(board, BoardInfo.parse(info), None, b, True)
+    if problem is None:
+        assert plan.problems == []
+    else:
+        assert any(problem in p for p in plan.problems), plan.problems
