@@ -7,7 +7,9 @@ Files (in the store folder, for the owner only)::
 
     STORE/agentd.sock   the Unix socket; a deployer reaches it through SSH stream-local
                         forwarding (no process is started on the board for a session)
-    STORE/agentd.lock   flock'd for the daemon's life (one per store); holds its PID
+    STORE/agentd.lock   flock'd for the daemon's life (one per store); holds its PID. The
+                        kernel releases it when the process ends (it is never closed before):
+                        a free lock means the daemon is gone, which is what stop() waits for
 
 Wire format on a connection (protocol.py states it; SOCKET, HELLO_KEY, CONTROL and UPLOAD
 live there, shared with the host): the daemon first writes one hello line
@@ -96,7 +98,8 @@ def running_pid(store_root: str) -> int | None:
 
 def stop(store_root: str) -> dict:
     """Stop the store's resident agent, if one runs (SIGTERM, then wait, bounded, for its lock
-    to be free). For a board whose Python environment changed."""
+    to be free: the process has then ended, see LOCK). For a board whose Python environment
+    changed."""
     import signal
     import time
 
@@ -126,6 +129,7 @@ class Daemon:
         self.count_lock = threading.Lock()
         self.active = 0                  # connections being served (under count_lock)
         self.stamp = _stamp()
+        self.held_lock: int | None = None  # the lock, kept open to the end (see LOCK)
 
     def _take_lock(self) -> int | None:
         import fcntl
@@ -195,7 +199,9 @@ class Daemon:
                     os.unlink(self.path)
             except OSError:
                 pass
-            os.close(lock)
+            # LOCK stays held: the kernel frees it when this process has ended, so stop()
+            # (and a daemon replacing this one) never returns while this process still runs.
+            self.held_lock = lock
 
     def _serve(self, conn: socket.socket, hello: str) -> None:
         try:
