@@ -137,7 +137,7 @@ def test_upload_then_install_over_the_socket(agent, tmp_path, models):
     cleanup = _Cleanup()
     src = bundle_dir(models["int8"], tmp_path / "src")
     files = sorted(p for p in src.iterdir())
-    incoming = agent.store.parent / "incoming" / "up1"
+    incoming = agent.store / "incoming" / "up1"  # where `state` says uploads go
     try:
         agent.store.mkdir()
         cleanup.pids.append(agent("agentd", "--detach", "--idle", 60)["pid"])

@@ -11,7 +11,8 @@ Fault hooks, per board (they persist across sessions, as a board's own troubles 
     board.refuse = {"activate"}   those agent commands answer a store_error
     board.hang = {"bench"}        those never answer: the caller's timeout (Unreachable)
 
-``board.calls`` lists every agent command the board received (argv lists), in order.
+``board.calls`` lists every agent command the board received (argv lists, without the
+deadline a store change comes with: ``--within S``), in order.
 
 Use::
 
@@ -126,6 +127,8 @@ class _AgentStream(Stream):
 
     def _command(self, line: str) -> None:
         argv = [str(x) for x in json.loads(line)]
+        if argv[:1] == ["--within"]:
+            argv = argv[2:]
         b = self.board
         with b.lock:
             b.calls.append(argv)
