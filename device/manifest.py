@@ -20,6 +20,8 @@ JSON (schema 1)::
      "host_figures": null | {"accuracy": 0.98, "top1_agreement": 1.0, "max_abs_error": 0.01,
                              "latency_ms": {"p50": 0.21, …}, "eval_data": "test.npz"},
      "files": {"gate.npz": "<sha256>"},   # other files that travel in the bundle (optional)
+     "sizes": {"gate.npz": 20480},        # their sizes in bytes (optional; a board takes no
+                                          # more of a file in than its size says)
      "created": "2026-11-24T08:00:00Z"}
 
 Stdlib only: the agent reads it on the board.
@@ -67,6 +69,7 @@ class Manifest:
     edgetpu: dict[str, Any] | None = None
     host_figures: dict[str, Any] | None = None
     files: dict[str, str] = field(default_factory=dict)  # extra bundle files: path → sha256
+    sizes: dict[str, int] = field(default_factory=dict)  # … and their sizes: path → bytes
     created: str = ""
     schema: int = SCHEMA
 

@@ -10,7 +10,7 @@ bundle, nothing is sent, when a check fails):
 * every name the manifest gives a file is a plain relative path (:func:`check_relpath`: no
   '..', '.', empty part, leading '/', backslash or control character) that resolves, links
   followed, to a regular file inside the bundle's folder (no symlink out of it);
-* every file's sha256 is the manifest's (the model's and every extra file's).
+* every file's sha256 (and size, where the manifest gives it) is the manifest's.
 """
 
 from __future__ import annotations
@@ -110,10 +110,12 @@ class Bundle:
                 raise InputError(f"extra bundle file name {rel!r} is the model's name")
         files = {**(self.manifest.files or {}),
                  **{rel: sha256_file(p) for rel, p in extra.items()}}
+        sizes = {**(self.manifest.sizes or {}),
+                 **{rel: p.stat().st_size for rel, p in extra.items()}}
         h = hashlib.sha256(self.manifest.sha256.encode())
         for rel in sorted(files):
             h.update(f"\0{rel}\0{files[rel]}".encode())
-        m = replace(self.manifest, files=files, version=h.hexdigest()[:12])
+        m = replace(self.manifest, files=files, sizes=sizes, version=h.hexdigest()[:12])
         return Bundle(m, self.model_path, {**self.extra, **extra})
 
     def write_folder(self, dest: Path) -> Path:
@@ -125,14 +127,16 @@ class Bundle:
         return dest
 
     def write_tar(self, dest: Path) -> Path:
+        """The bundle as a tar (.tar.gz/.tgz: gzipped), the manifest first: a board then
+        knows every member's size before it reads the member's bytes."""
         with tarfile.open(dest, "w:gz" if dest.name.endswith("gz") else "w") as tf:
-            for rel, src in sorted(self.files().items()):
-                tf.add(str(src), arcname=rel, recursive=False)
             data = self.manifest_bytes()
             ti = tarfile.TarInfo(self.manifest_name)
             ti.size = len(data)
             ti.mode = 0o644
             tf.addfile(ti, io.BytesIO(data))
+            for rel, src in sorted(self.files().items()):
+                tf.add(str(src), arcname=rel, recursive=False)
         return dest
 
 
@@ -191,6 +195,10 @@ def _checked(b: Bundle, where: Path, base: Path) -> Bundle:
         raise InputError(f"{b.model_path}: sha256 differs from its manifest",
                          hint="the file changed after it was compiled; compile it again")
     for rel, p in sorted(b.extra.items()):
+        size = (b.manifest.sizes or {}).get(rel)
+        if size is not None and p.stat().st_size != size:
+            raise InputError(f"{where}: {rel} is {p.stat().st_size} bytes, its manifest says "
+                             f"{size}", hint="the file changed after the bundle was made")
         if sha256_file(p) != (b.manifest.files or {}).get(rel):
             raise InputError(f"{where}: {rel}: sha256 differs from its manifest",
                              hint="the file changed after the bundle was made; make it again")

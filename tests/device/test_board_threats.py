@@ -236,3 +236,78 @@ def test_stale_incoming_entries_are_swept_under_the_store_lock(agent, models, tm
     agent("install", bundle_dir(models["int8"], tmp_path / "b8"))  # any locked command
     assert sorted(p.name for p in incoming.iterdir()) == ["busy.e5f6"]
     assert (outside / "keep").read_text() == "not the store's"  # the link was not followed
+
+
+class _Zeros:
+    """A file of SIZE zero bytes that is never held in memory (a gzip bomb's member)."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        self.left -= n
+        return b"\0" * n
+
+
+def _bomb(dest: Path, model: Path, *, bomb: str, size: int, manifest_first: bool,
+          **fields) -> Path:
+    """A .tar.gz bundle of MODEL whose member BOMB is SIZE zero bytes (the model itself, or
+    another member), the manifest first or last, its fields overridden by FIELDS."""
+    import io
+    import tarfile
+
+    m = json.loads(model.with_name(model.name[:-len(".tflite")] + ".manifest.json").read_text())
+    m.update(fields)
+    data = json.dumps(m).encode()
+
+    def add_manifest(tf) -> None:
+        ti = tarfile.TarInfo(model.name[:-len(".tflite")] + ".manifest.json")
+        ti.size = len(data)
+        tf.addfile(ti, io.BytesIO(data))
+    with tarfile.open(dest, "w:gz") as tf:
+        if manifest_first:
+            add_manifest(tf)
+        if bomb != model.name:
+            tf.add(str(model), arcname=model.name)
+        ti = tarfile.TarInfo(bomb)
+        ti.size = size
+        tf.addfile(ti, _Zeros(size))
+        if not manifest_first:
+            add_manifest(tf)
+    return dest
+
+
+@pytest.mark.parametrize("case", ["model-member", "unlisted-member", "declared-extra"])
+def test_a_gzip_bomb_is_stopped_at_its_declared_size(agent, models, tmp_path, case):
+    """A 64 KB .tar.gz whose member unpacks to 64 MB: refused before (or as soon as) more than
+    the manifest's size is written. The agent runs with a 16 MB file-size limit (RLIMIT_FSIZE):
+    writing the member out, as before, kills it with SIGXFSZ instead of a clear answer."""
+    import resource
+
+    model = models["int8"]
+    big = 64 << 20
+    bundle = {
+        "model-member": lambda: _bomb(tmp_path / "b.tar.gz", model, bomb=model.name, size=big,
+                                      manifest_first=False),
+        "unlisted-member": lambda: _bomb(tmp_path / "b.tar.gz", model, bomb="junk.bin",
+                                         size=big, manifest_first=False),
+        "declared-extra": lambda: _bomb(tmp_path / "b.tar.gz", model, bomb="gate.npz", size=big,
+                                        manifest_first=True, files={"gate.npz": "0" * 64},
+                                        sizes={"gate.npz": 1000}),
+    }[case]()
+    assert bundle.stat().st_size < 1 << 20
+    agent.store.mkdir()
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 20, 16 << 20))
+    p = subprocess.run([agent.python, str(agent.pyz), "--store", str(agent.store), "install",
+                        str(bundle)], capture_output=True, text=True, preexec_fn=limited,
+                       env={"PATH": "/usr/bin:/bin", "HOME": str(agent.store.parent)},
+                       timeout=300)
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr[-500:])
+    msg = json.loads(p.stdout)
+    assert msg["code"] == "unsafe_bundle" and str(bundle) in msg["message"]
+    assert ("not listed" if case == "unlisted-member" else "its manifest says") in msg["message"]
+    assert list((agent.store / ".staging").iterdir()) == []
+    assert not (agent.store / "models").exists() or not list((agent.store / "models").iterdir())
