@@ -282,7 +282,8 @@ def _bomb(dest: Path, model: Path, *, bomb: str, size: int, manifest_first: bool
 def test_a_gzip_bomb_is_stopped_at_its_declared_size(agent, models, tmp_path, case):
     """A 64 KB .tar.gz whose member unpacks to 64 MB: refused before (or as soon as) more than
     the manifest's size is written. The agent runs with a 16 MB file-size limit (RLIMIT_FSIZE):
-    writing the member out, as before, kills it with SIGXFSZ instead of a clear answer."""
+    writing the member out, as before, fills it up to the limit and fails with "File too large"
+    instead of refusing the bundle for what it is."""
     import resource
 
     model = models["int8"]
