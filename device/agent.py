@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "facts cached while Python and packages are unchanged) "
                                        "and list")
     stp.add_argument("--model", metavar="NAME", help="list only this model")
+    stp.add_argument("--settled", action="store_true",
+                     help="read the store under its lock: after any change under way ends "
+                          "(a deployer that lost an answer asks this)")
     i = sub.add_parser("install", help="check a bundle's hashes and store it as NAME/VERSION")
     i.add_argument("bundle", metavar="BUNDLE", help="a folder or .tar/.tar.gz with a manifest")
     i.add_argument("--activate", action="store_true", help="activate it after installing")
@@ -160,9 +163,13 @@ def cmd_state(a, store) -> dict:
     from .sysinfo import board_info
 
     info = board_info(store.root, a.runtime, cached=True)
+    if a.settled:
+        with store.locked():
+            models = store.listing(a.model)
+    else:
+        models = store.listing(a.model)
     return protocol.ok("state", agent=info["agent"], info=info, store=str(store.root),
-                       incoming=str(store.incoming), data=str(store.data),
-                       models=store.listing(a.model))
+                       incoming=str(store.incoming), data=str(store.data), models=models)
 
 
 def cmd_install(a, store) -> dict:

@@ -35,7 +35,9 @@ Agent commands (``edgedeploy-agent [--store DIR] CMD``) and their answers (``kin
                "models": [...list...]}   # (`--model NAME`: that model only) one round trip;
                                          # info's runtime facts are cached in
                                          # STORE/info-cache.json while Python, the agent and
-                                         # every sys.path folder are unchanged
+                                         # every sys.path folder are unchanged;
+                                         # `--settled`: read under the store lock, after
+                                         # any change under way (a lost answer's check)
     install   {"name": "digits", "version": "3f2a9c1b0d4e", "path": ".../models/digits/3f2a9c1b0d4e",
                "files": 3, "bytes": 133000, "already_present": false}
     activate  {"name": ..., "current": "v2", "previous": "v1", "removed": ["v0"]}

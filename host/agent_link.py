@@ -188,7 +188,7 @@ class AgentLink:
         stream, what = self._stream(str(args[0]))
         timeout = timeout or self.board.command_timeout
         argv = [str(x) for x in args]
-        if argv[0] in protocol.CHANGING and self._agent_is_ours():
+        if (argv[0] in protocol.CHANGING or "--settled" in argv) and self._agent_is_ours():
             argv = ["--within", f"{within(timeout):.1f}", *argv]
         line = ""
         try:
