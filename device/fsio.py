@@ -24,7 +24,7 @@ def checkpoint(name: str) -> None:
     POINT; POINT@FILE does it once (the first process to create FILE);
     EDGEDEPLOY_AGENT_PAUSE_AT=POINT:SECONDS sleeps there."""
     if _PAUSE_AT:
-        point, _, seconds = _PAUSE_AT.partition(":")
+        point, _, seconds = _PAUSE_AT.rpartition(":")
         if point == name:
             import time
 

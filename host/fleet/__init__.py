@@ -188,8 +188,13 @@ def start(journal: Journal, boards: list[Board], bundle: Bundle, bundle_path: st
         lines = "; ".join(f"{k}: {v}" for k, v in sorted(problems.items()))
         hint = "nothing was pushed; fix them, or pass --skip-incompatible"
         if unreachable:  # exit 5, as everywhere a board can't be reached
+            if len(problems) == 1:
+                (name, why), = problems.items()
+                raise Unreachable(name, f"can't be reached ({why}); nothing was pushed",
+                                  hint=hint)
             raise Unreachable(", ".join(sorted(unreachable)),
-                              f"can't be reached, so nothing was pushed ({lines})", hint=hint)
+                              f"{len(unreachable)} board(s) can't be reached; nothing was "
+                              f"pushed ({lines})", hint=hint)
         raise InputError(f"{len(problems)} board(s) can't take {bundle.name} {bundle.version}: "
                          f"{lines}", hint=hint)
     order = [b.name for b in boards if b.name not in problems]
