@@ -202,10 +202,7 @@ class BoardSession:
         try:
             sent = self.link.upload(folder, files, progress)
         except BaseException:
-            try:
-                self.link.transport.run(["rm", "-rf", folder])
-            except BoardError:
-                pass
+            self._remove(folder)
             raise
         entry = st.model(bundle.name)
         last = entry.current if entry else None
@@ -216,12 +213,23 @@ class BoardSession:
                 return None
             sw = protocol.Switched(bundle.name, e.current, e.previous) if activate else None
             return protocol.Installed(bundle.name, bundle.version, "", 0, False, sw)
-        installed = self._changed(
-            bundle.name, "install" + (" and activate" if activate else ""), last,
-            lambda: self.link.ask(protocol.Installed.parse, "install", folder,
-                                  "--remove-bundle", *(["--activate"] if activate else [])),
-            judge)
+        try:
+            installed = self._changed(
+                bundle.name, "install" + (" and activate" if activate else ""), last,
+                lambda: self.link.ask(protocol.Installed.parse, "install", folder,
+                                      "--remove-bundle", *(["--activate"] if activate else [])),
+                judge)
+        except BaseException:
+            self._remove(folder)  # (an install that ran has removed it itself)
+            raise
         return sent, installed
+
+    def _remove(self, folder: str) -> None:
+        """An upload folder nobody will install (errors ignored: the board sweeps it later)."""
+        try:
+            self.link.transport.run(["rm", "-rf", folder])
+        except BoardError:
+            pass
 
     def activate(self, name: str, version: str) -> protocol.Switched:
         before = self.link.last_state.model(name) if self.link.last_state else None
@@ -254,7 +262,7 @@ class BoardSession:
             return act()
         except (Unreachable, RemoteFailure) as exc:
             why = exc.message.split(": ", 1)[-1]
-            lost: type[BoardError] = Unreachable if isinstance(exc, Unreachable) else BoardError
+            original: BoardError = exc
         entry, error = self._read_back(name)
         if error is not None:
             raise Unreachable(self.board.name,
@@ -264,11 +272,15 @@ class BoardSession:
                               hint=f"`edgedeploy status {self.board.name}` once it is back")
         done = judge(entry)
         now = entry.current if entry else None
-        if done is None:  # as the link failed (a rollout retries an Unreachable step)
-            raise lost(self.board.name,
-                             f"the answer to {what} was lost ({why}); read again, the board "
-                             f"runs {name} {now or '(none)'}: it did not happen",
-                             hint="nothing changed; try again")
+        if done is None:
+            if isinstance(original, RemoteFailure):  # the agent died: its error, and the truth
+                original.hint = (f"read again, the board runs {name} {now or '(none)'}: nothing "
+                                 f"changed; " + (original.hint or ""))
+                raise original
+            raise Unreachable(self.board.name,  # a rollout retries an Unreachable step
+                              f"the answer to {what} was lost ({why}); read again, the board "
+                              f"runs {name} {now or '(none)'}: it did not happen",
+                              hint="nothing changed; try again")
         self.note = (f"the answer to {what} was lost ({why}); read again, the board runs "
                      f"{name} {now}: it happened")
         return done

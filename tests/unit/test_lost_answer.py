@@ -1,7 +1,8 @@
 """A store change whose answer is lost (the link breaks while install, activate or rollback
 runs) is judged by what the board really has, read again (issue 12): done (with a note), not
 done (and why), or unknown (exit 5, with the last known version). On fake boards; the real cut
-link is tests/integration/test_threats.py::test_a_link_cut_during_install_reports_the_truth."""
+link is tests/integration/test_threats.py::test_a_link_cut_during_install_reports_the_truth.
+And what a host that died mid-staging left on the board goes when its rollout is resumed."""
 
 from __future__ import annotations
 
@@ -65,3 +66,29 @@ def test_a_rollback_and_an_activate_whose_answers_are_lost(board):
         again = s.activate("tiny", new.version)
         assert again.current == new.version and s.note
     assert fleet["b0"].current("tiny") == new.version
+
+
+def test_resume_after_the_host_died_mid_staging_sweeps_its_upload(tmp_path):
+    """The host died mid-staging, long ago: its incoming/VERSION.RANDOM stayed "forever, even
+    after --resume". The resumed rollout's first locked step on the board sweeps it."""
+    import os
+    import time
+
+    from edgedeploy.host.fleet import Journal, Options, rollout_bundle
+
+    fleet = FakeFleet(tmp_path / "boards", ["b0"])
+    old = load_bundle(tiny_model(tmp_path / "old"))
+    fleet.install_all(old)
+    new = rollout_bundle(tiny_model(tmp_path / "new", "bad"), None)
+    journal = Journal(tmp_path / "rollouts.db")
+    journal.create("r1", new, "bundle", "fake-fleet", Options(min_sample=1), [["b0"]], {})
+    journal.set_rollout("r1", journal.rollout("r1").state, pid=1 << 22)  # its host is gone
+    left = fleet["b0"].store / "incoming" / f"{new.version}.dead"
+    left.mkdir(parents=True)
+    (left / "tiny.float32.tflite").write_bytes(b"half an upl")
+    hours_ago = time.time() - 3 * 3600
+    for p in (left / "tiny.float32.tflite", left):
+        os.utime(p, (hours_ago, hours_ago))
+    rep = fleet.resume(journal, "r1", new)
+    assert rep.counts == {"committed": 1}
+    assert not left.exists() and list(left.parent.iterdir()) == []
