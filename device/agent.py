@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import EdgeDeployError, InputError
 from . import protocol
+from .batch import batch, stdout_gone  # noqa: F401  (agent.batch: the deployer's protocol)
 
 EXAMPLES = """examples:
   edgedeploy-agent info
@@ -43,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model store folder (default $EDGEDEPLOY_STORE or ~/.edgedeploy/store)")
     p.add_argument("--runtime", choices=["litert", "tflite_runtime", "tensorflow"],
                    help="force a TFLite runtime (default: the first that imports)")
+    p.add_argument("--within", type=float, metavar="S",
+                   help="the deployer's deadline: a store change not started within S seconds "
+                        "of receipt (the store lock still busy, or its client gone) is dropped, "
+                        "nothing done")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     sub.add_parser("version", help="agent version and content hash")
@@ -64,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "facts cached while Python and packages are unchanged) "
                                        "and list")
     stp.add_argument("--model", metavar="NAME", help="list only this model")
+    stp.add_argument("--settled", action="store_true",
+                     help="read the store under its lock: after any change under way ends "
+                          "(a deployer that lost an answer asks this)")
     i = sub.add_parser("install", help="check a bundle's hashes and store it as NAME/VERSION")
     i.add_argument("bundle", metavar="BUNDLE", help="a folder or .tar/.tar.gz with a manifest")
     i.add_argument("--activate", action="store_true", help="activate it after installing")
@@ -171,9 +179,13 @@ def cmd_state(a, store) -> dict:
     from .sysinfo import board_info
 
     info = board_info(store.root, a.runtime, cached=True)
+    if a.settled:
+        with store.locked():
+            models = store.listing(a.model)
+    else:
+        models = store.listing(a.model)
     return protocol.ok("state", agent=info["agent"], info=info, store=str(store.root),
-                       incoming=str(store.incoming), data=str(store.data),
-                       models=store.listing(a.model))
+                       incoming=str(store.incoming), data=str(store.data), models=models)
 
 
 def cmd_install(a, store) -> dict:
@@ -401,43 +413,6 @@ def run(a: argparse.Namespace, store) -> tuple[int, dict]:
                                  f"{exc.filename or store.root}: {exc.strerror or exc}")
 
 
-def batch(parser: argparse.ArgumentParser, prefix: list[str], store, lines=None,
-          write=None, allowed=None, lock=None) -> int:
-    """Commands from stdin (or LINES), one JSON argv list per line; one answer per line on
-    stdout (or through WRITE), with "exit", the status the command would have exited with, in
-    order, until the input ends. A deployer runs a session's commands through one such
-    process: one Python start-up, not one per command. The resident agent (agentd.py) serves
-    its connections with this too, limited to ALLOWED commands, one at a time (LOCK)."""
-    import contextlib
-
-    if write is None:
-        def write(text: str) -> None:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-    for line in sys.stdin if lines is None else lines:
-        if not line.strip():
-            continue
-        try:
-            argv = json.loads(line)
-            if not isinstance(argv, list):
-                raise ValueError
-            a = parser.parse_args([*prefix, *map(str, argv)])
-            if a.command == "batch" or (a.command == "agentd" and not (a.detach or a.stop)):
-                raise ValueError
-            if allowed is not None and a.command not in allowed:
-                code, msg = 2, protocol.error("not_here", f"{a.command} runs in its own "
-                                                          f"process, not the resident agent")
-            else:
-                with lock or contextlib.nullcontext():
-                    code, msg = run(a, store)
-                    if "edgedeploy.device.sysinfo" in sys.modules:
-                        sys.modules["edgedeploy.device.sysinfo"].flush_cache()
-        except (ValueError, SystemExit):  # argparse has said why on stderr
-            code, msg = 2, protocol.error("bad_input", f"batch: not a command: {line.strip()}")
-        write(json.dumps({**msg, "exit": code}) + "\n")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     from .store import Store
 
@@ -452,10 +427,14 @@ def main(argv: list[str] | None = None) -> int:
     if a.command == "agentd" and not (a.detach or a.stop):
         from .agentd import Daemon
 
-        def serve_lines(lines, write, allowed, lock) -> None:
-            batch(parser, _prefix(a), store, lines, write, allowed, lock)
+        def serve_lines(lines, write, allowed, lock, gone) -> None:
+            batch(parser, _prefix(a), store, lines, write, allowed, lock, gone)
 
         return Daemon(str(store.root), a.idle, serve_lines, a.tag).run()
+    if a.within:
+        from .lock import Guard
+
+        store.guard = Guard(time.monotonic() + a.within)
     code, msg = run(a, store)
     sys.stdout.write(json.dumps(msg) + "\n")
     sys.stdout.flush()

@@ -7,7 +7,9 @@ Files (in the store folder, for the owner only)::
 
     STORE/agentd.sock   the Unix socket; a deployer reaches it through SSH stream-local
                         forwarding (no process is started on the board for a session)
-    STORE/agentd.lock   flock'd for the daemon's life (one per store); holds its PID
+    STORE/agentd.lock   flock'd for the daemon's life (one per store); holds its PID. The
+                        kernel releases it when the process ends (it is never closed before):
+                        a free lock means the daemon is gone, which is what stop() waits for
 
 Wire format on a connection (protocol.py states it; SOCKET, HELLO_KEY, CONTROL and UPLOAD
 live there, shared with the host): the daemon first writes one hello line
@@ -20,6 +22,13 @@ are served here (CONTROL); bench, eval and serve answer ``not_here`` — they ru
 process (``batch``), so their timings and peak memory are their own. Connections are served
 one command at a time.
 
+Uploads (protocol.py's ``upload`` line) go only into a folder directly in the store's
+``incoming/`` (``INCOMING/TOKEN``, made here, owner-only), at a plain relative path inside it;
+every folder on the way is opened without following a link (openat, O_NOFOLLOW), so neither
+another absolute folder the socket's owner can write nor a symlink planted in incoming/ is
+written through. A folder a connection made is removed when that connection ends without
+having handed it to ``install`` (an upload cut mid-way leaves nothing).
+
 Lifetime: the daemon ends after IDLE seconds with no client (default 900; 0 = never), on
 SIGTERM (after the command under way), when a new one is started for the store, and — checked at every connection, before the hello — when its zipapp or any import
 folder changed (a new agent or a new runtime was installed): the client then gets no hello
@@ -29,6 +38,7 @@ creates it.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -96,7 +106,8 @@ def running_pid(store_root: str) -> int | None:
 
 def stop(store_root: str) -> dict:
     """Stop the store's resident agent, if one runs (SIGTERM, then wait, bounded, for its lock
-    to be free). For a board whose Python environment changed."""
+    to be free: the process has then ended, see LOCK). For a board whose Python environment
+    changed."""
     import signal
     import time
 
@@ -120,12 +131,13 @@ class Daemon:
         self.root = store_root
         self.idle = idle
         self.tag = tag  # what the deployer started it for (its `python`), said in the hello
-        self.serve_lines = serve_lines  # (lines, write, allowed, lock) -> None: agent.batch
+        self.serve_lines = serve_lines  # (lines, write, allowed, lock, gone) -> None: batch
         self.path = os.path.join(store_root, SOCKET)
         self.lock = threading.Lock()     # one command at a time across connections
         self.count_lock = threading.Lock()
         self.active = 0                  # connections being served (under count_lock)
         self.stamp = _stamp()
+        self.held_lock: int | None = None  # the lock, kept open to the end (see LOCK)
 
     def _take_lock(self) -> int | None:
         import fcntl
@@ -195,13 +207,15 @@ class Daemon:
                     os.unlink(self.path)
             except OSError:
                 pass
-            os.close(lock)
+            # LOCK stays held: the kernel frees it when this process has ended, so stop()
+            # (and a daemon replacing this one) never returns while this process still runs.
+            self.held_lock = lock
 
     def _serve(self, conn: socket.socket, hello: str) -> None:
         try:
             conn.sendall(hello.encode())
             self.serve_lines(self._lines(conn), lambda text: conn.sendall(text.encode()),
-                             CONTROL, self.lock)
+                             CONTROL, self.lock, lambda: _hung_up(conn))
         except OSError:
             pass  # the client went away
         finally:
@@ -210,18 +224,41 @@ class Daemon:
             conn.close()
 
     def _lines(self, conn: socket.socket):
-        """The connection's command lines; uploads are served here, as they come."""
+        """The connection's command lines; uploads are served here, as they come. The upload
+        folders this connection made and left behind go when it ends."""
+        from .store import INCOMING
+
         rfile = conn.makefile("rb")
-        while True:
-            raw = rfile.readline(MAX_LINE)
-            if not raw:
-                return
-            up = _upload_request(raw)
-            if up is None:
-                yield raw.decode("utf-8", "replace")
-                continue
-            answer = receive(rfile, *up)
-            conn.sendall((json.dumps(answer) + "\n").encode())
+        incoming = os.path.join(self.root, INCOMING)
+        made: set[str] = set()
+        try:
+            while True:
+                raw = rfile.readline(MAX_LINE)
+                if not raw:
+                    return
+                up = _upload_request(raw)
+                if up is None:
+                    yield raw.decode("utf-8", "replace")
+                    continue
+                answer = receive(rfile, incoming, *up, made=made)
+                conn.sendall((json.dumps(answer) + "\n").encode())
+        finally:
+            _remove_left(incoming, made)
+
+
+def _hung_up(conn: socket.socket) -> str | None:
+    """Whether the client of CONN has closed it (its SSH channel ended); None while there."""
+    import select
+
+    try:
+        p = select.poll()
+        p.register(conn.fileno(), select.POLLIN)
+        events = p.poll(0)
+    except (OSError, ValueError):
+        return "its connection is closed"
+    if any(ev & (select.POLLHUP | select.POLLERR) for _, ev in events):
+        return "its client hung up"
+    return None
 
 
 def _upload_request(raw: bytes) -> tuple[str, str, int] | None:
@@ -236,46 +273,118 @@ def _upload_request(raw: bytes) -> tuple[str, str, int] | None:
     return None
 
 
-def receive(rfile, folder: str, rel: str, size: int) -> dict:
-    """Read SIZE bytes from RFILE into FOLDER/REL, a new file (protocol.py: ``upload``).
-    The bytes are always read, so the connection stays in step when the file can't be
-    written; a partial file is removed."""
-    from pathlib import Path
-
+def receive(rfile, incoming: str, folder: str, rel: str, size: int,
+            made: set[str] | None = None) -> dict:
+    """Read SIZE bytes from RFILE into FOLDER/REL, a new file (protocol.py: ``upload``):
+    FOLDER must be INCOMING/TOKEN (see the module docstring); TOKEN goes into MADE when this
+    call made the folder. The bytes are always read, so the connection stays in step when the
+    file can't be written; a partial file is removed."""
     from . import protocol
     from .fsio import write_all
-    from .intake import safe_rel
 
-    target = Path(folder) / rel
+    target = os.path.join(folder, rel)
     error = None
-    fd = -1
+    opened: tuple[int, int, str] | None = None
     try:
-        if not os.path.isabs(folder):
-            raise OSError(0, "the upload folder must be absolute", folder)
-        safe_rel(Path(folder), rel)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        opened = _open_upload(incoming, folder, rel, made)
     except OSError as exc:
         error = f"{exc.filename or target}: {exc.strerror or exc}"
-    except Exception as exc:  # UnsafeBundle: its message names the path
+    except UploadRefused as exc:
         error = str(exc)
     left = size
+    ok = False
     try:
         while left:
             chunk = rfile.read(min(CHUNK, left))
             if not chunk:
                 raise ConnectionError("the client went away mid-upload")
             left -= len(chunk)
-            if fd >= 0 and error is None:
+            if opened is not None and error is None:
                 try:
-                    write_all(fd, chunk)
+                    write_all(opened[1], chunk)
                 except OSError as exc:
                     error = f"{target}: {exc.strerror or exc}"
+        ok = error is None
     finally:
-        if fd >= 0:
+        if opened is not None:
+            dfd, fd, name = opened
             os.close(fd)
-            if error is not None or left:
-                target.unlink(missing_ok=True)
+            if not ok:
+                try:
+                    os.unlink(name, dir_fd=dfd)
+                except OSError:
+                    pass
+            os.close(dfd)
     if error is not None:
         return {**protocol.error("store_error", f"upload: {error}"), "exit": 1}
-    return {**protocol.ok(UPLOAD, path=str(target), bytes=size), "exit": 0}
+    return {**protocol.ok(UPLOAD, path=target, bytes=size), "exit": 0}
+
+
+class UploadRefused(Exception):
+    """An upload to somewhere else than a plain path in a folder directly in incoming/."""
+
+
+def _plain(part: str) -> bool:
+    return bool(part) and part not in (".", "..") and "/" not in part and "\0" not in part \
+        and part.isprintable() and len(part.encode()) <= 255
+
+
+def _open_upload(incoming: str, folder: str, rel: str, made: set[str] | None
+                 ) -> tuple[int, int, str]:
+    """(folder fd, file fd, file name) for a new FOLDER/REL: FOLDER is INCOMING/TOKEN (made,
+    owner-only, if new), REL plain; every folder on the way opened with O_NOFOLLOW through
+    the one before (openat), so no link is followed anywhere under INCOMING."""
+    token = os.path.basename(folder.rstrip("/"))
+    if os.path.normpath(os.path.dirname(folder.rstrip("/"))) != os.path.normpath(incoming) \
+            or not _plain(token):
+        raise UploadRefused(f"{folder} is not a folder directly in {incoming} (uploads go "
+                            f"only there)")
+    parts = rel.split("/")
+    if not all(_plain(part) for part in parts):
+        raise UploadRefused(f"{rel!r} is not a plain relative path (no '..', '.', empty parts "
+                            f"or leading '/')")
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        os.mkdir(incoming, 0o700)
+    except FileExistsError:
+        pass
+    dfd = os.open(incoming, flags)
+    try:
+        for i, part in enumerate([token, *parts[:-1]]):
+            try:
+                os.mkdir(part, 0o700, dir_fd=dfd)
+                if i == 0 and made is not None:
+                    made.add(token)
+            except FileExistsError:
+                pass
+            try:
+                nfd = os.open(part, flags, dir_fd=dfd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    where = os.path.join(folder, *parts[:i])
+                    raise UploadRefused(f"{where}: a link or a file where a folder should be; "
+                                        f"not followed") from None
+                raise
+            os.close(dfd)
+            dfd = nfd
+        fd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
+                     os.O_CLOEXEC, 0o600, dir_fd=dfd)
+    except BaseException:
+        os.close(dfd)
+        raise
+    return dfd, fd, parts[-1]
+
+
+def _remove_left(incoming: str, made: set[str]) -> None:
+    """The folders in INCOMING a connection made (MADE) that are still there: nobody will
+    install them (``install --remove-bundle`` removes what it takes in)."""
+    import shutil
+    import stat
+
+    for token in made:
+        path = os.path.join(incoming, token)
+        try:
+            if stat.S_ISDIR(os.lstat(path).st_mode):
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass

@@ -3,8 +3,10 @@ fault checkpoints the kill -9 tests use. Stdlib only (it ships to boards in the 
 
 Crash points: ``EDGEDEPLOY_AGENT_CRASH_AT=POINT`` makes the process SIGKILL itself when it
 reaches :func:`checkpoint` ``(POINT)``; ``POINT@FILE`` does it once (the first process to
-create FILE). Points are named after the step just finished (``install:copied``,
-``pointer:written``, …: see store.py and intake.py).
+create FILE). ``EDGEDEPLOY_AGENT_PAUSE_AT=POINT:SECONDS`` makes it sleep there instead (a slow
+board, or a link cut while the answer is on its way: the lost-answer tests). Points are named
+after the step just finished (``install:copied``, ``pointer:written``, ``activate:switched``,
+…: see store.py and intake.py).
 """
 
 from __future__ import annotations
@@ -14,11 +16,19 @@ import tempfile
 from pathlib import Path
 
 _CRASH_AT = os.environ.get("EDGEDEPLOY_AGENT_CRASH_AT", "")
+_PAUSE_AT = os.environ.get("EDGEDEPLOY_AGENT_PAUSE_AT", "")
 
 
 def checkpoint(name: str) -> None:
     """Tests' fault injection: EDGEDEPLOY_AGENT_CRASH_AT=POINT kills the agent (SIGKILL) at
-    POINT; POINT@FILE does it once (the first process to create FILE)."""
+    POINT; POINT@FILE does it once (the first process to create FILE);
+    EDGEDEPLOY_AGENT_PAUSE_AT=POINT:SECONDS sleeps there."""
+    if _PAUSE_AT:
+        point, _, seconds = _PAUSE_AT.rpartition(":")
+        if point == name:
+            import time
+
+            time.sleep(float(seconds or 0))
     if not _CRASH_AT:
         return
     point, _, once = _CRASH_AT.partition("@")

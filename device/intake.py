@@ -115,32 +115,136 @@ def _moved(src: Path, dest: Path, st: os.stat_result) -> bool:
 
 
 def _extract_tar(bundle: Path, staging: Path) -> list[str]:
+    """BUNDLE (a tar, maybe compressed) into STAGING, never more of a member than the manifest
+    says it is (a gzip bomb: 600 KB of tar holding a 300 MB member). Two passes: the headers
+    and the manifest first (a member whose header is already too big stops it at once, before
+    its bytes are read); then the members, each copied up to its limit and refused past it."""
     import tarfile
 
+    import gzip
+    import zlib
+
+    free = shutil.disk_usage(staging).free
     try:
-        tf = tarfile.open(bundle, "r:*")
-    except (tarfile.TarError, OSError) as exc:
-        raise InputError(f"bundle {bundle}: not a folder or a tar file ({exc})") from exc
-    files = []
-    with tf:
-        for member in tf:
-            rel = safe_rel(bundle, member.name)
-            if member.isdir():
-                continue
-            if not member.isreg():
-                kind = "a link" if (member.issym() or member.islnk()) else "a special file"
-                raise UnsafeBundle(f"bundle {bundle}: member {rel} is {kind}",
-                                   hint="a bundle holds regular files only")
-            files.append(rel)
-            if len(files) > MAX_BUNDLE_FILES:
-                raise UnsafeBundle(f"bundle {bundle}: more than {MAX_BUNDLE_FILES} files")
-            target = staging / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(bundle, "r:*") as tf:
+            m, manifest_rel = _scan_tar(tf, bundle, free)
+        limits = _member_limits(m, bundle, free, manifest_rel)
+        files = []
+        with tarfile.open(bundle, "r:*") as tf:
+            for member in tf:
+                rel = safe_rel(bundle, member.name)
+                if member.isdir():
+                    continue
+                _check_member(bundle, member, rel, limits)
+                files.append(rel)
+                target = staging / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                src = tf.extractfile(member)
+                assert src is not None
+                with src, open(target, "xb") as dst:
+                    _copy_at_most(src, dst, limits[rel], bundle, rel)
+        return files
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise InputError(f"bundle {bundle}: not a folder or a readable tar file ({exc})") \
+            from exc
+
+
+MAX_MANIFEST = 1 << 20  # a manifest is a few KB of JSON
+
+
+def _scan_tar(tf, bundle: Path, free: int) -> tuple[Manifest, str]:
+    """Pass 1 over TF: every header checked (plain paths, regular files, count, sizes within
+    FREE bytes of staging space, within the manifest's once it is read); the manifest and
+    its member's name."""
+    import json
+
+    manifest: Manifest | None = None
+    manifest_rel = ""
+    seen: list = []
+    total = 0
+    for member in tf:
+        rel = safe_rel(bundle, member.name)
+        if member.isdir():
+            continue
+        _check_member(bundle, member, rel, None)
+        seen.append((member, rel))
+        if len(seen) > MAX_BUNDLE_FILES:
+            raise UnsafeBundle(f"bundle {bundle}: more than {MAX_BUNDLE_FILES} files")
+        total += member.size
+        if total > free:
+            raise UnsafeBundle(f"bundle {bundle}: its members ({total} bytes so far, {rel} "
+                               f"{member.size}) exceed the {free} bytes free for staging",
+                               hint="nothing was written")
+        if rel == MANIFEST or rel.endswith(".manifest.json"):
+            if manifest is not None:
+                raise InputError(f"bundle {bundle}: holds more than one manifest",
+                                 hint="a bundle is NAME.MODE.tflite + NAME.MODE.manifest.json")
+            if member.size > MAX_MANIFEST:
+                raise UnsafeBundle(f"bundle {bundle}: manifest {rel} is {member.size} bytes "
+                                   f"(at most {MAX_MANIFEST})")
             src = tf.extractfile(member)
             assert src is not None
-            with src, open(target, "xb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-    return files
+            try:
+                manifest = Manifest.from_dict(json.loads(src.read(MAX_MANIFEST + 1)),
+                                              f"bundle {bundle}: {rel}")
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise InputError(f"bundle {bundle}: {rel} is not a JSON manifest ({exc})") \
+                    from None
+            manifest_rel = rel
+            limits = _member_limits(manifest, bundle, free, rel)
+            for before, before_rel in seen[:-1]:  # the members ahead of it, checked now
+                _check_member(bundle, before, before_rel, limits)
+        elif manifest is not None:
+            _check_member(bundle, member, rel,
+                          _member_limits(manifest, bundle, free, manifest_rel))
+    if manifest is None:
+        raise InputError(f"bundle {bundle}: holds no manifest",
+                         hint="a bundle is NAME.MODE.tflite + NAME.MODE.manifest.json")
+    return manifest, manifest_rel
+
+
+def _member_limits(m: Manifest, bundle: Path, free: int, manifest_rel: str) -> dict[str, int]:
+    """The most bytes each member may have: the model its manifest ``size``, an extra file
+    its declared size (``sizes``; without one, the free staging space), the manifest
+    (MANIFEST_REL) MAX_MANIFEST. A member not named here is not the bundle's."""
+    sizes = m.sizes or {}
+    if not isinstance(sizes, dict) or not all(isinstance(v, int) and v >= 0
+                                              for v in sizes.values()):
+        raise InputError(f"bundle {bundle}: the manifest's \"sizes\" is not a map of path → "
+                         f"bytes")
+    limits = {rel: sizes.get(rel, free) for rel in (m.files or {})}
+    limits[m.file] = m.size
+    limits[manifest_rel] = MAX_MANIFEST
+    return limits
+
+
+def _check_member(bundle: Path, member, rel: str, limits: dict[str, int] | None) -> None:
+    """A tar member: a regular file (no link, device, fifo); within LIMITS (when known)."""
+    if not member.isreg():
+        kind = "a link" if (member.issym() or member.islnk()) else "a special file"
+        raise UnsafeBundle(f"bundle {bundle}: member {rel} is {kind}",
+                           hint="a bundle holds regular files only")
+    if limits is None:
+        return
+    if rel not in limits:
+        raise UnsafeBundle(f"bundle {bundle}: {rel} is not listed in the manifest",
+                           hint="list extra files under \"files\" with their sha256")
+    limit = limits[rel]
+    if member.size > limit:
+        raise UnsafeBundle(f"bundle {bundle}: member {rel} is {member.size} bytes, more than "
+                           f"the {limit} its manifest says", hint="nothing of it was written")
+
+
+def _copy_at_most(src, dst, limit: int, bundle: Path, rel: str) -> None:
+    """Copy SRC to DST; past LIMIT bytes (the member lied, or the file changed under us),
+    stop and refuse."""
+    done = 0
+    while chunk := src.read(1 << 20):
+        done += len(chunk)
+        if done > limit:
+            raise UnsafeBundle(f"bundle {bundle}: member {rel} is more than the {limit} bytes "
+                               f"its manifest says; stopped there")
+        dst.write(chunk)
 
 
 def _check_bundle(bundle: Path, staging: Path, files: list[str]) -> tuple[Manifest, str]:

@@ -26,6 +26,8 @@ JSON (schema 1)::
      "requires": null | {"min_runtime": "2.17.0",     # TensorFlow-numbered runtime it needs
                          "ops": {"FULLY_CONNECTED": 12, …},   # highest version per builtin op
                          "custom_ops": ["edgetpu-custom-op"]},
+     "sizes": {"gate.npz": 20480},        # their sizes in bytes (optional; a board takes no
+                                          # more of a file in than its size says)
      "created": "2026-11-24T08:00:00Z"}
 
 Stdlib only: the agent reads it on the board.
@@ -80,6 +82,7 @@ class Manifest:
     host_figures: dict[str, Any] | None = None
     files: dict[str, str] = field(default_factory=dict)  # extra bundle files: path → sha256
     requires: dict[str, Any] | None = None
+    sizes: dict[str, int] = field(default_factory=dict)  # … and their sizes: path → bytes
     created: str = ""
     schema: int = SCHEMA
 

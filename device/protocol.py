@@ -12,7 +12,7 @@ Errors (any command)::
     {"schema": 1, "ok": false, "kind": "error", "code": "bad_input" | "environment" |
      "conflict" | "not_found" | "hash_mismatch" | "unsafe_bundle" | "delegate_missing" |
      "silent_cpu_fallback" | "model_load_failed" | "store_error" | "run_failed" |
-     "not_here" | "error",
+     "expired" | "not_here" | "error",
      "message": "one line naming the file/model and what to do"}
 
 Agent commands (``edgedeploy-agent [--store DIR] CMD``) and their answers (``kind`` = CMD)::
@@ -35,7 +35,9 @@ Agent commands (``edgedeploy-agent [--store DIR] CMD``) and their answers (``kin
                "models": [...list...]}   # (`--model NAME`: that model only) one round trip;
                                          # info's runtime facts are cached in
                                          # STORE/info-cache.json while Python, the agent and
-                                         # every sys.path folder are unchanged
+                                         # every sys.path folder are unchanged;
+                                         # `--settled`: read under the store lock, after
+                                         # any change under way (a lost answer's check)
     install   {"name": "digits", "version": "3f2a9c1b0d4e", "path": ".../models/digits/3f2a9c1b0d4e",
                "files": 3, "bytes": 133000, "already_present": false}
     activate  {"name": ..., "current": "v2", "previous": "v1", "removed": ["v0"]}
@@ -80,7 +82,12 @@ Agent commands (``edgedeploy-agent [--store DIR] CMD``) and their answers (``kin
                      | {"started": false, "reason": "..."}
     agentd --stop    {"stopped": 4242 | null}     # (without either: runs the resident agent)
 
-``batch`` answers each command on a line with the command's message plus ``"exit"``. The
+``batch`` answers each command on a line with the command's message plus ``"exit"``. A store
+change (CHANGING) comes with the deployer's deadline as a leading ``--within S``: if it cannot
+start within S seconds of its receipt (the store lock busy), or its client has hung up, it is
+dropped after the locks are taken and before anything changes (``expired``; nobody may be left
+to read that answer). The store lock is taken with that deadline: past it, ``conflict`` with
+"store … is locked by PID N". The
 resident agent (agentd.py) speaks the same over its socket STORE/agentd.sock (SOCKET) after a
 hello line ``{"agentd": 1, "pid": N, "tag": T, "content_hash": H}`` (HELLO_KEY); commands other
 than the store's control commands (CONTROL) get ``not_here`` (bench, eval and serve run in their
@@ -128,13 +135,14 @@ CONTROL = frozenset({"version", "info", "state", "install", "activate", "rollbac
                      "remove", "verify", "probe"})  # what the resident agent serves (probe
                                                     # loads the model in a child process)
 UPLOAD = "upload"          # the resident agent's upload line: raw bytes follow it
+CHANGING = frozenset({"install", "activate", "rollback", "remove"})  # sent with --within S
 SOCKET = "agentd.sock"     # STORE/SOCKET: the resident agent's Unix socket
 HELLO_KEY = "agentd"       # the hello line: {HELLO_KEY: 1, "pid", "tag", "content_hash"}
 HELLO_VERSION = 1
 
 ERROR_CODES = ("bad_input", "environment", "conflict", "not_found", "hash_mismatch",
                "unsafe_bundle", "delegate_missing", "silent_cpu_fallback", "model_load_failed",
-               "store_error", "run_failed", "error")
+               "store_error", "run_failed", "expired", "error")
 
 
 def ok(kind: str, **data: Any) -> dict:

@@ -2,13 +2,18 @@
 
 Layout under the store root (one filesystem, so every switch is a rename)::
 
-    ROOT/.lock                     flock'd by every command that changes the store
+    ROOT/.lock                     flock'd by every command that changes the store; owner-only
+                                   (0600: no other local user can hold it), taken with a
+                                   deadline (lock.py's LOCK_WAIT, or the command's own): past
+                                   it, a Conflict names the PID holding it (/proc/locks)
     ROOT/.staging/NAME.VERSION.*/  an install being written (never visible as a version)
     ROOT/.trash/                   versions on their way out (renamed here, then deleted)
     ROOT/models/NAME/VERSION/      manifest.json + the model file + any files the manifest lists
     ROOT/models/NAME/current.json  {"current": VERSION, "previous": VERSION | null, "updated": …}
     ROOT/incoming/TOKEN/           an upload on its way in (the deployer picks TOKEN; `install
-                                   ROOT/incoming/TOKEN --remove-bundle` takes it in)
+                                   ROOT/incoming/TOKEN --remove-bundle` takes it in); anything
+                                   here untouched for STALE_INCOMING seconds (a cut upload, a
+                                   host that died mid-staging) is swept under the lock
     ROOT/data/SHA256.EXT           data files a deployer sent for `eval`, one per content
     ROOT/probe-cache/SHA256.json   what device/probe.py found when it loaded a model (by
                                    sha256 and runtime packages): a success saves the next child
@@ -25,6 +30,11 @@ Invariants, kept through a kill -9 at any instant:
   can't run here is refused at install — before its folder appears — and at activation, and
   the store is left exactly as it was.
 
+Every changing command runs under the lock and a Guard: the deployer gives each command a
+deadline (``--within``) and the agent knows whether its client is still there; a command whose
+deadline passed, or whose client hung up, while it waited is dropped (Expired) after the lock is
+taken and before anything changes — so a command the host gave up on never acts later.
+
 What a bundle may hold, and how it is checked, is intake.py's; file-system helpers (atomic
 writes, fsyncs, the kill -9 checkpoints) are fsio.py's. The agent reports INCOMING and DATA in
 its ``state`` answer: the deployer never builds these paths itself.
@@ -32,7 +42,6 @@ its ``state`` answer: the deployer never builds these paths itself.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -46,6 +55,7 @@ from ..errors import Conflict, HashMismatch, InputError, NotFound, StoreError
 from .fsio import checkpoint, fsync_dir, write_atomic
 from .intake import MANIFEST, expected_files, fsync_tree
 from .intake import stage as stage_bundle
+from .lock import Guard, StoreLock
 from .manifest import Manifest, sha256_file
 
 # (model file, its manifest, "model NAME version V") → None if it runs here, else raise
@@ -54,6 +64,8 @@ RunsCheck = Callable[[Path, Manifest, str], object]
 POINTER = "current.json"
 INCOMING, DATA, PROBES = "incoming", "data", "probe-cache"
 DEFAULT_KEEP = 3
+STALE_INCOMING = 900.0   # an incoming/ entry untouched this long is swept (a cut upload)
+
 
 def check_name(kind: str, value: str) -> str:
     """Model names and versions become folder names: no '/', no NUL, not '.'-led, ≤ 128 bytes.
@@ -93,6 +105,7 @@ class Store:
         self.incoming = self.root / INCOMING   # uploads on their way in (see the docstring)
         self.data = self.root / DATA           # eval data sent by a deployer
         self.probe_cache = self.root / PROBES  # probe results (device/probe.py)
+        self.guard = Guard()                   # the command under way's (set by the agent)
 
     # -- locking and housekeeping ---------------------------------------------------------
     def _prepare(self) -> None:
@@ -103,9 +116,11 @@ class Store:
             raise StoreError(f"store {self.root}: cannot create it ({exc.strerror})",
                              hint="pass --store DIR on a writable filesystem") from exc
 
-    def locked(self) -> "_Lock":
+    def locked(self) -> StoreLock:
+        """``with store.locked():`` the store's lock (lock.py), taken under the command's
+        guard; the leftovers of killed processes are swept once it is held."""
         self._prepare()
-        return _Lock(self.root / ".lock", self)
+        return StoreLock(self.root / ".lock", self.root, self.guard, self._sweep)
 
     def _sweep(self) -> None:
         """Under the lock: whatever a killed process left in staging or trash is garbage."""
@@ -115,6 +130,29 @@ class Store:
                     else p.unlink(missing_ok=True)
         # (an interrupted pointer write's temporary file: see _sweep_pointer, called for the
         # one model an operation touches — sweeping every model here costs O(models))
+        self._sweep_incoming(time.time() - STALE_INCOMING)
+
+    def _sweep_incoming(self, before: float) -> list[str]:
+        """Under the lock: every incoming/ entry nothing touched since BEFORE (its newest
+        mtime, links not followed): an upload cut mid-file, a host that died mid-staging, the
+        nested folders a version with '/' once made. An upload under way is newer."""
+        swept: list[str] = []
+        try:
+            entries = list(os.scandir(self.incoming))
+        except (FileNotFoundError, NotADirectoryError):
+            return swept
+        for e in entries:
+            try:
+                if _newest_mtime(e) >= before:
+                    continue
+                if e.is_dir(follow_symlinks=False):
+                    shutil.rmtree(e.path)
+                else:
+                    os.unlink(e.path)
+                swept.append(e.name)
+            except OSError:
+                continue  # gone meanwhile, or not ours to remove: left for the owner
+        return swept
 
     def _sweep_pointer(self, name: str) -> None:
         """Under the lock: the temporary files an interrupted pointer write left for NAME."""
@@ -330,20 +368,17 @@ class Store:
         shutil.rmtree(trash, ignore_errors=True)
 
 
-class _Lock:
-    def __init__(self, path: Path, store: Store) -> None:
-        self.path = path
-        self.store = store
-
-    def __enter__(self) -> Store:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        self.store._sweep()
-        return self.store
-
-    def __exit__(self, *exc) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
+def _newest_mtime(e: os.DirEntry) -> float:
+    """The latest mtime of E and everything under it, links not followed."""
+    newest = e.stat(follow_symlinks=False).st_mtime
+    if e.is_dir(follow_symlinks=False):
+        for dirpath, dirnames, filenames in os.walk(e.path, followlinks=False):
+            for n in dirnames + filenames:
+                try:
+                    newest = max(newest, os.lstat(os.path.join(dirpath, n)).st_mtime)
+                except OSError:
+                    pass
+    return newest
 
 
 def _iso(t: float) -> str:

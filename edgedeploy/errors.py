@@ -11,7 +11,10 @@
     │   └── DelegateMissing         exit 3   a delegate (Edge TPU) asked for does not load
     ├── StoreError                  exit 1   the board's model store refused or failed an operation
     │   ├── NotFound                exit 2   no such model / version in the store
-    │   ├── Conflict                exit 4   a version that exists with other content; the active one
+    │   ├── Conflict                exit 4   a version that exists with other content; the active one;
+    │   │                                    the store locked by another process (names its PID)
+    │   ├── Expired                 exit 1   the host gave up on the command (deadline, hung up)
+    │   │                                    before the agent could act: nothing was done
     │   ├── HashMismatch            exit 1   a file's sha256 differs from its manifest
     │   └── UnsafeBundle            exit 2   absolute path, "..", a link or special file in a bundle
     ├── RunFailure                  exit 1   the model loaded but could not be measured as asked
@@ -108,6 +111,13 @@ class NotFound(StoreError):
 class Conflict(StoreError):
     exit_code = 4
     code = "conflict"
+
+
+class Expired(StoreError):
+    """A command the host gave up on (its deadline passed, or its client hung up) before the
+    agent could act on it: dropped, nothing was done."""
+
+    code = "expired"
 
 
 class HashMismatch(StoreError):

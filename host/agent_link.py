@@ -84,6 +84,13 @@ def remember_store(board: Board, store: str) -> None:
         pass  # only a speed-up
 
 
+def within(timeout: float) -> float:
+    """Pure: the deadline sent with a store change the host waits TIMEOUT seconds for. Shorter
+    by a margin for the link (the agent counts from the line's arrival), so the board drops a
+    command before the host stops waiting for it, never after."""
+    return max(1.0, timeout - max(1.0, 0.1 * timeout))
+
+
 def _size(data: Path | bytes) -> int:
     return len(data) if isinstance(data, bytes) else data.stat().st_size
 
@@ -179,12 +186,16 @@ class AgentLink:
         """Run an agent command; its answer (``ok`` true), or the error it stands for, naming
         the board. PAYLOAD: bytes that follow the command line (the resident ``upload``)."""
         stream, what = self._stream(str(args[0]))
+        timeout = timeout or self.board.command_timeout
+        argv = [str(x) for x in args]
+        if (argv[0] in protocol.CHANGING or "--settled" in argv) and self._agent_is_ours():
+            argv = ["--within", f"{within(timeout):.1f}", *argv]
         line = ""
         try:
-            stream.send_line(json.dumps([str(x) for x in args]))
+            stream.send_line(json.dumps(argv))
             if payload is not None:
                 _send(stream, payload, progress)
-            line = stream.read_line(timeout or self.board.command_timeout)
+            line = stream.read_line(timeout)
         except Unreachable:
             self._end(stream)
             raise
@@ -204,6 +215,14 @@ class AgentLink:
                                board=self.name,
                                exit_code=exit_code if isinstance(exit_code, int) else None)
         return msg
+
+    def _agent_is_ours(self) -> bool:
+        """The board runs our agent (it knows ``--within``): we installed it, or its last
+        state said so. An older agent gets its commands without a deadline."""
+        if self.agent_uploaded:
+            return True
+        return self.last_state is not None and \
+            self.last_state.agent.content_hash == local_agent()["content_hash"]
 
     def ask(self, parse: Callable[[Any], A], *args: Any, **kw: Any) -> A:
         """``call``, the answer parsed by PARSE (a protocol dataclass's ``parse``)."""

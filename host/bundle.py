@@ -1,19 +1,65 @@
 """What travels to a board: a model file and its manifest (plus any extra files the manifest
 lists under ``files``, e.g. a gate dataset). A bundle is a folder or a tar of those files; the
 agent checks every sha256 against the manifest before anything becomes visible on the board.
+
+The host checks a bundle before it connects to any board (nothing is read from outside the
+bundle, nothing is sent, when a check fails):
+
+* the model name and version follow the board's rule for store entries
+  (``device.store.check_name``: no '/', not '.'-led, printable, ≤ 128 bytes);
+* every name the manifest gives a file is a plain relative path (:func:`check_relpath`: no
+  '..', '.', empty part, leading '/', backslash or control character) that resolves, links
+  followed, to a regular file inside the bundle's folder (no symlink out of it);
+* every file's sha256 (and size, where the manifest gives it) is the manifest's.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
 import shutil
+import stat
 import tarfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..device.manifest import Manifest, sha256_file
-from ..errors import InputError
+from ..device.store import check_name
+from ..errors import InputError, UnsafeBundle
+
+
+def check_relpath(rel: object, where: str) -> str:
+    """Pure: REL (a name the manifest gives a file) as a plain relative POSIX path, or
+    UnsafeBundle naming WHERE and REL."""
+    ok = isinstance(rel, str) and 0 < len(rel.encode()) <= 1024 and rel.isprintable() \
+        and "\\" not in rel and not rel.startswith("/") \
+        and all(part not in ("", ".", "..") for part in rel.split("/"))
+    if not ok:
+        raise UnsafeBundle(f"{where}: the manifest names a file {rel!r}, which is not a plain "
+                           f"relative path inside the bundle",
+                           hint="names in a manifest have no '..', no leading '/', no empty "
+                                "or '.' parts")
+    return rel  # type: ignore[return-value]
+
+
+def _inside(base: Path, rel: str, where: str) -> Path:
+    """BASE/REL with every link followed, if it stays inside BASE and is a regular file."""
+    path = base / rel
+    try:
+        real = Path(os.path.realpath(path, strict=True))
+    except FileNotFoundError:
+        raise InputError(f"{where}: {rel} named by the manifest is missing") from None
+    except OSError as exc:
+        raise UnsafeBundle(f"{where}: {rel} cannot be resolved ({exc.strerror})") from None
+    root = Path(os.path.realpath(base))
+    if real != root and root not in real.parents:
+        raise UnsafeBundle(f"{where}: {rel} is a symbolic link out of the bundle (to {real})",
+                           hint="copy the file into the bundle folder instead")
+    if not stat.S_ISREG(real.stat().st_mode):
+        raise UnsafeBundle(f"{where}: {rel} is not a regular file",
+                           hint="a bundle holds regular files only")
+    return path
 
 
 @dataclass
@@ -21,6 +67,17 @@ class Bundle:
     manifest: Manifest
     model_path: Path
     extra: dict[str, Path] = field(default_factory=dict)  # relpath in bundle → local file
+
+    def __post_init__(self) -> None:
+        """The checks that need no file (see the module docstring): names, relative paths."""
+        where = f"bundle {self.manifest.name!r}"
+        check_name("model name", self.manifest.name)
+        check_name("version", self.manifest.version)
+        names = [self.manifest.file, *(self.manifest.files or {}), *self.extra]
+        for rel in names:
+            check_relpath(rel, where)
+            if rel == self.manifest_name:
+                raise UnsafeBundle(f"{where}: {rel} is the manifest's own name")
 
     @property
     def name(self) -> str:
@@ -53,14 +110,17 @@ class Bundle:
     def with_files(self, extra: dict[str, Path]) -> "Bundle":
         """The same model with extra files; the version then names model + files together."""
         for rel in extra:
-            if rel.startswith("/") or ".." in Path(rel).parts or rel == self.manifest.file:
-                raise InputError(f"extra bundle file name {rel!r} is not a plain relative path")
+            check_relpath(rel, f"bundle {self.name!r}")
+            if rel == self.manifest.file:
+                raise InputError(f"extra bundle file name {rel!r} is the model's name")
         files = {**(self.manifest.files or {}),
                  **{rel: sha256_file(p) for rel, p in extra.items()}}
+        sizes = {**(self.manifest.sizes or {}),
+                 **{rel: p.stat().st_size for rel, p in extra.items()}}
         h = hashlib.sha256(self.manifest.sha256.encode())
         for rel in sorted(files):
             h.update(f"\0{rel}\0{files[rel]}".encode())
-        m = replace(self.manifest, files=files, version=h.hexdigest()[:12])
+        m = replace(self.manifest, files=files, sizes=sizes, version=h.hexdigest()[:12])
         return Bundle(m, self.model_path, {**self.extra, **extra})
 
     def write_folder(self, dest: Path) -> Path:
@@ -72,14 +132,16 @@ class Bundle:
         return dest
 
     def write_tar(self, dest: Path) -> Path:
+        """The bundle as a tar (.tar.gz/.tgz: gzipped), the manifest first: a board then
+        knows every member's size before it reads the member's bytes."""
         with tarfile.open(dest, "w:gz" if dest.name.endswith("gz") else "w") as tf:
-            for rel, src in sorted(self.files().items()):
-                tf.add(str(src), arcname=rel, recursive=False)
             data = self.manifest_bytes()
             ti = tarfile.TarInfo(self.manifest_name)
             ti.size = len(data)
             ti.mode = 0o644
             tf.addfile(ti, io.BytesIO(data))
+            for rel, src in sorted(self.files().items()):
+                tf.add(str(src), arcname=rel, recursive=False)
         return dest
 
 
@@ -93,8 +155,9 @@ def load_bundle(path: str | Path) -> Bundle:
             raise InputError(f"{path}: a bundle folder holds exactly one manifest, found "
                              f"{len(manifests)}")
         m = Manifest.load(manifests[0])
+        _names(m, manifests[0])
         extra = {rel: path / rel for rel in (m.files or {})}
-        return _checked(Bundle(m, path / m.file, extra), path)
+        return _checked(Bundle(m, path / m.file, extra), path, path)
     if not path.is_file():
         raise InputError(f"{path}: no such model file or bundle folder")
     if path.suffix != ".tflite":
@@ -103,11 +166,13 @@ def load_bundle(path: str | Path) -> Bundle:
     if not mpath.is_file():
         from .compiler.importer import import_manifest
 
-        return _checked(Bundle(import_manifest(path), path), path)
+        return _checked(Bundle(import_manifest(path), path), path, path.parent)
     m = Manifest.load(mpath)
+    _names(m, mpath)
     if m.file != path.name:
         m = replace(m, file=path.name)
-    return _checked(Bundle(m, path, {rel: path.parent / rel for rel in (m.files or {})}), path)
+    return _checked(Bundle(m, path, {rel: path.parent / rel for rel in (m.files or {})}), path,
+                    path.parent)
 
 
 def _with_requirements(b: Bundle) -> Bundle:
@@ -125,13 +190,40 @@ def _with_requirements(b: Bundle) -> Bundle:
     return Bundle(replace(b.manifest, requires=req), b.model_path, b.extra)
 
 
-def _checked(b: Bundle, where: Path) -> Bundle:
-    for rel, p in b.files().items():
-        if not p.is_file():
-            raise InputError(f"{where}: {rel} named by the manifest is missing")
+def _names(m: Manifest, where: Path) -> None:
+    """The manifest's names, checked before any file they name is opened."""
+    for what, value in (("model name", m.name), ("version", m.version)):
+        if not isinstance(value, str):
+            raise InputError(f"{where}: the {what} is not a string")
+        try:
+            check_name(what, value)
+        except InputError as exc:
+            raise InputError(f"{where}: {exc.message}", hint=exc.hint) from None
+    if not isinstance(m.files or {}, dict):
+        raise InputError(f"{where}: \"files\" is not a map of path → sha256")
+    for rel in [m.file, *(m.files or {})]:
+        check_relpath(rel, str(where))
+
+
+def _checked(b: Bundle, where: Path, base: Path) -> Bundle:
+    """Every file the manifest names resolves inside BASE and has the manifest's sha256."""
+    if where.is_dir():  # a folder: the manifest names the model too (else the user did)
+        _inside(base, b.manifest.file, str(where))
+    for rel in b.extra:
+        _inside(base, rel, str(where))
+    if not b.model_path.is_file():
+        raise InputError(f"{where}: {b.manifest.file} named by the manifest is missing")
     if sha256_file(b.model_path) != b.manifest.sha256:
         raise InputError(f"{b.model_path}: sha256 differs from its manifest",
                          hint="the file changed after its manifest was written: compile it "
                               "again, or remove the stale manifest to push the file as it is "
                               "(imported)")
+    for rel, p in sorted(b.extra.items()):
+        size = (b.manifest.sizes or {}).get(rel)
+        if size is not None and p.stat().st_size != size:
+            raise InputError(f"{where}: {rel} is {p.stat().st_size} bytes, its manifest says "
+                             f"{size}", hint="the file changed after the bundle was made")
+        if sha256_file(p) != (b.manifest.files or {}).get(rel):
+            raise InputError(f"{where}: {rel}: sha256 differs from its manifest",
+                             hint="the file changed after the bundle was made; make it again")
     return _with_requirements(b)

@@ -5,6 +5,13 @@ EdgeDeployError naming the board, and leaves the board on the model it had.
 
 How the agent is reached (resident agent or a batch process, uploads, the agent's own
 install) is host/agent_link.py's; where files go on the board, the agent says (its ``state``).
+
+A lost answer (the link cut while install, activate or rollback ran; the agent's stream
+ended; no answer in time) is not reported as a failure it may not be: the session reconnects
+(RECONNECT_TRIES, RECONNECT_PAUSE apart), reads the model's entry once the store is settled
+(``state --settled``: after any change under way) and reports what really happened — done
+(with a note), not done (nothing changed, the version it runs), or, if the board can't be asked,
+Unreachable (exit 5) with the last version it was known to run.
 """
 
 from __future__ import annotations
@@ -13,14 +20,19 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from ..device import protocol
 from ..device.manifest import Manifest, sha256_file
-from ..errors import BoardError, Incompatible
+from ..errors import BoardError, EdgeDeployError, Incompatible, RemoteFailure, Unreachable
 from ..targets import Board
 from .agent_link import AgentLink, Progress, local_agent
 from .bundle import Bundle
 from .transport import Transport
+
+T = TypeVar("T")
+RECONNECT_TRIES = 3      # after a lost answer: connections tried to read the board's state …
+RECONNECT_PAUSE = 1.0    # … this many seconds apart
 
 __all__ = ["BoardSession", "BoardStatus", "PushPlan", "PushResult", "board_problems",
            "local_agent", "model_problems", "plan_push", "runtime_problems"]
@@ -102,6 +114,7 @@ class PushResult:
     previous: str | None
     seconds: float
     resident_agent: bool = False  # the board's resident agent did the work (no process start)
+    note: str | None = None       # e.g. the answer was lost and the board's state read again
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -127,7 +140,11 @@ class BoardSession:
     def __init__(self, board: Board, transport: Transport | None = None, *,
                  accept_new_host_key: bool = False) -> None:
         self.board = board
+        self.accept_new_host_key = accept_new_host_key
+        self._given = transport  # a transport handed in (tests) is reused to reconnect
         self.link = AgentLink(board, transport, accept_new_host_key=accept_new_host_key)
+        self.note: str | None = None  # what the last change's lost answer turned out to be
+        self.reconnect = (RECONNECT_TRIES, RECONNECT_PAUSE)  # (tries, pause) after one
 
     def close(self) -> None:
         self.link.close()
@@ -169,6 +186,7 @@ class BoardSession:
              state: protocol.State | None = None) -> PushResult:
         """STATE: what `state(model=bundle.name)` just said, if the caller has it."""
         t0 = time.perf_counter()
+        self.note = None
         st = state or self.state(model=bundle.name)
         entry = st.model(bundle.name)
         plan = plan_push(self.board, st.info, entry, bundle, activate)
@@ -187,7 +205,7 @@ class BoardSession:
             current, previous = sw.current, sw.previous
         return PushResult(self.board.name, bundle.name, bundle.version, bundle.manifest.label,
                           sent, self.link.agent_uploaded, activate, current, previous,
-                          time.perf_counter() - t0, self.link.resident)
+                          time.perf_counter() - t0, self.link.resident, self.note)
 
     def _upload_and_install(self, st: protocol.State, bundle: Bundle,
                             progress: Progress | None, activate: bool
@@ -202,21 +220,116 @@ class BoardSession:
         files += list(bundle.files().items())
         try:
             sent = self.link.upload(folder, files, progress)
-            installed = self.link.ask(protocol.Installed.parse, "install", folder,
-                                      "--remove-bundle", *(["--activate"] if activate else []))
-            return sent, installed
         except BaseException:
-            try:
-                self.link.transport.run(["rm", "-rf", folder])
-            except BoardError:
-                pass
+            self._remove(folder)
             raise
+        entry = st.model(bundle.name)
+        last = entry.current if entry else None
+
+        def judge(e: protocol.ModelEntry | None) -> protocol.Installed | None:
+            if e is None or not e.has(bundle.version) or \
+                    (activate and e.current != bundle.version):
+                return None
+            sw = protocol.Switched(bundle.name, e.current, e.previous) if activate else None
+            return protocol.Installed(bundle.name, bundle.version, "", 0, False, sw)
+        try:
+            installed = self._changed(
+                bundle.name, "install" + (" and activate" if activate else ""), last,
+                lambda: self.link.ask(protocol.Installed.parse, "install", folder,
+                                      "--remove-bundle", *(["--activate"] if activate else [])),
+                judge)
+        except BaseException:
+            self._remove(folder)  # (an install that ran has removed it itself)
+            raise
+        return sent, installed
+
+    def _remove(self, folder: str) -> None:
+        """An upload folder nobody will install (errors ignored: the board sweeps it later)."""
+        try:
+            self.link.transport.run(["rm", "-rf", folder])
+        except BoardError:
+            pass
 
     def activate(self, name: str, version: str) -> protocol.Switched:
-        return self.link.ask(protocol.Switched.parse, "activate", name, version)
+        before = self.link.last_state.model(name) if self.link.last_state else None
+        return self._changed(
+            name, f"activate {version}", before.current if before else None,
+            lambda: self.link.ask(protocol.Switched.parse, "activate", name, version),
+            lambda e: protocol.Switched(name, e.current, e.previous)
+            if e is not None and e.current == version else None)
 
     def rollback(self, name: str) -> protocol.Switched:
-        return self.link.ask(protocol.Switched.parse, "rollback", name)
+        """Back to NAME's previous version (the model's entry is read first: what a lost
+        answer is judged against)."""
+        before = self.state(install_agent=False, model=name).model(name)
+        if before is None:
+            return self.link.ask(protocol.Switched.parse, "rollback", name)  # the agent says
+        return self._changed(
+            name, "rollback", before.current,
+            lambda: self.link.ask(protocol.Switched.parse, "rollback", name),
+            lambda e: protocol.Switched(name, e.current, e.previous)
+            if e is not None and before.previous is not None and
+            (e.current, e.previous) == (before.previous, before.current) else None)
+
+    # -- a lost answer -------------------------------------------------------------------
+    def _changed(self, name: str, what: str, last_known: str | None, act: Callable[[], T],
+                 judge: Callable[[protocol.ModelEntry | None], T | None]) -> T:
+        """ACT, a store change; if its answer is lost, what really happened (see the module
+        docstring): JUDGE's result when the board's entry for NAME shows it done."""
+        self.note = None
+        try:
+            return act()
+        except (Unreachable, RemoteFailure) as exc:
+            why = exc.message.split(": ", 1)[-1]
+            original: BoardError = exc
+        entry, error = self._read_back(name)
+        if error is not None:
+            raise Unreachable(self.board.name,
+                              f"the answer to {what} was lost ({why}) and the board can't be "
+                              f"asked again ({error}): whether it happened is unknown; the last "
+                              f"known version of {name} there is {last_known or 'none'}",
+                              hint=f"`edgedeploy status {self.board.name}` once it is back")
+        done = judge(entry)
+        now = entry.current if entry else None
+        if done is None:
+            if isinstance(original, RemoteFailure):  # the agent died: its error, and the truth
+                original.hint = (f"read again, the board runs {name} {now or '(none)'}: nothing "
+                                 f"changed; " + (original.hint or ""))
+                raise original
+            raise Unreachable(self.board.name,  # a rollout retries an Unreachable step
+                              f"the answer to {what} was lost ({why}); read again, the board "
+                              f"runs {name} {now or '(none)'}: it did not happen",
+                              hint="nothing changed; try again")
+        self.note = (f"the answer to {what} was lost ({why}); read again, the board runs "
+                     f"{name} {now}: it happened")
+        return done
+
+    def _read_back(self, name: str) -> tuple[protocol.ModelEntry | None, str | None]:
+        """Reconnect (bounded) and read NAME's entry once the store is settled: (entry, None),
+        or (None, why the board could not be asked)."""
+        error = "not tried"
+        tries, pause = self.reconnect
+        for attempt in range(tries):
+            if attempt:
+                time.sleep(pause)
+            try:
+                self.link.close()
+            except Exception:  # noqa: BLE001 — a dead link's close may fail any way
+                pass
+            try:
+                self.link = AgentLink(self.board, self._given,
+                                      accept_new_host_key=self.accept_new_host_key)
+                ours = self.link.state(install_agent=False, model=name)
+                if ours.agent.content_hash == local_agent()["content_hash"]:
+                    settled = self.link.ask(protocol.State.parse, "state", "--model", name,
+                                            "--settled")
+                    return settled.model(name), None
+                return ours.model(name), None
+            except BoardError as exc:
+                error = exc.message.split(": ", 1)[-1]
+            except EdgeDeployError as exc:
+                error = str(exc)
+        return None, error
 
     def remove(self, name: str, version: str | None = None) -> protocol.Removed:
         """VERSION of NAME (not the active one), or without VERSION the whole model."""

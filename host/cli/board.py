@@ -26,6 +26,11 @@ PUSH_EXAMPLES = """examples:
   edgedeploy push out/digits.int8.tflite b0 --fleet fleet.toml --no-activate
   edgedeploy push out/digits.int8.tflite --all --parallel 32 --fleet fleet.toml
   edgedeploy push out/digits.int8.tflite --group kitchen --json
+  edgedeploy push out/digits.int8.tflite b0 --force     # b0 is in an unfinished rollout
+
+A board an unfinished rollout covers (its journal: --journal, $EDGEDEPLOY_ROLLOUTS) is refused
+(exit 4) unless --force, which that rollout's journal records; the rollout then leaves the
+board as the push left it (superseded).
 """ + EXAMPLES
 BENCH_EXAMPLES = """examples:
   edgedeploy bench b0 digits --runs 1000 --fleet fleet.toml
@@ -82,6 +87,12 @@ def register(sub: Any) -> None:
     p.add_argument("--tag", help="the boards with this tag")
     p.add_argument("--parallel", type=int, default=16, metavar="N",
                    help="boards pushed at once (16)")
+    p.add_argument("--force", action="store_true",
+                   help="push even to boards an unfinished rollout covers (recorded in its "
+                        "journal)")
+    p.add_argument("--journal", type=Path, metavar="FILE",
+                   help="the rollout journal to check (default $EDGEDEPLOY_ROLLOUTS or "
+                        "~/.local/share/edgedeploy/rollouts.db)")
     p.set_defaults(func=run_push)
 
     b = sub.add_parser("bench", help="time a model on a board", epilog=BENCH_EXAMPLES,
@@ -156,17 +167,22 @@ def run_push(a: argparse.Namespace) -> int:
         raise InputError("name a BOARD (or several), or pass --all / --group G / --tag T")
     return push_command(Path(a.model), a.boards, Boards.from_args(a), activate=not a.no_activate,
                         many=many, group=a.group, tag=a.tag, parallel=a.parallel,
-                        as_json=a.json)
+                        as_json=a.json, force=a.force, journal=a.journal)
 
 
 def push_command(model: Path, names: list[str], where: Boards, *, activate: bool, many: bool,
-                 group: str | None, tag: str | None, parallel: int, as_json: bool) -> int:
+                 group: str | None, tag: str | None, parallel: int, as_json: bool,
+                 force: bool = False, journal: Path | None = None) -> int:
     from ..bundle import load_bundle
+    from ..fleet import guard_push
 
     bundle = load_bundle(model)
     if many:
+        boards = where.fleet().select(names or None, group=group, tag=tag)
+        guard_push(journal, [b.name for b in boards], bundle.version, force=force)
         return _push_many(bundle, names, where, activate=activate, group=group, tag=tag,
                           parallel=parallel, as_json=as_json)
+    guard_push(journal, names[:1], bundle.version, force=force)
     from rich.progress import Progress
 
     with where.session(names[0]) as s:

@@ -22,7 +22,8 @@ def error(command: str, message: str) -> None:
 def push_line(r: Any) -> str:
     state = f"active (previous {r.previous})" if r.activated else "installed"
     return (f"{r.board}: {r.name} {r.version} ({r.label}) {state}; sent {r.bytes_sent} model "
-            f"bytes{', agent updated' if r.agent_uploaded else ''} in {r.seconds:.2f} s")
+            f"bytes{', agent updated' if r.agent_uploaded else ''} in {r.seconds:.2f} s"
+            + (f" ({r.note})" if getattr(r, "note", None) else ""))
 
 
 def bench_line(board: str, b: protocol.Bench) -> str:

@@ -21,17 +21,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ...errors import Conflict, EdgeDeployError, InputError, JournalError
+from ...errors import (AuthFailed, Conflict, EdgeDeployError, HostKeyRefused, InputError,
+                       JournalError, Unreachable)
 from ...targets import Board
 from ..bundle import Bundle, load_bundle
 from ..deploy import local_agent, plan_push
-from .journal import BoardRow, BoardState, Journal, RolloutRow, RolloutState, alive
+from .journal import (BoardRow, BoardState, Busy, Forced, Journal, RolloutRow, RolloutState,
+                      alive, busy_conflict)
 from .policy import (GATE_FILE, Gate, Options, check_gates, count_of, parse_gate, plan_waves,
                      too_many_failures)
 from .push import FleetResult, push_many
 from .runner import Emit, Runner, SessionFactory, open_session
 
-__all__ = ["BoardRow", "BoardState", "DryRun", "FleetResult", "GATE_FILE", "Gate", "Journal",
+__all__ = ["BoardRow", "BoardState", "Busy", "DryRun", "FleetResult", "Forced", "GATE_FILE",
+           "Gate", "Journal", "guard_push",
            "JournalError", "Options", "Report", "RolloutRow", "RolloutState", "cancel",
            "check_gates", "count_of", "parse_gate", "plan_waves", "preflight", "push_many",
            "report", "resume", "rollout_bundle", "start", "too_many_failures"]
@@ -47,6 +50,7 @@ class Report:
     message: str | None
     boards: list[BoardRow]
     waves: list[int]
+    forced: list[Forced] = field(default_factory=list)  # `push --force` onto its boards
 
     @property
     def ok(self) -> bool:
@@ -66,7 +70,9 @@ class Report:
                 "boards": [{"board": b.board, "wave": b.wave, "state": b.state.value,
                             "old": b.old, "new": b.new, "figures": b.figures,
                             "old_figures": b.old_figures, "error": b.error}
-                           for b in self.boards]}
+                           for b in self.boards],
+                "forced": [{"board": f.board, "ts": f.ts, "version": f.version, "who": f.who}
+                           for f in self.forced]}
 
 
 @dataclass
@@ -88,7 +94,34 @@ class DryRun:
 def report(journal: Journal, rollout_id: str) -> Report:
     r = journal.rollout(rollout_id)
     return Report(r.id, r.model, r.version, r.state, r.message, journal.boards(rollout_id),
-                  [len(w) for w in r.plan])
+                  [len(w) for w in r.plan], journal.forced(rollout_id))
+
+
+def guard_push(journal_path: Path | None, names: list[str], version: str, *, force: bool
+               ) -> list[Busy]:
+    """Before `push` touches NAMES: an unfinished rollout covering any of them refuses the
+    push (Conflict) unless FORCE, which is recorded in that rollout's journal (before the push
+    acts) — the rollout then finds the board changed and leaves it as it is (superseded). The
+    rollouts in the way ([] when there is no journal at all)."""
+    import getpass
+    import socket
+
+    from .journal import DEFAULT_DB
+
+    path = Path(journal_path or DEFAULT_DB).expanduser()
+    if not path.exists():
+        return []
+    journal = Journal(path)
+    busy = journal.active_on(set(names))
+    if busy and not force:
+        err = busy_conflict(busy[0])
+        raise Conflict(err.message, hint="let it finish, or pass --force to push anyway (the "
+                                         "rollout's journal records it)")
+    who = f"{getpass.getuser()}@{socket.gethostname()} (pid {os.getpid()})"
+    for b in busy:
+        for board in b.boards:
+            journal.record_forced(b.id, board, version, who)
+    return busy
 
 
 def rollout_bundle(model: str | Path, gate_data: str | None) -> Bundle:
@@ -98,12 +131,16 @@ def rollout_bundle(model: str | Path, gate_data: str | None) -> Bundle:
 
 
 def preflight(boards: list[Board], bundle: Bundle, options: Options,
-              connect: SessionFactory = open_session) -> tuple[dict[str, str], dict[str, str]]:
+              connect: SessionFactory = open_session,
+              unreachable: dict[str, str] | None = None
+              ) -> tuple[dict[str, str], dict[str, str]]:
     """Reach every board (read-only: no agent is installed): {board: problem} for the ones
-    that can't take the bundle, and {board: note} (e.g. the agent will be updated)."""
+    that can't take the bundle (the ones that can't be reached also in UNREACHABLE), and
+    {board: note} (e.g. the agent will be updated). Problems don't repeat the board's name."""
     ours = local_agent()["content_hash"]
     problems: dict[str, str] = {}
     notes: dict[str, str] = {}
+    gone = unreachable if unreachable is not None else {}
 
     def one(b: Board) -> None:
         try:
@@ -111,6 +148,8 @@ def preflight(boards: list[Board], bundle: Bundle, options: Options,
                          options.accept_new_host_key) as s:
                 try:
                     st = s.state(install_agent=False, model=bundle.name)
+                except (Unreachable, HostKeyRefused, AuthFailed):
+                    raise  # the board, not its agent: a problem, below
                 except EdgeDeployError as exc:
                     notes[b.name] = f"agent missing or not runnable; it will be installed ({exc})"
                     return
@@ -120,7 +159,11 @@ def preflight(boards: list[Board], bundle: Bundle, options: Options,
                 if p:
                     problems[b.name] = "; ".join(p)
         except EdgeDeployError as exc:
-            problems[b.name] = str(exc)
+            text = str(exc)
+            problems[b.name] = text[len(b.name) + 2:] if text.startswith(f"{b.name}: ") \
+                else text
+            if isinstance(exc, Unreachable):
+                gone[b.name] = problems[b.name]
 
     with ThreadPoolExecutor(max_workers=max(1, options.parallel)) as pool:
         list(pool.map(one, boards))
@@ -137,19 +180,23 @@ def start(journal: Journal, boards: list[Board], bundle: Bundle, bundle_path: st
         raise InputError(f"the bundle lacks the gate data ({GATE_FILE})",
                          hint="build it with fleet.rollout_bundle(model, gate_data)")
     busy = journal.active_on({b.name for b in boards})
-    if busy:
-        b = busy[0]
-        live = alive(b.pid, b.host)
-        raise Conflict(f"rollout {b.id} is {'running' if live else 'unfinished'} on "
-                       f"{', '.join(b.boards[:5])}{'…' if len(b.boards) > 5 else ''}",
-                       hint=f"wait for it, or `edgedeploy rollout resume {b.id}` / "
-                            f"`edgedeploy rollout cancel {b.id}`")
-    problems, notes = preflight(boards, bundle, options, connect)
+    if busy:  # early, before the preflight; create() checks again, atomically
+        raise busy_conflict(busy[0])
+    unreachable: dict[str, str] = {}
+    problems, notes = preflight(boards, bundle, options, connect, unreachable)
     if problems and not options.skip_incompatible:
         lines = "; ".join(f"{k}: {v}" for k, v in sorted(problems.items()))
+        hint = "nothing was pushed; fix them, or pass --skip-incompatible"
+        if unreachable:  # exit 5, as everywhere a board can't be reached
+            if len(problems) == 1:
+                (name, why), = problems.items()
+                raise Unreachable(name, f"can't be reached ({why}); nothing was pushed",
+                                  hint=hint)
+            raise Unreachable(", ".join(sorted(unreachable)),
+                              f"{len(unreachable)} board(s) can't be reached; nothing was "
+                              f"pushed ({lines})", hint=hint)
         raise InputError(f"{len(problems)} board(s) can't take {bundle.name} {bundle.version}: "
-                         f"{lines}", hint="nothing was pushed; fix them, or pass "
-                                          "--skip-incompatible")
+                         f"{lines}", hint=hint)
     order = [b.name for b in boards if b.name not in problems]
     plan = plan_waves(order, options.canary, options.waves)
     if dry_run:
@@ -169,6 +216,7 @@ def resume(journal: Journal, rollout_id: str, boards: dict[str, Board], bundle: 
     """Go on with a rollout whose process died, from where each board really is; or, for one
     that ended with stranded boards, retry their rollbacks."""
     r = journal.rollout(rollout_id)
+    r.options.validate()  # as journalled: a bad one stops here, before any board is touched
     stranded = any(b.state == BoardState.STRANDED for b in journal.boards(rollout_id))
     if r.state != RolloutState.RUNNING and not stranded:
         raise Conflict(f"rollout {rollout_id} is {r.state}: nothing to resume")

@@ -10,17 +10,25 @@ unversioned file from before versioning is version 0)::
     boards   (rollout, board, wave, state, old, new, figures JSON, old_figures JSON, error,
               updated)                       -- wave -1: skipped before the plan
     events   (rollout, ts, board, state, detail)   -- one row per board state change
+    forced   (rollout, board, ts, version, who)    -- `push --force` onto a board the rollout
+                                                      covers (schema 3)
 
 Board states and the only moves between them (TRANSITIONS, enforced by ``set_board``)::
 
     pending → staging → staged → activating → activated → committed
                   ↘ failed      ↘ rolling_back → rolled_back   (gate failed / abort)
     skipped (incompatible, with --skip-incompatible)
+    superseded (activated, then found running a version this rollout did not put there — a
+                `push --force` meanwhile: neither committed nor rolled back over it)
     stranded (activated, then unreachable for its rollback: on the old or the new version;
               `rollout resume ID` retries the rollback once the board is back)
 
 A self-move (staging → staging …) is a step retried after a crash; activating/activated →
 staged is a recovery that found the board still on its old version.
+
+Exclusivity: ``create`` checks that no unfinished rollout covers the boards and inserts the
+new one in one ``BEGIN IMMEDIATE`` transaction, so of two rollouts started at once on the same
+boards one runs and the other gets a Conflict.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from ...errors import JournalError, NotFound
+from ...errors import Conflict, JournalError, NotFound
 from ..bundle import Bundle
 from .policy import Options
 
@@ -56,6 +64,7 @@ class BoardState(str, Enum):
     FAILED = "failed"
     SKIPPED = "skipped"
     STRANDED = "stranded"
+    SUPERSEDED = "superseded"
 
     def __str__(self) -> str:
         return self.value
@@ -79,13 +88,15 @@ TRANSITIONS: dict[BoardState, frozenset[BoardState]] = {
     S.STAGING: frozenset({S.STAGING, S.STAGED, S.FAILED}),
     S.STAGED: frozenset({S.ACTIVATING}),
     S.ACTIVATING: frozenset({S.ACTIVATING, S.ACTIVATED, S.STAGED, S.ROLLING_BACK}),
-    S.ACTIVATED: frozenset({S.COMMITTED, S.STAGED, S.ROLLING_BACK}),
+    S.ACTIVATED: frozenset({S.COMMITTED, S.STAGED, S.ROLLING_BACK, S.SUPERSEDED}),
     S.COMMITTED: frozenset({S.ROLLING_BACK}),
-    S.ROLLING_BACK: frozenset({S.ROLLING_BACK, S.ROLLED_BACK, S.STRANDED, S.FAILED}),
+    S.ROLLING_BACK: frozenset({S.ROLLING_BACK, S.ROLLED_BACK, S.STRANDED, S.FAILED,
+                               S.SUPERSEDED}),
     S.STRANDED: frozenset({S.ROLLING_BACK}),
     S.ROLLED_BACK: frozenset(), S.FAILED: frozenset(), S.SKIPPED: frozenset(),
+    S.SUPERSEDED: frozenset(),
 }
-FINAL = frozenset({S.COMMITTED, S.ROLLED_BACK, S.FAILED, S.SKIPPED, S.STRANDED})
+FINAL = frozenset({S.COMMITTED, S.ROLLED_BACK, S.FAILED, S.SKIPPED, S.STRANDED, S.SUPERSEDED})
 BAD = frozenset({S.FAILED, S.ROLLED_BACK, S.STRANDED})       # count toward --max-failures
 NEVER_ACTIVATED = frozenset({S.PENDING, S.STAGING, S.STAGED})
 
@@ -105,6 +116,8 @@ CREATE TABLE IF NOT EXISTS events (
 MIGRATIONS: dict[int, str] = {
     1: _V1,
     2: "CREATE INDEX IF NOT EXISTS events_by_rollout ON events (rollout, board);",
+    3: "CREATE TABLE IF NOT EXISTS forced (rollout TEXT, board TEXT, ts REAL, version TEXT, "
+       "who TEXT);",
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -146,6 +159,15 @@ class Event:
     board: str
     state: BoardState
     detail: str | None
+
+
+@dataclass(frozen=True)
+class Forced:
+    """A `push --force` onto a board an unfinished rollout covered."""
+    board: str
+    ts: float
+    version: str
+    who: str
 
 
 @dataclass(frozen=True)
@@ -203,10 +225,17 @@ class Journal:
     # -- writing ---------------------------------------------------------------------------
     def create(self, rollout_id: str, bundle: Bundle, bundle_path: str, fleet: str,
                options: Options, plan: list[list[str]], skipped: dict[str, str]) -> None:
+        """The new rollout, if no unfinished one covers any of its boards: the check and the
+        insert are one transaction (else a Conflict naming the rollout in the way)."""
         now = time.time()
+        covered = {n for wave in plan for n in wave} | set(skipped)
         with self._lock:
             c = self._db()
             c.execute("BEGIN IMMEDIATE")
+            busy = self._active_on(c, covered)
+            if busy:
+                c.execute("ROLLBACK")
+                raise busy_conflict(busy[0])
             c.execute("INSERT INTO rollouts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                       (rollout_id, bundle.name, bundle.version, bundle_path, fleet,
                        json.dumps(asdict(options)), json.dumps(plan), RolloutState.RUNNING.value,
@@ -276,7 +305,12 @@ class Journal:
             raise NotFound(f"{self.path}: no rollout {rollout_id or ''}".strip(),
                            hint="see `edgedeploy rollout status`")
         d = dict(row)
-        return RolloutRow(**{**d, "options": Options(**json.loads(d["options"])),
+        try:
+            options = Options(**json.loads(d["options"]))
+        except (TypeError, ValueError) as exc:
+            raise JournalError(f"{self.path}: rollout {d['id']}'s options cannot be read "
+                               f"({exc})", hint="start a new rollout") from None
+        return RolloutRow(**{**d, "options": options,
                              "plan": json.loads(d["plan"]), "state": RolloutState(d["state"])})
 
     def boards(self, rollout_id: str) -> list[BoardRow]:
@@ -298,9 +332,23 @@ class Journal:
                                   "WHERE rollout = ? ORDER BY ts", (rollout_id,)).fetchall()
         return [Event(r["ts"], r["board"], BoardState(r["state"]), r["detail"]) for r in rows]
 
+    def record_forced(self, rollout_id: str, board: str, version: str, who: str) -> None:
+        """A `push --force` of VERSION onto BOARD, which ROLLOUT_ID covers (before it acts)."""
+        with self._lock:
+            self._db().execute("INSERT INTO forced VALUES (?,?,?,?,?)",
+                               (rollout_id, board, time.time(), version, who))
+
+    def forced(self, rollout_id: str) -> list[Forced]:
+        rows = self._db().execute("SELECT board, ts, version, who FROM forced WHERE rollout = ? "
+                                  "ORDER BY ts", (rollout_id,)).fetchall()
+        return [Forced(r["board"], r["ts"], r["version"], r["who"]) for r in rows]
+
     def active_on(self, names: set[str]) -> list[Busy]:
         """Rollouts not finished that cover any of NAMES."""
-        c = self._db()
+        return self._active_on(self._db(), names)
+
+    @staticmethod
+    def _active_on(c: sqlite3.Connection, names: set[str]) -> list[Busy]:
         out = []
         for r in c.execute("SELECT id, pid, host FROM rollouts WHERE state IN (?, ?)",
                            (RolloutState.RUNNING.value, RolloutState.CANCELLING.value)):
@@ -309,6 +357,15 @@ class Journal:
             if boards & names:
                 out.append(Busy(r["id"], r["pid"], r["host"], sorted(boards & names)))
         return out
+
+
+def busy_conflict(b: Busy) -> Conflict:
+    """The error for a rollout in the way of another (or of a push)."""
+    live = alive(b.pid, b.host)
+    return Conflict(f"rollout {b.id} is {'running' if live else 'unfinished'} on "
+                    f"{', '.join(b.boards[:5])}{'…' if len(b.boards) > 5 else ''}",
+                    hint=f"wait for it, or `edgedeploy rollout resume {b.id}` / "
+                         f"`edgedeploy rollout cancel {b.id}`")
 
 
 def alive(pid: int | None, host: str | None) -> bool:

@@ -197,6 +197,16 @@ class Options:
     def validate(self) -> None:
         """Check every option (and the gate data file) before any board is touched; an
         InputError (exit 2) names the first that is wrong."""
+        for name, text in (("--canary", self.canary), ("--waves", self.waves),
+                           ("--max-failures", self.max_failures)):
+            if not isinstance(text, str):
+                raise InputError(f"{name} {text!r}: expected text such as 5% or 3")
+        for name, flag in (("--skip-incompatible", self.skip_incompatible),
+                           ("--accept-new-host-key", self.accept_new_host_key)):
+            if not isinstance(flag, bool):
+                raise InputError(f"{name} {flag!r}: expected true or false")
+        if not isinstance(self.gates, list) or not all(isinstance(g, str) for g in self.gates):
+            raise InputError(f"--gate {self.gates!r}: expected gate expressions")
         count_of(self.canary, 100, "--canary")
         if self.waves.strip() != "exp":
             for part in self.waves.split(","):
@@ -208,11 +218,13 @@ class Options:
                                    ("--bench-runs", self.bench_runs, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise InputError(f"{name} {value!r}: expected a whole number ≥ {least}")
-        if not self.timeout > 0:
+        if not isinstance(self.timeout, (int, float)) or isinstance(self.timeout, bool) or \
+                not (self.timeout > 0 and math.isfinite(self.timeout)):
             raise InputError(f"--timeout {self.timeout!r}: expected seconds > 0")
         for name, v in (("--max-accuracy-drop", self.max_accuracy_drop),
                         ("--max-latency-increase", self.max_latency_increase)):
-            if v is not None and not (v >= 0 and math.isfinite(v)):
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)
+                                  or not (v >= 0 and math.isfinite(v))):
                 raise InputError(f"{name} {v!r}: expected a number ≥ 0")
         gates = self.parsed_gates()
         needs_data = any(g.metric in ("accuracy", "agreement") for g in gates)

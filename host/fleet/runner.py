@@ -148,9 +148,33 @@ class Runner:
             return
         self.record(name, S.ACTIVATED)
 
+    def outside_change(self, s: BoardSession) -> str | None:
+        """The version the board runs now, if it is not this rollout's (a `push --force`
+        meanwhile: the journal has it); None when it runs ours."""
+        entry = s.state(install_agent=False, model=self.bundle.name).model(self.bundle.name)
+        current = entry.current if entry else None
+        return None if current == self.bundle.version else (current or "no version")
+
+    def commit(self, name: str, figures: dict[str, float] | None = None) -> None:
+        """COMMITTED, after reading again what the board runs: a board changed under the
+        rollout is SUPERSEDED (neither committed nor rolled back over the change)."""
+        try:
+            with self.session(name) as s:
+                other = self.outside_change(s)
+        except EdgeDeployError as exc:
+            self.roll_back(name, f"not committed: the board's version could not be read "
+                                 f"again ({exc})", figures=figures)
+            return
+        if other is not None:
+            self.record(name, S.SUPERSEDED, figures=figures,
+                        error=f"the board runs {other} now, not {self.bundle.version}: changed "
+                              f"outside this rollout; left as it is")
+        else:
+            self.record(name, S.COMMITTED, figures=figures)
+
     def gate(self, name: str, old_figures: dict[str, float] | None) -> None:
         if not self.options.measures:
-            self.record(name, S.COMMITTED)
+            self.commit(name)
             return
 
         def step() -> dict[str, float]:
@@ -167,7 +191,7 @@ class Runner:
         if failed:
             self.roll_back(name, "gate failed: " + "; ".join(failed), figures=figures)
         else:
-            self.record(name, S.COMMITTED, figures=figures)
+            self.commit(name, figures)
 
     def roll_back(self, name: str, why: str, figures: dict[str, float] | None = None) -> None:
         """Put NAME back on the version it had (rolled_back); unreachable, it is stranded."""
@@ -178,6 +202,11 @@ class Runner:
                 entry = s.state(install_agent=False, model=self.bundle.name).model(
                     self.bundle.name)
                 current = entry.current if entry else None
+                if current not in (self.bundle.version, row.old) and \
+                        row.state not in NEVER_ACTIVATED:
+                    self.record(name, S.SUPERSEDED, error=f"{why}; the board runs {current} "
+                                f"now (changed outside this rollout): left as it is")
+                    return
                 if row.old and current != row.old:
                     s.activate(self.bundle.name, row.old)
                 elif not row.old and current == self.bundle.version:

@@ -2,13 +2,19 @@
 ProxyJump), ssh-agent, known_hosts.
 
 Host keys: the board's key must already be in known_hosts (the inventory's ``known_hosts``, the
-config's UserKnownHostsFile, else ~/.ssh/known_hosts). An unknown key is refused unless
-``accept_new_host_key`` (OpenSSH's accept-new: the key is recorded); a *changed* key is always
-refused. paramiko hangs on a cut link, keepalives notwithstanding (measured here), so the socket
-is made here with TCP_USER_TIMEOUT and handed to paramiko.
+config's UserKnownHostsFile, else ~/.ssh/known_hosts), read and decided on by
+:mod:`.known_hosts` (never paramiko's reader). An unknown key is refused unless
+``accept_new_host_key`` (OpenSSH's accept-new: the key is recorded, atomically); a *changed* or
+``@revoked`` key is always refused; a line that cannot be parsed is an error naming the file and
+line (exit 6). paramiko hangs on a cut link, keepalives notwithstanding (measured here), so the
+socket is made here with TCP_USER_TIMEOUT and handed to paramiko.
+
+Every failure to connect is one line (a BoardError): paramiko's own log records (a traceback
+for a port that is not SSH, "Socket exception" for a socket closed under it) are not printed.
 
 (A little past 400 lines: one transport — connection and host keys, command streams, the
-stream-local channel paramiko can't open itself, SFTP — whose parts share its error mapping.)
+stream-local channel paramiko can't open itself, SFTP — whose parts share its error mapping;
+known_hosts itself is read in known_hosts.py.)
 """
 
 from __future__ import annotations
@@ -24,8 +30,8 @@ from typing import Sequence
 
 import paramiko
 
-from ...errors import AuthFailed, HostKeyRefused, RemoteFailure, Unreachable
-from . import Progress, RunResult, Stream, Transport, shell_join
+from ...errors import AuthFailed, HostKeyRefused, InputError, RemoteFailure, Unreachable
+from . import Progress, RunResult, Stream, Transport, known_hosts, shell_join
 
 TCP_USER_TIMEOUT_MS = 15000
 
@@ -39,31 +45,55 @@ class _QuietRefusedSocket(logging.Filter):
 
 
 logging.getLogger("paramiko.transport").addFilter(_QuietRefusedSocket())
+# paramiko logs a failed connection (with a traceback) from its own thread; with no handler
+# anywhere, Python's last-resort handler prints that on stderr beside our one-line error.
+# A handler here keeps it off stderr; an application that configures logging still gets it.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
-class _AcceptNew(paramiko.MissingHostKeyPolicy):
-    """OpenSSH accept-new: record an unknown key; a changed key never reaches here."""
+def _fingerprint(key: paramiko.PKey) -> str:
+    return getattr(key, "fingerprint", None) or key.get_name()
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+
+class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
+    """Called by paramiko when none of the host's trusted keys was loaded for it: decides
+    with known_hosts.verdict (refuse a revoked or unknown key; accept-new records it)."""
+
+    def __init__(self, board: str, path: Path, entries: list[known_hosts.Entry],
+                 accept_new: bool) -> None:
+        self.board, self.path, self.entries, self.accept_new = board, path, entries, accept_new
 
     def missing_host_key(self, client, hostname, key) -> None:
+        v = known_hosts.verdict(self.entries, hostname, key.get_name(), key.get_base64())
+        if v == "revoked":
+            raise _revoked(self.board, hostname, key, self.path)
+        if v == "changed":
+            raise _changed(self.board, hostname, self.path)
+        if not self.accept_new:
+            raise HostKeyRefused(self.board, f"unknown host key for {hostname} "
+                                             f"({_fingerprint(key)}): not in {self.path}",
+                                 hint="check the fingerprint, then pass --accept-new-host-key "
+                                      "to record it")
+        try:
+            known_hosts.append(self.path, f"{hostname} {key.get_name()} {key.get_base64()}")
+        except (OSError, InputError) as exc:
+            raise HostKeyRefused(self.board, f"cannot record the host key of {hostname} in "
+                                             f"{self.path} ({exc})") from None
         client.get_host_keys().add(hostname, key.get_name(), key)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
 
 
-class _Reject(paramiko.MissingHostKeyPolicy):
-    def __init__(self, board: str, path: Path) -> None:
-        self.board, self.path = board, path
+def _revoked(board: str, name: str, key: paramiko.PKey, path: Path) -> HostKeyRefused:
+    return HostKeyRefused(board, f"the host key of {name} ({_fingerprint(key)}) is REVOKED "
+                                 f"in {path}",
+                          hint="the board must get a new host key; it is refused even with "
+                               "--accept-new-host-key")
 
-    def missing_host_key(self, client, hostname, key) -> None:
-        fp = key.fingerprint if hasattr(key, "fingerprint") else key.get_name()
-        raise HostKeyRefused(self.board, f"unknown host key for {hostname} ({fp}): not in "
-                                         f"{self.path}",
-                             hint="check the fingerprint, then pass --accept-new-host-key "
-                                  "to record it")
+
+def _changed(board: str, name: str, path: Path) -> HostKeyRefused:
+    return HostKeyRefused(board, f"the host key of {name} CHANGED (known_hosts {path} has "
+                                 f"another one)",
+                          hint="if the board was reinstalled, remove the old line with "
+                               "ssh-keygen -R; otherwise someone may be in the middle")
 
 
 def _ssh_config(path: str | None) -> paramiko.SSHConfig:
@@ -216,6 +246,17 @@ class _SshStream(Stream):
         return self._err.decode("utf-8", "replace")
 
 
+def _connect_failure(host: str, port: int, exc: BaseException) -> str:
+    """One line for an SSH handshake that failed after the TCP connection was made."""
+    text = str(exc) or type(exc).__name__
+    if "protocol banner" in text or isinstance(exc, EOFError) or \
+            "Connection reset" in text or "Incompatible version" in text:
+        return f"{host}:{port} answers, but not as an SSH server ({text})"
+    if isinstance(exc, socket.timeout):
+        return f"SSH to {host}:{port}: no answer in time ({text})"
+    return f"SSH to {host}:{port} failed ({type(exc).__name__}: {text})"
+
+
 class SshTransport(Transport):
     forwards_unix = True
 
@@ -237,42 +278,61 @@ class SshTransport(Transport):
         self._sftp: paramiko.SFTPClient | None = None
         self.client = self._connect(cfg.get("proxyjump"), accept_new_host_key)
 
-    def _connect(self, proxyjump: str | None, accept_new: bool) -> paramiko.SSHClient:
+    def _host_entries(self) -> list[known_hosts.Entry]:
+        try:
+            return known_hosts.load(self.known_hosts)
+        except InputError as exc:
+            raise HostKeyRefused(self.board, f"known_hosts {exc.message}", hint=exc.hint) \
+                from None
+
+    def _connect(self, proxyjump: str | None, accept_new: bool,
+                 only: known_hosts.Entry | None = None) -> paramiko.SSHClient:
+        entries = self._host_entries()
+        name = known_hosts.host_field(self.host, self.port)
         if proxyjump and proxyjump.lower() != "none":
             sock = self._through_jump(proxyjump, accept_new)
         else:
             sock = _socket(self.board, self.host, self.port, self.timeout)
         client = paramiko.SSHClient()
-        if self.known_hosts.is_file():
-            client.load_host_keys(str(self.known_hosts))
-        client.set_missing_host_key_policy(_AcceptNew(self.known_hosts) if accept_new
-                                           else _Reject(self.board, self.known_hosts))
+        for e in [only] if only else known_hosts.trusted(entries, name):
+            try:  # one key per type (paramiko's table); another of that type: see below
+                key = paramiko.PKey.from_type_string(e.keytype, e.blob)
+            except (paramiko.SSHException, ValueError, TypeError):
+                continue  # a key type paramiko cannot check: it admits nothing
+            client.get_host_keys().add(name, e.keytype, key)
+        client.set_missing_host_key_policy(_HostKeyPolicy(self.board, self.known_hosts,
+                                                          entries, accept_new))
+
+        def fail(err: Exception) -> Exception:
+            client.close()  # stops paramiko's thread before its socket goes
+            sock.close()
+            return err
+
         try:
             client.connect(self.host, port=self.port, username=self.user,
                            key_filename=self.keys or None, sock=sock, timeout=self.timeout,
                            banner_timeout=self.timeout, auth_timeout=self.timeout,
                            allow_agent=True, look_for_keys=not self.keys)
         except paramiko.BadHostKeyException as exc:
-            sock.close()
-            raise HostKeyRefused(self.board, f"the host key of {self.host}:{self.port} CHANGED "
-                                             f"(known_hosts {self.known_hosts} has another "
-                                             f"one)",
-                                 hint="if the board was reinstalled, remove the old line with "
-                                      "ssh-keygen -R; otherwise someone may be in the "
-                                      "middle") from exc
-        except HostKeyRefused:
-            sock.close()
-            raise
-        except paramiko.AuthenticationException as exc:
-            sock.close()
-            raise AuthFailed(self.board, f"{self.user}@{self.host}:{self.port} refused our "
-                                         f"key(s) ({', '.join(self.keys) or 'agent/default'})",
-                             hint="check `key` in fleet.toml and the board's "
-                                  "authorized_keys") from exc
+            got = exc.key
+            v = known_hosts.verdict(entries, name, got.get_name(), got.get_base64())
+            fail(exc)
+            if v == "known" and only is None:  # a second trusted key of the same type
+                match = next(e for e in known_hosts.trusted(entries, name)
+                             if e.key == got.get_base64())
+                return self._connect(proxyjump, accept_new, only=match)
+            raise (_revoked(self.board, name, got, self.known_hosts) if v == "revoked"
+                   else _changed(self.board, name, self.known_hosts)) from None
+        except HostKeyRefused as exc:
+            raise fail(exc) from None
+        except paramiko.AuthenticationException:
+            raise fail(AuthFailed(self.board, f"{self.user}@{self.host}:{self.port} refused our "
+                                              f"key(s) ({', '.join(self.keys) or 'agent/default'})",
+                                  hint="check `key` in fleet.toml and the board's "
+                                       "authorized_keys")) from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            sock.close()
-            raise Unreachable(self.board, f"SSH to {self.host}:{self.port} failed "
-                                          f"({type(exc).__name__}: {exc})") from exc
+            raise fail(Unreachable(self.board, _connect_failure(self.host, self.port, exc),
+                                   hint="is this the board's SSH port?")) from None
         transport = client.get_transport()
         if transport is not None:
             transport.set_keepalive(5)

@@ -137,7 +137,7 @@ def test_upload_then_install_over_the_socket(agent, tmp_path, models):
     cleanup = _Cleanup()
     src = bundle_dir(models["int8"], tmp_path / "src")
     files = sorted(p for p in src.iterdir())
-    incoming = agent.store.parent / "incoming" / "up1"
+    incoming = agent.store / "incoming" / "up1"  # where `state` says uploads go
     try:
         agent.store.mkdir()
         cleanup.pids.append(agent("agentd", "--detach", "--idle", 60)["pid"])
@@ -171,5 +171,37 @@ def test_upload_then_install_over_the_socket(agent, tmp_path, models):
                       + b"y" * 10)
         _wait(lambda: not (incoming / "partial").exists(), "the partial file to go")
         assert agent("list")["models"][0]["current"] == inst["current"]
+    finally:
+        cleanup()
+
+
+def test_stop_returns_only_once_the_daemon_process_is_gone(agent, tmp_path):
+    """`agentd --stop` (and a new daemon replacing an old one) must not return while the old
+    process still runs. The lock it waits for used to be released before the interpreter
+    ended, so under load the old process was still alive: an atexit handler that takes its
+    time (a site hook, as slow teardown under load) makes that window wide."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import atexit, time, sys\n"
+        "if 'agentd' in sys.argv:\n"
+        "    atexit.register(time.sleep, 1.5)\n")
+    env = {"PYTHONPATH": str(hook)}
+    cleanup = _Cleanup()
+    try:
+        agent.store.mkdir()
+        first = agent("agentd", "--detach", "--idle", 60, env=env)
+        cleanup.pids.append(first["pid"])
+        sock = agent.store / "agentd.sock"
+        _wait(lambda: sock.exists() and _talk(sock)[0], "the first daemon")
+        second = agent("agentd", "--detach", "--idle", 60, env=env)  # replaces the first
+        cleanup.pids.append(second["pid"])
+        assert second["replaced"] == first["pid"] and not _alive(first["pid"])
+        _wait(lambda: sock.exists() and (_talk(sock)[0] or {}).get("pid") == second["pid"],
+              "the second daemon")
+        stopped = agent("agentd", "--stop")
+        assert stopped["stopped"] == second["pid"] and "still_running" not in stopped
+        assert not _alive(second["pid"])
+        assert not sock.exists() and agent("agentd", "--stop")["stopped"] is None
     finally:
         cleanup()

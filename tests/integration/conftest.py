@@ -43,3 +43,13 @@ def ed_json(*args, db: Path, env: dict | None = None) -> dict:
     p = ed(*args, "--json", db=db, env=env)
     assert p.returncode == 0, f"edgedeploy {args}: {p.stdout}\n{p.stderr}"
     return json.loads(p.stdout)
+
+
+@pytest.fixture(scope="session")
+def user_fleet(tmp_path_factory):
+    """Two boards (b0 litert, b1 tflite-runtime) where an unprivileged user `edgeuser` logs in,
+    the store in its home, and fleet.toml names no root: the default `~/.edgedeploy`."""
+    d = tmp_path_factory.mktemp("userfleet")
+    path = fleet_up(d, 2, "--rate", "200mbit", "--user", "edgeuser", "--default-root")
+    yield path
+    fleet_down(d)

@@ -10,8 +10,12 @@ Fault hooks, per board (they persist across sessions, as a board's own troubles 
                             Unreachable, until board.restore()
     board.refuse = {"activate"}   those agent commands answer a store_error
     board.hang = {"bench"}        those never answer: the caller's timeout (Unreachable)
+    board.lose = {"install"}      those run, but the link breaks before their answer is back
+    board.drop = {"install"}      those never arrive (the link breaks as they are sent); the
+                                  board stays reachable for the next session
 
-``board.calls`` lists every agent command the board received (argv lists), in order.
+``board.calls`` lists every agent command the board received (argv lists, without the
+deadline a store change comes with: ``--within S``), in order.
 
 Use::
 
@@ -79,13 +83,15 @@ class FakeBoard:
         self.cut = False
         self.refuse: set[str] = set()
         self.hang: set[str] = set()
+        self.lose: set[str] = set()
+        self.drop: set[str] = set()
         self.calls: list[list[str]] = []
         self.lock = threading.Lock()
 
     def restore(self) -> None:
         """The link is back (faults cleared)."""
         self.cut_at, self.cut = None, False
-        self.refuse, self.hang = set(), set()
+        self.refuse, self.hang, self.lose, self.drop = set(), set(), set(), set()
 
     def check_link(self) -> None:
         if self.cut:
@@ -110,6 +116,7 @@ class _AgentStream(Stream):
         self.outbox: queue.Queue[str] = queue.Queue()
         self.pending = b""
         self.dead = False
+        self.losing = False  # the answer under way is lost (board.lose)
         parser = _parser()
         prefix = ["--store", str(board.store)]
         self.thread = threading.Thread(
@@ -126,6 +133,8 @@ class _AgentStream(Stream):
 
     def _command(self, line: str) -> None:
         argv = [str(x) for x in json.loads(line)]
+        if argv[:1] == ["--within"]:
+            argv = argv[2:]
         b = self.board
         with b.lock:
             b.calls.append(argv)
@@ -136,6 +145,11 @@ class _AgentStream(Stream):
             raise Unreachable(b.name, f"`{argv[0]}`: the connection broke (fake board)")
         if argv[0] in b.hang:
             return  # never answered
+        if argv[0] in b.drop:
+            self.dead = True
+            raise Unreachable(b.name, f"`{argv[0]}`: the connection broke (fake board)")
+        if argv[0] in b.lose:
+            self.losing = True
         if argv[0] in b.refuse:
             self.outbox.put(json.dumps({"schema": 1, "ok": False, "kind": "error",
                                         "code": "store_error", "exit": 1,
@@ -145,6 +159,11 @@ class _AgentStream(Stream):
 
     def read_line(self, timeout: float) -> str:
         self.board.check_link()
+        if self.losing:  # the command runs to its end; its answer never arrives
+            self.outbox.get(timeout=timeout)
+            self.dead = True
+            raise Unreachable(self.board.name, "the connection broke before the answer came "
+                                               "back (fake board)")
         try:
             return self.outbox.get(timeout=timeout)
         except queue.Empty:
@@ -206,7 +225,9 @@ class FakeFleet:
 
     def connect(self, board: Board, accept_new_host_key: bool = False) -> BoardSession:
         """A SessionFactory (host/fleet/runner.py) that reaches the fake boards."""
-        return BoardSession(board, FakeTransport(self.boards[board.name]))
+        s = BoardSession(board, FakeTransport(self.boards[board.name]))
+        s.reconnect = (3, 0.0)  # after a lost answer: no pause between tries here
+        return s
 
     def session(self, name: str) -> BoardSession:
         return self.connect(self.boards[name].spec)
