@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..errors import Conflict, HashMismatch, InputError, NotFound, StoreError
+from ..errors import Conflict, Expired, HashMismatch, InputError, NotFound, StoreError
 from .fsio import checkpoint, fsync_dir, write_atomic
 from .intake import MANIFEST, expected_files, fsync_tree
 from .intake import stage as stage_bundle
@@ -267,8 +267,7 @@ class Store:
                                    f"with other content",
                                    hint="a version names one content; compile a new version")
                 return Installed(name, version, dest, len(expected) + 1, total, True)
-            if self.runs is not None:
-                self.runs(staging / m.file, m, f"model {name} version {version}")
+            self._runs(staging / m.file, m, f"model {name} version {version}")
             fsync_tree(staging)
             checkpoint("install:verified")
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -293,10 +292,8 @@ class Store:
         old = self.pointer(name)
         if old.current == version:
             return old, []
-        if self.runs is not None:
-            m = self.manifest(name, version)
-            self.runs(self.version_dir(name, version) / m.file, m,
-                      f"model {name} version {version}")
+        m = self.manifest(name, version)
+        self._runs(self.version_dir(name, version) / m.file, m, f"model {name} version {version}")
         new = Pointer(version, old.current or old.previous)
         self._write_pointer(name, new)
         checkpoint("activate:switched")
@@ -312,14 +309,24 @@ class Store:
         if problems:
             raise HashMismatch(f"model {name} previous version {old.previous} is damaged: "
                                f"{problems[0]}; staying on {old.current}")
-        if self.runs is not None:
-            m = self.manifest(name, old.previous)
-            self.runs(self.version_dir(name, old.previous) / m.file, m,
-                      f"model {name} previous version {old.previous}")
+        m = self.manifest(name, old.previous)
+        self._runs(self.version_dir(name, old.previous) / m.file, m,
+                   f"model {name} previous version {old.previous}")
         new = Pointer(old.previous, old.current)
         self._write_pointer(name, new)
         checkpoint("rollback:switched")
         return new
+
+    def _runs(self, model: Path, m: Manifest, what: str) -> None:
+        """The ``runs`` check (a child process: it may take seconds), then the guard again: a
+        command whose deadline passed or whose client hung up meanwhile changes nothing."""
+        if self.runs is None:
+            return
+        self.runs(model, m, what)
+        why = self.guard.why_not()
+        if why:
+            raise Expired(f"command dropped: {why} while {what} was being probed; nothing "
+                          f"was done")
 
     def remove(self, name: str, version: str) -> None:
         self._sweep_pointer(name)
