@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -47,6 +48,7 @@ import numpy as np
 from .. import __version__
 from ..errors import EdgeDeployError, EnvironmentProblem, InputError, NotFound
 from . import tensors
+from .wire import Conn
 
 _MODEL = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?/?$")
 HEADER_LIMIT = 64 * 1024
@@ -104,16 +106,17 @@ def make_server(service, host: str, port: int, max_connections: int = 64) -> Thr
 
         # -- plumbing ---------------------------------------------------------------------
         def _send(self, status: int, body: list, ctype: str, extra: dict | None = None) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(sum(memoryview(b).nbytes for b in body)))
-            for k, v in (extra or {}).items():
-                self.send_header(k, v)
+            """Status line, headers and body in one sendmsg (no Nagle/delayed-ACK stall)."""
+            lines = [f"{self.protocol_version} {status} {self.responses.get(status, ('',))[0]}",
+                     f"Server: {self.version_string()}", f"Date: {self.date_time_string()}",
+                     f"Content-Type: {ctype}",
+                     f"Content-Length: {sum(memoryview(b).nbytes for b in body)}",
+                     *(f"{k}: {v}" for k, v in (extra or {}).items())]
             if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            for b in body:
-                self.wfile.write(b)
+                lines.append("Connection: close")
+            head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+            if not Conn(self.connection).send([head, *body]):
+                self.close_connection = True
 
         def _json(self, status: int, payload: dict | None) -> None:
             body = [] if payload is None else [json.dumps(payload).encode()]
@@ -212,7 +215,7 @@ def make_server(service, host: str, port: int, max_connections: int = 64) -> Thr
             arrays = self._inputs(slot, req["inputs"], memoryview(body)[hlen:])
             version, outs, ms = registry.predict(slot.name, arrays)
             wanted = req.get("outputs")
-            params = req.get("parameters") if isinstance(req.get("parameters"), dict) else {}
+            params: dict = req["parameters"] if isinstance(req.get("parameters"), dict) else {}
             all_binary = params.get("binary_data_output") is True
             names = [d["name"] for d in slot.outputs]
             chosen: list[tuple[int, bool]] = []
@@ -226,7 +229,7 @@ def make_server(service, host: str, port: int, max_connections: int = 64) -> Thr
                     if name not in names:
                         raise InputError(f"model {slot.name} has no output {str(name)[:100]!r}",
                                          hint=f"outputs: {', '.join(names)}")
-                    wp = w.get("parameters") if isinstance(w.get("parameters"), dict) else {}
+                    wp: dict = w["parameters"] if isinstance(w.get("parameters"), dict) else {}
                     chosen.append((names.index(name), wp.get("binary_data", all_binary) is True))
             out_json, blobs = [], []
             for i, binary in chosen:
@@ -235,7 +238,7 @@ def make_server(service, host: str, port: int, max_connections: int = 64) -> Thr
                            "shape": list(o.shape)}
                 if binary:
                     e["parameters"] = {"binary_data_size": o.nbytes}
-                    blobs.append(memoryview(o).cast("B"))
+                    blobs.append(o.data.cast("B"))
                 else:
                     e["data"] = o.ravel().tolist()
                 out_json.append(e)
@@ -269,7 +272,7 @@ def make_server(service, host: str, port: int, max_connections: int = 64) -> Thr
                                      f"{', '.join(tensors.V2_DTYPES)}")
                 dtype = np.dtype(tensors.V2_DTYPES[dt])
                 shape = tensors.parse_shape(h.get("shape"), where)
-                p = h.get("parameters") if isinstance(h.get("parameters"), dict) else {}
+                p: dict = h["parameters"] if isinstance(h.get("parameters"), dict) else {}
                 if "binary_data_size" in p:
                     n = tensors.parse_nbytes(p["binary_data_size"], where)
                     if at + n > len(raw):
@@ -290,5 +293,10 @@ def make_server(service, host: str, port: int, max_connections: int = 64) -> Thr
     class Server(ThreadingHTTPServer):
         daemon_threads = True
         allow_reuse_address = True
+
+        def get_request(self):
+            sock, addr = super().get_request()
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock, addr
 
     return Server((host, port), Handler)

@@ -311,7 +311,7 @@ class Service:
                                          f"needs {tensors.count(shape) * dtype.itemsize}")
                     a = np.empty(shape, dtype)
                     if n:
-                        conn.read_into(memoryview(a).cast("B"))
+                        conn.read_into(a.data.cast("B"))
                     n = 0
                     arrays.append(a)
             except InputError as exc:

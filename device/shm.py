@@ -122,14 +122,15 @@ class Regions:
         start = spec.get("offset", 0)
         size = parse_nbytes(spec.get("nbytes"), "output_shm")
         region.view(start, size, "output_shm")  # validates the slice
-        at, end, placed = start, start + size, []
+        at, end = start, start + size
+        placed: list[dict | None] = []
         for o in outs:
             o = np.ascontiguousarray(o)
             at = -(-at // ALIGN) * ALIGN
             if at + o.nbytes > end:
                 placed.append(None)
                 continue
-            region.mm[at:at + o.nbytes] = memoryview(o).cast("B") if o.nbytes else b""
+            region.mm[at:at + o.nbytes] = o.data.cast("B") if o.nbytes else b""
             placed.append({"dtype": str(o.dtype), "shape": list(o.shape), "shm": region.name,
                            "offset": at, "nbytes": o.nbytes})
             at += o.nbytes
@@ -165,7 +166,7 @@ class ClientRegion:
 
     def write(self, offset: int, a: np.ndarray) -> dict:
         a = np.ascontiguousarray(a)
-        self.mm[offset:offset + a.nbytes] = memoryview(a).cast("B") if a.nbytes else b""
+        self.mm[offset:offset + a.nbytes] = a.data.cast("B") if a.nbytes else b""
         return {"dtype": str(a.dtype), "shape": list(a.shape), "shm": self.name,
                 "offset": offset, "nbytes": a.nbytes}
 

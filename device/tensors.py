@@ -82,7 +82,7 @@ def header(a: np.ndarray) -> tuple[dict, memoryview]:
     """(header with nbytes, the raw bytes as a memoryview, no copy) of an array."""
     a = np.ascontiguousarray(a)
     return ({"dtype": str(a.dtype), "shape": list(a.shape), "nbytes": a.nbytes},
-            memoryview(a).cast("B") if a.nbytes else memoryview(b""))
+            a.data.cast("B") if a.nbytes else memoryview(b""))
 
 
 def parse_header(h: Any, where: str = "tensor") -> tuple[np.dtype, tuple[int, ...]]:

@@ -94,16 +94,18 @@ def results_table(path: str, lines: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from .. import units
+
     t = Table(title=f"edgedeploy results ({path})")
-    for c in ("board", "model", "label", "version", "runtime", "size KB", "accuracy",
-              "p50 ms", "p99 ms"):
+    for c in ("board", "model", "label", "version", "runtime", "size KiB", "accuracy",
+              "p50", "p99"):
         t.add_column(c, justify="right")
     for ln in lines:
         t.add_row(ln["board"], ln["model"] or "", ln["label"] or "", ln["version"],
-                  ln["runtime"] or "", f"{ln['size'] / 1024:.1f}" if ln["size"] else "–",
-                  f"{100 * ln['accuracy']:.2f}%" if ln["accuracy"] is not None else "–",
-                  f"{ln['p50_ms']:.3f}" if ln["p50_ms"] else "–",
-                  f"{ln['p99_ms']:.3f}" if ln["p99_ms"] else "–")
+                  ln["runtime"] or "", units.kib(ln["size"]),
+                  "[red]eval failed[/red]" if ln.get("eval_error") else units.pct(ln["accuracy"]),
+                  "[red]bench failed[/red]" if ln.get("bench_error") else units.ms(ln["p50_ms"]),
+                  "" if ln.get("bench_error") else units.ms(ln["p99_ms"]))
     Console(width=140).print(t)
 
 
