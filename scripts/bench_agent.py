@@ -155,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parts", default="fidelity,endpoint,startup",
                    help="which of fidelity,endpoint,startup to run (all)")
     p.add_argument("--envs", default="litert,tflite_runtime", help="board envs (both)")
+    p.add_argument("--realtime", type=int, default=0, metavar="PRIO",
+                   help="run the endpoint's server and client under SCHED_FIFO PRIO (chrt; "
+                        "root): on a machine shared with other work, a board's quiet CPU is "
+                        "emulated by putting both ahead of everything else (0: off)")
     a = p.parse_args(argv)
     parts = set(a.parts.split(","))
 
@@ -182,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
                                  out=work / "models", name="landmarks"))
     pyz = build_zipapp(work / "edgedeploy-agent.pyz")["path"]
     results: dict = {"goals": GOALS, "runs": a.runs, "rounds": a.rounds, "envs": {},
-                     "load_average_at_start": os.getloadavg()}
+                     "load_average_at_start": os.getloadavg(),
+                     "endpoint_scheduling": f"SCHED_FIFO {a.realtime}" if a.realtime
+                     else "normal (SCHED_OTHER)"}
 
     fidelity = Table(title=f"agent bench p50 vs a bare invoke loop (median of {a.rounds} "
                            f"alternating rounds, {a.runs} runs each)")
@@ -269,7 +275,8 @@ def _endpoint(a, py, pyz, env, store, work, res, endpoint) -> None:
               str(load_bundle(work / "models" / "landmarks.float32.tflite").write_folder(
                   work / f"bundle-landmarks-{env}")), "--activate"])
     sock = str(work / f"{env}.sock")
-    srv = subprocess.Popen([py, pyz, "--store", str(store), "serve", "--socket", sock,
+    rt = ["chrt", "-f", str(a.realtime)] if a.realtime else []
+    srv = subprocess.Popen([*rt, py, pyz, "--store", str(store), "serve", "--socket", sock,
                             "--http-port", "0"], stdout=subprocess.PIPE, text=True,
                            env={"PATH": "/usr/bin:/bin"})
     assert srv.stdout is not None
@@ -283,7 +290,7 @@ def _endpoint(a, py, pyz, env, store, work, res, endpoint) -> None:
             path = str(work / "models" / f"{model}.float32.tflite")
             series: dict[str, list] = {}
             for _ in range(a.rounds):
-                out = run_json([py, "-c", SIDE_BY_SIDE, pyz, sock, model, path, str(runs),
+                out = run_json([*rt, py, "-c", SIDE_BY_SIDE, pyz, sock, model, path, str(runs),
                                 json.dumps(CLIENTS), http_port if model == "digits" else "-"])
                 for k, v in out.items():
                     series.setdefault(k, []).append(v)
