@@ -41,7 +41,8 @@ Agent commands (``edgedeploy-agent [--store DIR] CMD``) and their answers (``kin
     activate  {"name": ..., "current": "v2", "previous": "v1", "removed": ["v0"]}
     rollback  {"name": ..., "current": "v1", "previous": "v2"}
     list      {"models": [{"name": ..., "current": ..., "previous": ...,
-                           "versions": [{"version": ..., "mode": "int8", "size": ...,
+                           "versions": [{"version": ..., "mode": "int8",
+                                         "label": "qat-int8", "size": ...,
                                          "created": ..., "installed": ...}]}]}
     remove    {"name": ..., "version": ..., "removed": true}
     verify    {"name": ..., "version": ..., "valid": true, "problems": []}
@@ -217,11 +218,20 @@ class VersionEntry:
     mode: str | None = None
     size: int | None = None
     error: str | None = None      # the stored version is unreadable (its manifest)
+    label: str | None = None      # e.g. qat-int8 for mode int8 (older agents: absent)
 
     @classmethod
     def parse(cls, d: Any) -> "VersionEntry":
         return cls(_field(d, "version", str), _field(d, "mode", str, True),
-                   _field(d, "size", int, True), _field(d, "error", str, True))
+                   _field(d, "size", int, True), _field(d, "error", str, True),
+                   _field(d, "label", str, True))
+
+    def describe(self) -> str:
+        """"int8", or "int8 (qat-int8)" when the label says more than the mode."""
+        if self.mode is None:
+            return "?"
+        return self.mode if not self.label or self.label == self.mode else \
+            f"{self.mode} ({self.label})"
 
 
 @dataclass(frozen=True)

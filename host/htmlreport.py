@@ -119,7 +119,7 @@ def fleet_lines(rows: list[Row], fleet=None, only_board: str | None = None) -> l
             fl.current = {}
             for m in r.payload.get("models") or []:
                 cur = m.get("current")
-                label = next((v.get("mode") for v in m.get("versions") or []
+                label = next((v.get("label") or v.get("mode") for v in m.get("versions") or []
                               if v.get("version") == cur), None)
                 fl.current[m.get("name", "?")] = (f"{cur} ({label})" if label else
                                                   str(cur)) if cur else "none active"

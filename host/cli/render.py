@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from .. import units
 from ...device import protocol
 
 
@@ -26,17 +27,41 @@ def push_line(r: Any) -> str:
 
 
 def bench_line(board: str, b: protocol.Bench) -> str:
-    t = b.raw["timing"]
     return (f"{board}: {b.model.name} {b.model.version} ({b.model.mode}, {b.runtime} "
             f"{b.runtime_version}, {b.threads} thread(s), delegate {b.delegate or 'none'}): "
-            f"p50 {t['p50_ms']:.3f} ms, p90 {t['p90_ms']:.3f}, p99 {t['p99_ms']:.3f}, "
-            f"load {b.load_ms:.1f} ms, peak RSS {b.peak_rss_bytes // 1024} KB")
+            f"p50 {units.ms(b.p50_ms)}, p90 {units.ms(b.p90_ms)}, p99 {units.ms(b.p99_ms)}, "
+            f"load {units.ms(b.load_ms)}, peak RSS {units.size(b.peak_rss_bytes)}")
+
+
+def op_table(raw: dict) -> str:
+    """`bench --op-profile`: every op, where it ran, and what the agent says about op times."""
+    ops = raw.get("ops") or []
+    lines = [f"  {o.get('index', i):>4}  {o.get('op', '?'):<28} "
+             f"{'delegate' if o.get('delegated') else 'CPU kernels'}"
+             for i, o in enumerate(ops)]
+    timing = raw.get("op_timing")
+    if timing:
+        lines.append(f"  op times: {timing}")
+    if raw.get("note"):
+        lines.append(f"  note: {raw['note']}")
+    return "\n".join(lines) or "  (no op list)"
 
 
 def eval_line(board: str, e: protocol.Eval) -> str:
     return (f"{board}: {e.model.name} {e.model.version} ({e.model.mode}): top-1 "
-            f"{100 * e.top1:.2f}% on {e.samples} samples"
-            + (f", agreement {100 * e.agreement:.2f}%" if e.agreement is not None else ""))
+            f"{units.pct(e.top1)} on {e.samples} samples"
+            + (f", agreement {units.pct(e.agreement)}" if e.agreement is not None else ""))
+
+
+def _describe(m: dict, version: str | None) -> str:
+    """VERSION with its mode and label, as the board's listing gives them."""
+    if not version:
+        return "none"
+    for v in m.get("versions") or []:
+        if v.get("version") == version:
+            entry = protocol.VersionEntry.parse(v) if "error" not in v else None
+            return f"{version} {entry.describe()}" if entry else f"{version} (unreadable)"
+    return version
 
 
 def status_lines(rows: list[dict]) -> str:
@@ -45,7 +70,8 @@ def status_lines(rows: list[dict]) -> str:
         if "error" in st:
             out.append(f"{st['board']}: UNREACHABLE/FAILED: {st['error']}")
             continue
-        models = ", ".join(f"{m['name']} {m['current']} (previous {m['previous']})"
+        models = ", ".join(f"{m['name']} {_describe(m, m['current'])} active (previous "
+                           f"{_describe(m, m['previous'])})"
                            for m in st["models"]) or "no models"
         agent = "agent current" if st["agent_current"] else \
             ("agent outdated" if st["agent"] else "no agent")
@@ -145,3 +171,28 @@ def inspect_table(payload: dict) -> None:
                       f"([bold]{pf['verdict']}[/bold]); parameters {pf['param_bytes'] / mib:.2f} "
                       f"MiB → on-chip {pf['on_chip_bytes'] / mib:.2f} MiB, off-chip "
                       f"{pf['off_chip_bytes'] / mib:.2f} MiB (cache ≈ 8 MiB)")
+
+
+def fleet_table(title: str, columns: list[str], rows: list[tuple]) -> None:
+    """One table for a run on several boards: ROWS are (board, [cells]) or (board, error[,
+    what]) — a failure spans the row, in red, with the error's own words."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rich.markup import escape
+
+    from ...errors import EdgeDeployError
+
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    for row in rows:
+        board, body = row[0], row[1]
+        if isinstance(body, EdgeDeployError):
+            what = f"{row[2]}: " if len(row) > 2 else ""
+            cells = [f"[red]FAILED[/red] {escape(what + str(body))}"] + \
+                [""] * (len(columns) - 2)
+            t.add_row(escape(board), *cells)
+        else:
+            t.add_row(escape(board), *[escape(str(c)) for c in body])
+    Console(width=max(Console().width, 160)).print(t)

@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from edgedeploy.errors import EdgeDeployError, InputError, NotFound, Unreachable
-from edgedeploy.host.fanout import fan_out, split_targets
+from edgedeploy.host.fleet.fanout import fan_out, split_targets
 
 
 def test_fan_out_keeps_order_and_goes_past_failures():

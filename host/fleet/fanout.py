@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Generic, TypeVar
 
-from ..errors import BoardError, EdgeDeployError, InputError
+from ...errors import BoardError, EdgeDeployError, InputError
 
 T = TypeVar("T")
 
@@ -31,6 +31,12 @@ class Outcome(Generic[T]):
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    def get(self) -> T:
+        """The value (of a board that succeeded); its error otherwise."""
+        if self.error is not None:
+            raise self.error
+        return self.value  # type: ignore[return-value]
 
 
 @dataclass
