@@ -65,6 +65,23 @@ TARGETS_EXAMPLES = """examples:
   edgedeploy targets check            # every board: arch, Python, runtime vs its profile
   edgedeploy targets check b0 b1 --parallel 2
   edgedeploy targets check --group kitchen --json
+
+the fleet file (--fleet FILE, $EDGEDEPLOY_FLEET, ./fleet.toml): [defaults] holds any board key,
+[boards.NAME] overrides them. Keys: host (address or ~/.ssh/config alias), user, port, key,
+known_hosts, ssh_config (OpenSSH client config to read HostName/User/Port/IdentityFile/
+UserKnownHostsFile/ProxyJump from), profile (see `targets profiles`), python, root, transport
+(ssh|local), tags, groups, connect_timeout, command_timeout, resident_agent, resident_idle.
+
+  [defaults]
+  user = "pi"
+  key = "~/.ssh/id_ed25519"
+  profile = "rpi-aarch64"
+
+  [boards.pi-kitchen]
+  host = "192.168.1.40"
+  groups = ["canary"]
+
+Every key with its default: the README's "fleet.toml reference".
 """ + EXAMPLES
 
 

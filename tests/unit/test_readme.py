@@ -40,3 +40,19 @@ def test_missing_fleet_file_points_at_the_reference(tmp_path):
         load_fleet(tmp_path / "nope.toml")
     assert "nope.toml: no such fleet file" in str(e.value)
     assert "fleet.toml reference" in str(e.value) and "--fleet" in str(e.value)
+
+
+def test_targets_help_names_every_fleet_key():
+    """The missing-fleet error sends people to `edgedeploy targets --help` too."""
+    import contextlib
+    import io
+
+    from edgedeploy.host.cli import build_parser
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        build_parser().parse_args(["targets", "--help"])
+    text = out.getvalue()
+    for key in _FIELDS:
+        assert key in text, key
+    assert "[boards.pi-kitchen]" in text
