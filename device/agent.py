@@ -27,6 +27,7 @@ EXAMPLES = """examples:
   edgedeploy-agent eval digits@3f2a9c1b0d4e --bundled-data gate.npz --bundled-reference gate.npz
   edgedeploy-agent probe digits           # does it load and run here? (child process)
   edgedeploy-agent serve --socket /tmp/edgedeploy.sock
+  edgedeploy-agent serve --socket /tmp/edgedeploy.sock --http-port 8000   # + KServe v2 REST
 
 The store defaults to $EDGEDEPLOY_STORE, else ~/.edgedeploy/store."""
 
@@ -129,10 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="give up loading after S seconds (120)")
     pr.add_argument("--no-cache", action="store_true",
                     help="probe again even if this model was probed with this runtime")
-    s = sub.add_parser("serve", help="on-device inference endpoint for local apps")
-    where = s.add_mutually_exclusive_group(required=True)
-    where.add_argument("--socket", metavar="PATH", help="a Unix socket")
-    where.add_argument("--port", type=int, metavar="N", help="TCP on 127.0.0.1 (0: any free)")
+    s = sub.add_parser("serve", help="on-device inference endpoint for local apps (NDJSON on "
+                                     "a socket; HTTP with the Open Inference Protocol)")
+    where = s.add_mutually_exclusive_group()
+    where.add_argument("--socket", metavar="PATH", help="NDJSON on a Unix socket")
+    where.add_argument("--port", type=int, metavar="N",
+                       help="NDJSON on TCP 127.0.0.1 (0: any free)")
+    s.add_argument("--http-port", type=int, metavar="N",
+                   help="also (or only) HTTP: KServe v2 REST + /metrics (0: any free)")
+    s.add_argument("--http-host", default="127.0.0.1", metavar="ADDR",
+                   help="address the HTTP endpoint binds (127.0.0.1; anything else exposes "
+                        "the models to the network)")
+    s.add_argument("--max-connections", type=int, default=64, metavar="N",
+                   help="clients at once per protocol (64); the next one is told busy")
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--poll", type=float, default=0.1, metavar="S",
                    help="how often to look for an activation (0.1 s)")
@@ -374,8 +384,11 @@ def runs_check(runtime: str | None, cache_dir: str):
 def cmd_serve(a, store) -> dict:
     from .serve import serve
 
+    if a.socket is None and a.port is None and a.http_port is None:
+        raise InputError("serve needs --socket PATH, --port N or --http-port N")
     serve(store, socket_path=a.socket, port=a.port, threads=a.threads, poll=a.poll,
-          models=a.models, runtime=a.runtime)
+          models=a.models, runtime=a.runtime, http_port=a.http_port, http_host=a.http_host,
+          max_connections=a.max_connections)
     return protocol.ok("serve", stopped=True)
 
 

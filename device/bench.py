@@ -80,6 +80,16 @@ def time_invokes(interp, runs: int, warmup: int = 10, inputs: list[np.ndarray] |
 
 
 def peak_rss_bytes() -> int | None:
+    """This process's peak resident memory. Linux: VmHWM of /proc/self/status, which starts
+    afresh at exec — getrusage's ru_maxrss does not (it keeps the parent's peak from before the
+    fork, so an agent started by a 800 MiB test runner reported 830 MiB)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     try:
         import resource
         import sys
@@ -168,6 +178,19 @@ def bench_model(model_path: str, *, runs: int = 100, warmup: int = 10, threads: 
         "op_timing": None,
     }
     if op_profile:
-        result["note"] = ("per-op timings are not exposed by the TFLite Python API; the op list "
-                          "shows which ops the delegate took")
+        result["note"] = OP_TIMING_NOTE
     return result
+
+
+# Checked on ai-edge-litert 2.3.0 and tflite-runtime 2.14 (what the boards run): the Python
+# Interpreter of both has no profiler hook (no method or constructor option hands out op events;
+# `experimental_force_delegate_node_profiling` only changes what an attached C++ profiler
+# records). libLiteRt.so exports a CompiledModel profiler (LiteRtCompiledModelGetProfiler,
+# LiteRtGetProfilerEvents), but it only records when the model was compiled with the "runtime"
+# options' enable_profiling, which ai_edge_litert.Options does not expose; setting it through
+# ctypes would tie the agent to one library build's private layout.
+OP_TIMING_NOTE = ("per-op times are not measured: the TFLite Python interpreters on this board "
+                  "(LiteRT, tflite-runtime) expose no op profiler, and LiteRT's C profiler "
+                  "cannot be switched on from Python; TFLite's C++ benchmark_model "
+                  "--enable_op_profiling=true gives them. The op list shows what each op is "
+                  "and whether the delegate took it.")

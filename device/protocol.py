@@ -43,7 +43,8 @@ Agent commands (``edgedeploy-agent [--store DIR] CMD``) and their answers (``kin
     activate  {"name": ..., "current": "v2", "previous": "v1", "removed": ["v0"]}
     rollback  {"name": ..., "current": "v1", "previous": "v2"}
     list      {"models": [{"name": ..., "current": ..., "previous": ...,
-                           "versions": [{"version": ..., "mode": "int8", "size": ...,
+                           "versions": [{"version": ..., "mode": "int8",
+                                         "label": "qat-int8", "size": ...,
                                          "created": ..., "installed": ...}]}]}
     remove    {"name": ..., "version": ... | null, "versions": [...], "removed": true}
               # (no VERSION: the whole model, the active version too)
@@ -101,30 +102,14 @@ The host reads these answers through the dataclasses below (``State.parse(msg)``
 its link to the board (host/agent_link.py): never as loose dicts. A field the host doesn't read
 is left in the message (``raw``), which is what gets recorded and printed as JSON.
 
-Serve endpoint (``serve --socket PATH`` or ``--port N`` on 127.0.0.1), one JSON object per line
-each way; a connection may carry any number of requests, answered in order::
-
-    → {"op": "predict", "model": "digits", "id": 7,
-       "inputs": [{"dtype": "float32", "shape": [1, 32, 32, 1], "data": "<base64 raw bytes>"}]}
-       (float inputs for a quantized tensor are quantized with its scale/zero point)
-    ← {"schema": 1, "ok": true, "kind": "predict", "id": 7, "model": "digits",
-       "version": "3f2a…", "outputs": [{"dtype": "float32", "shape": [1, 10], "data": "…"}],
-       "latency_ms": 0.21}         # outputs are dequantized to float32
-    Binary frames (what the client uses; saves base64 and a large JSON string): add
-    ``"binary": true`` and give each array as {"dtype", "shape", "nbytes"} without "data"; the
-    raw bytes of every array follow the request line back to back. The answer then carries its
-    outputs the same way: header line, then the raw bytes.
-    → {"op": "health"}   ← {"kind": "health", "models": {"digits": {"version": ..., "loaded_at": ...,
-                             "last_error": null | "..."}}, "uptime_s": ...}
-    → {"op": "metrics"}  ← {"kind": "metrics", "requests": N, "errors": N,
-                             "latency_ms": {"p50", "p90", "p99", "count"},
-                             "models": {"digits": {"requests", "errors", "swaps"}}}
-    → {"op": "reload"}   ← {"kind": "reload", "models": {...as health...}}
+Serve endpoint (``serve``): NDJSON on a socket (predict with base64, binary frames or shared
+memory; health, metrics, reload, shm_register) — serve.py and shm.py state that wire format —
+and HTTP with the Open Inference Protocol (KServe v2 REST) — oip.py. Tensor headers are parsed
+strictly by tensors.py.
 """
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -152,62 +137,6 @@ def ok(kind: str, **data: Any) -> dict:
 def error(code: str, message: str, **data: Any) -> dict:
     return {"schema": SCHEMA, "ok": False, "kind": "error", "code": code, "message": message,
             **data}
-
-
-def encode_array(a: Any) -> dict:
-    """A numpy array as a JSON-safe dict (raw bytes, base64)."""
-    import numpy as np
-
-    a = np.ascontiguousarray(a)
-    return {"dtype": str(a.dtype), "shape": list(a.shape),
-            "data": base64.b64encode(a.tobytes()).decode("ascii")}
-
-
-def decode_array(d: dict) -> Any:
-    try:
-        raw = base64.b64decode(d["data"], validate=True)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"malformed array ({type(exc).__name__}: {exc})") from exc
-    return array_from_raw(d, raw)
-
-
-def array_header(a: Any) -> tuple[dict, bytes]:
-    """(header without data, raw bytes) of a numpy array, for binary frames."""
-    import numpy as np
-
-    a = np.ascontiguousarray(a)
-    raw = a.tobytes()
-    return {"dtype": str(a.dtype), "shape": list(a.shape), "nbytes": len(raw)}, raw
-
-
-def array_from_raw(header: dict, raw: bytes) -> Any:
-    import numpy as np
-
-    try:
-        dtype = np.dtype(header["dtype"])
-        shape = tuple(int(s) for s in header["shape"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"malformed array header ({type(exc).__name__}: {exc})") from exc
-    count = 1
-    for s in shape:
-        count *= s
-    if count * dtype.itemsize != len(raw):
-        raise ValueError(f"array data holds {len(raw)} bytes, shape {list(shape)} of {dtype} "
-                         f"needs {count * dtype.itemsize}")
-    return np.frombuffer(raw, dtype=dtype).reshape(shape)
-
-
-def frame_sizes(req: Any) -> list[int]:
-    """Byte counts of the raw arrays that follow a binary request line (validated)."""
-    if not isinstance(req, dict) or not req.get("binary"):
-        return []
-    sizes = []
-    for h in req.get("inputs") or []:
-        n = h.get("nbytes") if isinstance(h, dict) else None
-        if not isinstance(n, int) or n < 0 or n > 1 << 30:
-            raise ValueError("binary frame: every input needs \"nbytes\" (0 … 1 GiB)")
-        sizes.append(n)
-    return sizes
 
 
 # -- the answers the host reads, typed ------------------------------------------------------
@@ -242,11 +171,20 @@ class VersionEntry:
     mode: str | None = None
     size: int | None = None
     error: str | None = None      # the stored version is unreadable (its manifest)
+    label: str | None = None      # e.g. qat-int8 for mode int8 (older agents: absent)
 
     @classmethod
     def parse(cls, d: Any) -> "VersionEntry":
         return cls(_field(d, "version", str), _field(d, "mode", str, True),
-                   _field(d, "size", int, True), _field(d, "error", str, True))
+                   _field(d, "size", int, True), _field(d, "error", str, True),
+                   _field(d, "label", str, True))
+
+    def describe(self) -> str:
+        """"int8", or "int8 (qat-int8)" when the label says more than the mode."""
+        if self.mode is None:
+            return "?"
+        return self.mode if not self.label or self.label == self.mode else \
+            f"{self.mode} ({self.label})"
 
 
 @dataclass(frozen=True)

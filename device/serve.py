@@ -1,5 +1,7 @@
-"""On-device inference endpoint for local apps (``edgedeploy-agent serve``). Wire format: NDJSON,
-see protocol.py. Unix socket, or TCP bound to 127.0.0.1 only.
+"""On-device inference endpoint for local apps (``edgedeploy-agent serve``): NDJSON on a Unix
+socket or TCP 127.0.0.1 (the wire format below), and optionally HTTP speaking the Open Inference
+Protocol (KServe v2, see oip.py) with Prometheus metrics, both from one process and one set of
+interpreters.
 
 Hot swap: a watcher thread reads each model's ``current.json`` every ``poll`` seconds. When it
 names a new version, it is first probed in a child process (device/probe.py: a model that
@@ -7,6 +9,35 @@ crashes the runtime kills the child, not serve), then the new interpreter is loa
 checked first) *beside* the old one and put in place with one reference assignment; a request already holding the old slot
 finishes on it. If the new version fails to load, the old one keeps serving and ``health``
 reports why. One interpreter per model, one lock per interpreter (they are not thread-safe).
+
+NDJSON wire format, one JSON object per line each way; a connection carries any number of
+requests, answered in order::
+
+    → {"op": "predict", "model": "digits", "id": 7,
+       "inputs": [{"dtype": "float32", "shape": [1, 32, 32, 1], "data": "<base64 raw bytes>"}]}
+       (float inputs for a quantized tensor are quantized with its scale/zero point)
+    ← {"schema": 1, "ok": true, "kind": "predict", "id": 7, "model": "digits",
+       "version": "3f2a…", "outputs": [{"dtype": "float32", "shape": [1, 10], "data": "…"}],
+       "latency_ms": 0.21}         # outputs are dequantized to float32; latency: the invoke
+    Binary frames: add ``"binary": true`` and give each array as {"dtype", "shape", "nbytes"}
+    without "data"; the raw bytes of every array follow the request line back to back. The
+    answer carries its outputs the same way: header line, then the raw bytes.
+    Shared memory (Unix socket): ``shm_register`` a sealed memfd, then name slices of it as
+    inputs and for outputs (see shm.py) — large tensors then never cross the socket.
+    → {"op": "health"}   ← {"kind": "health", "models": {"digits": {"version": ..., "loaded_at": ...,
+                             "last_error": null | "..."}}, "uptime_s": ...}
+    → {"op": "metrics"}  ← {"kind": "metrics", "requests": N, "errors": N,
+                             "latency_ms": {"p50", "p90", "p99", "count"},
+                             "models": {"digits": {"requests", "errors", "swaps"}}}
+    → {"op": "reload"}   ← {"kind": "reload", "models": {...as health...}}
+
+Limits (hardening): a request line is at most ``BASE_LINE`` (64 KiB) plus the base64 size of
+the largest model's inputs at 8 bytes per element; the raw bytes a binary request declares are
+at most what the named model's inputs can hold (8 bytes per element). Every malformed request
+gets an error answer. The connection stays open when the stream is still in step (a bad JSON
+line, a bad shape, a refused frame whose declared length was read and dropped) and is closed
+right after the answer when it isn't (a line past the limit, a frame length that is missing or
+past the cap). At most ``max_connections`` clients at once; the next one gets a "busy" answer.
 """
 
 from __future__ import annotations
@@ -19,12 +50,19 @@ import socketserver
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ..errors import EdgeDeployError, HashMismatch, InputError, NotFound
-from . import protocol
+from . import protocol, tensors
+from .metrics import Metrics
+from .shm import Regions
+from .wire import Closed, Conn, LineTooLong
+
+BASE_LINE = 64 * 1024
+MAX_INPUTS = 64
 
 
 @dataclass
@@ -38,12 +76,12 @@ class Slot:
     lock: threading.Lock = field(default_factory=threading.Lock)
     shapes: list = field(default_factory=list)    # per input, as numpy reports a.shape
     dtypes: list = field(default_factory=list)
+    caps: list = field(default_factory=list)      # per input: most bytes a request may carry
 
     def __post_init__(self) -> None:
-        import numpy as np
-
         self.shapes = [tuple(int(s) for s in d["shape"]) for d in self.inputs]
         self.dtypes = [np.dtype(d["dtype"]) for d in self.inputs]
+        self.caps = [tensors.count(s) * 8 for s in self.shapes]
 
 
 class Registry:
@@ -57,6 +95,7 @@ class Registry:
         self.slots: dict[str, Slot] = {}
         self.last_error: dict[str, str | None] = {}
         self.failed: dict[str, str] = {}  # name → version that failed to load (not retried)
+        self.failures: dict[str, int] = {}
         self.swaps: dict[str, int] = {}
         self._refresh_lock = threading.Lock()
 
@@ -95,6 +134,7 @@ class Registry:
                     slot = self._load(name, want)
                 except EdgeDeployError as exc:
                     self.failed[name] = want
+                    self.failures[name] = self.failures.get(name, 0) + 1
                     self.last_error[name] = (f"version {want} failed to load, still serving "
                                              f"{have.version if have else 'nothing'}: {exc}")
                     continue
@@ -109,13 +149,21 @@ class Registry:
                     "loaded_at": self.slots[n].loaded_at if n in self.slots else None,
                     "last_error": self.last_error.get(n)} for n in sorted(names)}
 
+    def slot(self, name: Any) -> Slot:
+        slot = self.slots.get(name) if isinstance(name, str) else None
+        if slot is None:
+            raise NotFound(f"model {str(name)[:100]} is not being served",
+                           hint=f"serving: {', '.join(sorted(self.slots)) or 'nothing'}")
+        return slot
+
+    def largest_request(self) -> int:
+        """Bytes of the largest request any served model can take (8 bytes per element)."""
+        return max((sum(s.caps) for s in list(self.slots.values())), default=0)
+
     def predict(self, name: str, arrays: list) -> tuple[str, list, float]:
         from .evaluate import dequantize, quantize
 
-        slot = self.slots.get(name)
-        if slot is None:
-            raise NotFound(f"model {name} is not being served",
-                           hint=f"serving: {', '.join(sorted(self.slots)) or 'nothing'}")
+        slot = self.slot(name)
         if len(arrays) != len(slot.inputs):
             raise InputError(f"model {name} takes {len(slot.inputs)} inputs, got {len(arrays)}")
         ready = []
@@ -139,123 +187,190 @@ class Registry:
         return slot.version, outs, ms
 
 
-class Metrics:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.requests = 0
-        self.errors = 0
-        self.latencies: deque = deque(maxlen=10000)
-        self.per_model: dict[str, dict[str, int]] = {}
-
-    def record(self, model: str | None, ok: bool, ms: float) -> None:
-        with self.lock:
-            self.requests += 1
-            self.errors += 0 if ok else 1
-            self.latencies.append(ms)
-            if model:
-                m = self.per_model.setdefault(model, {"requests": 0, "errors": 0})
-                m["requests"] += 1
-                m["errors"] += 0 if ok else 1
-
-    def snapshot(self, swaps: dict[str, int]) -> dict:
-        with self.lock:
-            lat = sorted(self.latencies)
-            pct = {}
-            for key, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
-                pct[key] = round(lat[min(int(q * len(lat)), len(lat) - 1)], 4) if lat else None
-            pct["count"] = len(lat)
-            models = {n: {**v, "swaps": swaps.get(n, 0)} for n, v in self.per_model.items()}
-            return {"requests": self.requests, "errors": self.errors, "latency_ms": pct,
-                    "models": models}
+class _OutOfStep(InputError):
+    """A refused request whose bytes can't be skipped: answer, then close the connection."""
 
 
 class Service:
-    def __init__(self, registry: Registry) -> None:
+    """The NDJSON requests of one process; each connection brings its own Conn and Regions."""
+
+    def __init__(self, registry: Registry, metrics: Metrics | None = None) -> None:
         self.registry = registry
-        self.metrics = Metrics()
+        self.metrics = metrics or Metrics()
         self.started = time.time()
 
-    def handle(self, req: Any, raw: list | None = None) -> tuple[dict, list]:
-        """One request → (answer, raw output bytes for a binary frame)."""
+    def line_limit(self) -> int:
+        return BASE_LINE + (4 * self.registry.largest_request() + 2) // 3
+
+    def handle(self, line: bytes, conn: Conn, regions: Regions) -> tuple[dict, list, bool]:
+        """One request line (and the frames it announces) → (answer, raw output buffers,
+        keep the connection)."""
         t0 = time.perf_counter_ns()
+        model, invoke_ms, keep = None, None, True
         blobs: list = []
-        model = None
+        req: Any = None
         try:
+            req = tensors.loads(line)
             if not isinstance(req, dict):
                 raise InputError("a request is a JSON object with an \"op\"")
             op = req.get("op")
             if op == "predict":
-                model = req.get("model")
-                if not isinstance(model, str):
-                    raise InputError("predict needs \"model\": a model name")
-                try:
-                    if raw is not None:
-                        arrays = [protocol.array_from_raw(h, b)
-                                  for h, b in zip(req.get("inputs") or [], raw)]
-                    else:
-                        arrays = [protocol.decode_array(d) for d in req.get("inputs") or []]
-                except ValueError as exc:
-                    raise InputError(f"model {model}: {exc}") from exc
-                version, outs, ms = self.registry.predict(model, arrays)
-                if raw is not None:
-                    heads = []
-                    for o in outs:
-                        h, b = protocol.array_header(o)
-                        heads.append(h)
-                        blobs.append(b)
-                else:
-                    heads = [protocol.encode_array(o) for o in outs]
-                msg = protocol.ok("predict", id=req.get("id"), model=model, version=version,
-                                  outputs=heads, latency_ms=round(ms, 4),
-                                  **({"binary": True} if raw is not None else {}))
+                model = req.get("model") if isinstance(req.get("model"), str) else None
+                msg, blobs, invoke_ms = self._predict(req, conn, regions)
             elif op == "health":
                 msg = protocol.ok("health", models=self.registry.health(),
                                   uptime_s=round(time.time() - self.started, 3), pid=os.getpid())
             elif op == "metrics":
-                return protocol.ok("metrics", **self.metrics.snapshot(self.registry.swaps)), []
+                return protocol.ok("metrics", **self.metrics.snapshot(self.registry.swaps)), \
+                    [], True
             elif op == "reload":
                 self.registry.refresh()
                 msg = protocol.ok("reload", models=self.registry.health())
+            elif op == "shm_register":
+                r = regions.register(req.get("region"), req.get("size"), conn.take_fd())
+                msg = protocol.ok("shm_register", region=r.name, size=r.size)
+            elif op == "shm_unregister":
+                regions.unregister(req.get("region"))
+                msg = protocol.ok("shm_unregister", region=req.get("region"))
             else:
-                raise InputError(f"unknown op {op!r}", hint="predict, health, metrics or reload")
+                raise InputError(f"unknown op {str(op)[:40]!r}",
+                                 hint="predict, health, metrics, reload, shm_register or "
+                                      "shm_unregister")
         except EdgeDeployError as exc:
+            keep = not isinstance(exc, _OutOfStep)
             self.metrics.record(model, False, (time.perf_counter_ns() - t0) / 1e6)
-            return protocol.error(exc.code, str(exc), id=req.get("id") if isinstance(req, dict)
-                                  else None), []
-        self.metrics.record(model, True, (time.perf_counter_ns() - t0) / 1e6)
-        return msg, blobs
+            rid = req.get("id") if isinstance(req, dict) else None
+            return protocol.error(exc.code, str(exc), **({"id": rid} if rid is not None
+                                                          else {})), [], keep
+        self.metrics.record(model, True, (time.perf_counter_ns() - t0) / 1e6,
+                            invoke_ms=invoke_ms)
+        return msg, blobs, keep
 
+    def _predict(self, req: dict, conn: Conn, regions: Regions) -> tuple[dict, list, float]:
+        model = req.get("model")
+        heads = req.get("inputs")
+        binary = req.get("binary") is True
+        if not isinstance(heads, list) or len(heads) > MAX_INPUTS:
+            if binary:
+                raise _OutOfStep("predict: \"inputs\" must be a list of tensor headers; the "
+                                 "frames that follow can't be told apart: closing")
+            raise InputError("predict: \"inputs\" must be a list of tensors")
+        arrays = self._read_inputs(model, heads, binary, conn, regions)
+        if not isinstance(model, str):
+            raise InputError("predict needs \"model\": a model name")
+        version, outs, ms = self.registry.predict(model, arrays)
+        placed: list = [None] * len(outs)
+        if "output_shm" in req:
+            placed = regions.place_outputs(req["output_shm"], outs)
+        out_heads, blobs = [], []
+        for o, p in zip(outs, placed):
+            if p is not None:
+                out_heads.append(p)
+            elif binary:
+                h, raw = tensors.header(o)
+                out_heads.append(h)
+                blobs.append(raw)
+            else:
+                out_heads.append(tensors.encode_b64(o))
+        msg = protocol.ok("predict", id=req.get("id"), model=model, version=version,
+                          outputs=out_heads, latency_ms=round(ms, 4),
+                          **({"binary": True} if binary else {}))
+        return msg, blobs, ms
 
-def _handler(service: Service):
-    class Handler(socketserver.StreamRequestHandler):
-        def handle(self) -> None:
-            for line in self.rfile:
-                blobs: list = []
-                try:
-                    req = json.loads(line)
-                    sizes = protocol.frame_sizes(req)
-                except ValueError as exc:
-                    # the stream can't be trusted past a bad frame: answer, then hang up
-                    reply = protocol.error("bad_input", f"a request is one JSON object per line "
-                                                        f"({exc})")
-                    self._send(reply, [])
-                    return
-                raw = None
-                if sizes or (isinstance(req, dict) and req.get("binary")):
-                    raw = [self.rfile.read(n) for n in sizes]
-                    if any(len(b) != n for b, n in zip(raw, sizes)):
-                        return  # the client went away mid-frame
-                reply, blobs = service.handle(req, raw)
-                if not self._send(reply, blobs):
-                    return
-
-        def _send(self, reply: dict, blobs: list) -> bool:
+    def _read_inputs(self, model: Any, heads: list, binary: bool, conn: Conn,
+                     regions: Regions) -> list:
+        """Every input as an array. Binary frames are read straight into their arrays, after
+        their declared sizes were checked against the model's; a refused frame is drained (its
+        length is known and capped) so the connection stays in step."""
+        sizes: list[int | None] = []
+        for i, h in enumerate(heads):
+            inline = binary and not (isinstance(h, dict) and "shm" in h)
+            if not inline:
+                sizes.append(None)
+                continue
+            n = h.get("nbytes") if isinstance(h, dict) else None
+            if type(n) is not int or n < 0:
+                raise _OutOfStep(f"predict: input {i} needs \"nbytes\" (a non-negative integer) "
+                                 f"in a binary request; the stream can't be followed: closing")
+            sizes.append(n)
+        declared = sum(n for n in sizes if n)
+        slot = self.registry.slots.get(model) if isinstance(model, str) else None
+        cap = sum(slot.caps) if slot is not None else self.registry.largest_request()
+        if declared > cap:
+            raise _OutOfStep(f"predict: the request declares {declared} bytes of input, more "
+                             f"than {'model ' + model if slot else 'any served model'} takes "
+                             f"({cap} at most): closing")
+        arrays: list = []
+        first_error: EdgeDeployError | None = None
+        for i, (h, n) in enumerate(zip(heads, sizes)):
+            where = f"model {str(model)[:100]}: input {i}"
             try:
-                self.wfile.write(b"".join([json.dumps(reply).encode(), b"\n", *blobs]))
-                self.wfile.flush()
-                return True
-            except OSError:
-                return False
+                if n is None and isinstance(h, dict) and "shm" in h:
+                    arrays.append(regions.input_array(h, where))
+                elif n is None:
+                    arrays.append(tensors.decode_b64(h, where))
+                else:
+                    dtype, shape = tensors.parse_header(h, where)
+                    if tensors.count(shape) * dtype.itemsize != n:
+                        raise InputError(f"{where}: nbytes {n}; shape {list(shape)} of {dtype} "
+                                         f"needs {tensors.count(shape) * dtype.itemsize}")
+                    a = np.empty(shape, dtype)
+                    if n:
+                        conn.read_into(a.data.cast("B"))
+                    n = 0
+                    arrays.append(a)
+            except InputError as exc:
+                first_error = first_error or exc
+                if n:
+                    conn.discard(n)
+        if first_error is not None:
+            raise first_error
+        return arrays
+
+
+def serve_connection(service: Service, sock: socket.socket, max_connections: int) -> None:
+    conn, regions = Conn(sock), Regions()
+    service.metrics.connection("ndjson", +1)
+    try:
+        with service.metrics.lock:
+            busy = service.metrics.connections["ndjson"] > max_connections
+        if busy:
+            conn.send([json.dumps(protocol.error(
+                "environment", f"busy: {max_connections} clients are connected; try again")
+            ).encode(), b"\n"])
+            return
+        while True:
+            limit = service.line_limit()
+            try:
+                line = conn.read_line(limit)
+            except LineTooLong:
+                conn.send([json.dumps(protocol.error(
+                    "bad_input", f"a request line is at most {limit} bytes here (the largest "
+                                 f"served model's inputs as base64 + 64 KiB); use binary frames "
+                                 f"or shared memory for large tensors: closing")).encode(), b"\n"])
+                return
+            except Closed:
+                return
+            if line is None:
+                return
+            if not line.strip():
+                continue
+            try:
+                reply, blobs, keep = service.handle(line, conn, regions)
+            except Closed:
+                return  # the client went away mid-frame
+            if not conn.send([json.dumps(reply).encode(), b"\n", *blobs]) or not keep:
+                return
+    finally:
+        service.metrics.connection("ndjson", -1)
+        regions.close()
+        conn.close()
+
+
+def _handler(service: Service, max_connections: int):
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            serve_connection(service, self.request, max_connections)
     return Handler
 
 
@@ -267,27 +382,39 @@ class _Tcp(socketserver.ThreadingMixIn, socketserver.TCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def server_bind(self) -> None:
-        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super().server_bind()
+    def get_request(self):
+        sock, addr = super().get_request()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock, addr
 
 
 def serve(store, *, socket_path: str | None = None, port: int | None = None, threads: int = 1,
-          poll: float = 0.1, models: list[str] | None = None, runtime: str | None = None) -> None:
+          poll: float = 0.1, models: list[str] | None = None, runtime: str | None = None,
+          http_port: int | None = None, http_host: str = "127.0.0.1",
+          max_connections: int = 64) -> None:
     """Serve until SIGTERM/SIGINT. Prints one "serving" JSON line on stdout once ready."""
     registry = Registry(store, runtime, threads, models)
     registry.refresh()
     service = Service(registry)
+    servers: list[socketserver.BaseServer] = []
+    where: dict[str, object] = {}
     if socket_path:
         try:
             os.unlink(socket_path)
         except FileNotFoundError:
             pass
-        server: socketserver.BaseServer = _Unix(socket_path, _handler(service))
-        where: dict[str, object] = {"socket": socket_path}
-    else:
-        server = _Tcp(("127.0.0.1", port or 0), _handler(service))
-        where = {"host": "127.0.0.1", "port": server.server_address[1]}
+        servers.append(_Unix(socket_path, _handler(service, max_connections)))
+        where["socket"] = socket_path
+    elif port is not None or http_port is None:
+        tcp = _Tcp(("127.0.0.1", port or 0), _handler(service, max_connections))
+        servers.append(tcp)
+        where.update(host="127.0.0.1", port=tcp.server_address[1])
+    if http_port is not None:
+        from .oip import make_server
+
+        http = make_server(service, http_host, http_port, max_connections)
+        servers.append(http)
+        where["http"] = f"http://{http_host}:{http.server_address[1]}"
     stop = threading.Event()
 
     def watch() -> None:
@@ -297,12 +424,15 @@ def serve(store, *, socket_path: str | None = None, port: int | None = None, thr
             except Exception as exc:  # keep serving; health shows it
                 registry.last_error["*"] = f"{type(exc).__name__}: {exc}"
 
-    watcher = threading.Thread(target=watch, name="edgedeploy-watch", daemon=True)
-    watcher.start()
+    threading.Thread(target=watch, name="edgedeploy-watch", daemon=True).start()
+    for extra in servers[1:]:
+        threading.Thread(target=extra.serve_forever, kwargs={"poll_interval": 0.2},
+                         daemon=True).start()
 
     def _stop(signum, frame) -> None:
         stop.set()
-        threading.Thread(target=server.shutdown, daemon=True).start()
+        for s in servers:
+            threading.Thread(target=s.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
@@ -310,10 +440,11 @@ def serve(store, *, socket_path: str | None = None, port: int | None = None, thr
                                             models=registry.health(), **where)) + "\n")
     sys.stdout.flush()
     try:
-        server.serve_forever(poll_interval=0.2)
+        servers[0].serve_forever(poll_interval=0.2)
     finally:
         stop.set()
-        server.server_close()
+        for s in servers:
+            s.server_close()
         if socket_path:
             try:
                 os.unlink(socket_path)

@@ -235,7 +235,8 @@ class Store:
             for v in self.versions(name):
                 try:
                     m = self.manifest(name, v)
-                    versions.append({"version": v, "mode": m.label, "size": m.size,
+                    versions.append({"version": v, "mode": m.mode, "label": m.label,
+                                     "size": m.size,
                                      "created": m.created,
                                      "installed": _iso((self.version_dir(name, v)).stat().st_mtime)})
                 except InputError as exc:

@@ -1,10 +1,14 @@
-"""The history of every report from a board (SQLite), and the report built from it.
+"""The history of every report from a board (SQLite), and the summary built from it.
 
 Default file: ``~/.local/share/edgedeploy/results.db`` (``EDGEDEPLOY_RESULTS`` or ``--db``).
 
-    results(id, ts, board, kind, model, version, label, runtime, payload JSON)
+    results(id, ts, board, kind, model, version, label, runtime, payload JSON, profile)
 
-``kind`` is ``push``, ``bench`` or ``eval``; ``payload`` is the agent's answer as received.
+``kind`` is ``push``, ``bench``, ``eval`` or ``status``; ``payload`` is the agent's answer as
+received, or for a measurement that failed ``{"error": "one line", "code": "…"}`` (so a failed
+bench shows as failed, not as a blank). ``profile`` is the board's profile name when known
+(added to older files on open). ``ts`` is UTC, ``YYYY-MM-DDTHH:MM:SSZ``.
+The HTML report is htmlreport.py; this module only stores and summarizes.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ import json
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from ..errors import EdgeDeployError, InputError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -49,37 +55,60 @@ class Row:
     label: str | None
     runtime: str | None
     payload: dict
+    profile: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return "error" in self.payload
 
 
 class Results:
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path else default_db()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path)
-        self.db.executescript(SCHEMA)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path)
+            self.db.executescript(SCHEMA)
+            cols = {r[1] for r in self.db.execute("PRAGMA table_info(results)")}
+            if "profile" not in cols:
+                with self.db:
+                    self.db.execute("ALTER TABLE results ADD COLUMN profile TEXT")
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise InputError(f"{self.path}: not a usable results database ({exc})",
+                             hint="pass another file with --db") from exc
 
     def record(self, kind: str, board: str, payload: dict, *, model: str | None = None,
-               version: str | None = None, label: str | None = None) -> int:
-        m, rt = payload.get("model"), payload.get("runtime")
-        m = m if isinstance(m, dict) else {}
-        rt = rt if isinstance(rt, dict) else {}
+               version: str | None = None, label: str | None = None,
+               profile: str | None = None) -> int:
+        m: dict = payload["model"] if isinstance(payload.get("model"), dict) else {}
+        rt: dict = payload["runtime"] if isinstance(payload.get("runtime"), dict) else {}
         with self.db:
             cur = self.db.execute(
-                "INSERT INTO results (ts, board, kind, model, version, label, runtime, payload)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO results (ts, board, kind, model, version, label, runtime, payload,"
+                " profile) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), board, kind,
                  model or m.get("name"), version or m.get("version"), label or m.get("mode"),
-                 rt.get("name"), json.dumps(payload)))
+                 rt.get("name"), json.dumps(payload), profile))
         return int(cur.lastrowid or 0)
+
+    def record_failure(self, kind: str, board: str, error: EdgeDeployError | str, *,
+                       model: str | None = None, version: str | None = None,
+                       label: str | None = None, profile: str | None = None) -> int:
+        """A bench/eval that could not be made: kept, so the report marks it failed."""
+        code = error.code if isinstance(error, EdgeDeployError) else "error"
+        return self.record(kind, board, {"error": str(error), "code": code}, model=model,
+                           version=version, label=label, profile=profile)
 
     def rows(self, *, model: str | None = None, board: str | None = None,
              kind: str | None = None) -> list[Row]:
-        q, args = "SELECT * FROM results WHERE 1=1", []
+        q, args = ("SELECT id, ts, board, kind, model, version, label, runtime, payload, "
+                   "profile FROM results WHERE 1=1"), []
         for col, val in (("model", model), ("board", board), ("kind", kind)):
             if val:
                 q += f" AND {col} = ?"
                 args.append(val)
-        return [Row(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], json.loads(r[8]))
+        return [Row(id=r[0], ts=r[1], board=r[2], kind=r[3], model=r[4], version=r[5],
+                    label=r[6], runtime=r[7], payload=json.loads(r[8]), profile=r[9])
                 for r in self.db.execute(q + " ORDER BY id", args)]
 
     def latest(self, **kw) -> dict[tuple[str, str, str], Row]:
@@ -93,88 +122,75 @@ class Results:
         self.db.close()
 
 
-def summary(res: Results, *, model: str | None = None, board: str | None = None) -> list[dict]:
-    """One line per (board, model version): size, accuracy on the board, p50/p99 latency."""
+@dataclass
+class Line:
+    """What the latest measurements say about one model version on one board."""
+
+    board: str
+    model: str | None
+    version: str
+    label: str | None
+    runtime: str | None
+    size: int | None = None
+    accuracy: float | None = None
+    agreement: float | None = None
+    max_abs_error: float | None = None
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    load_ms: float | None = None
+    peak_rss_bytes: int | None = None
+    delegate: str | None = None
+    date: str | None = None
+    bench_error: str | None = None
+    eval_error: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def summary_lines(res: Results, *, model: str | None = None, board: str | None = None
+                  ) -> list[Line]:
+    """One line per (board, model version), from the newest push, bench and eval of each."""
     latest = res.latest(model=model, board=board)
-    keys = sorted({(b, v) for b, v, _ in latest})
+    keys = sorted({(b, v) for b, v, k in latest if k in ("push", "bench", "eval")})
     lines = []
     for b, v in keys:
         bench, ev, push = (latest.get((b, v, k)) for k in ("bench", "eval", "push"))
-        any_row = bench or ev or push
-        assert any_row is not None
-        t = bench.payload["timing"] if bench else {}
-        lines.append({
-            "board": b, "model": any_row.model, "version": v, "label": any_row.label,
-            "runtime": measured.runtime if (measured := bench or ev) else None,
-            "size": (push.payload.get("size") if push else None),
-            "accuracy": ev.payload["top1"] if ev else None,
-            "p50_ms": t.get("p50_ms"), "p99_ms": t.get("p99_ms"),
-            "delegate": bench.payload["delegate"]["applied"] if bench else None,
-        })
+        rows = [r for r in (bench, ev, push) if r is not None]
+        measured = [r for r in (bench, ev) if r is not None and not r.failed]
+        ln = Line(board=b, model=rows[0].model, version=v,
+                  label=next((r.label for r in rows if r.label), None),
+                  runtime=next((r.runtime for r in measured if r.runtime), None),
+                  date=max(r.ts for r in rows))
+        if push is not None and not push.failed:
+            ln.size = push.payload.get("size")
+        if bench is not None and bench.failed:
+            ln.bench_error = bench.payload["error"]
+        elif bench is not None:
+            t = bench.payload.get("timing") or {}
+            ln.p50_ms, ln.p90_ms, ln.p99_ms = t.get("p50_ms"), t.get("p90_ms"), t.get("p99_ms")
+            ln.load_ms = bench.payload.get("load_ms")
+            ln.peak_rss_bytes = bench.payload.get("peak_rss_bytes")
+            ln.delegate = (bench.payload.get("delegate") or {}).get("applied")
+        if ev is not None and ev.failed:
+            ln.eval_error = ev.payload["error"]
+        elif ev is not None:
+            ln.accuracy = ev.payload.get("top1")
+            ag = ev.payload.get("agreement") or {}
+            ln.agreement, ln.max_abs_error = ag.get("top1_agreement"), ag.get("max_abs_error")
+        lines.append(ln)
     return lines
 
 
+def summary(res: Results, *, model: str | None = None, board: str | None = None) -> list[dict]:
+    """summary_lines as dicts (``--json``)."""
+    return [ln.to_dict() for ln in summary_lines(res, model=model, board=board)]
+
+
 def write_html(res: Results, out: Path, *, model: str | None = None,
-               board: str | None = None) -> Path:
-    """A self-contained HTML report: the summary table, a latency histogram per bench and the
-    size / accuracy / latency trade-off, as PNGs beside the HTML."""
-    import html
+               board: str | None = None, fleet=None) -> Path:
+    """The self-contained HTML report (htmlreport.py)."""
+    from .htmlreport import write
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    lines = summary(res, model=model, board=board)
-    imgs = []
-    benches = [r for r in res.latest(model=model, board=board).values() if r.kind == "bench"]
-    if benches:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for r in benches:
-            samples = r.payload["timing"].get("samples_ms") or []
-            if samples:
-                ax.hist(samples, bins=50, alpha=0.5, label=f"{r.board} {r.label} {r.version}")
-        ax.set_xlabel("invoke latency (ms)")
-        ax.set_ylabel("runs")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        p = out.with_name(out.stem + ".latency.png")
-        fig.savefig(p, dpi=100)
-        plt.close(fig)
-        imgs.append(p)
-    trade = [ln for ln in lines if ln["accuracy"] is not None and ln["size"]]
-    if trade:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for ln in trade:
-            ax.scatter(ln["size"] / 1024, 100 * ln["accuracy"],
-                       s=40 + 400 * (ln["p50_ms"] or 0) / max(x["p50_ms"] or 1e-9 for x in trade))
-            ax.annotate(f"{ln['board']} {ln['label']}", (ln["size"] / 1024,
-                                                         100 * ln["accuracy"]), fontsize=7)
-        ax.set_xlabel("model size (KB)")
-        ax.set_ylabel("accuracy on the board (%)")
-        ax.set_title("size vs accuracy (marker size: p50 latency)")
-        fig.tight_layout()
-        p = out.with_name(out.stem + ".tradeoff.png")
-        fig.savefig(p, dpi=100)
-        plt.close(fig)
-        imgs.append(p)
-    cols = ["board", "model", "label", "version", "runtime", "size", "accuracy", "p50_ms",
-            "p99_ms", "delegate"]
-    rows_html = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(ln[c]))}</td>" for c in cols)
-                        + "</tr>" for ln in lines)
-    body = (f"<h1>edgedeploy report</h1><p>{html.escape(str(res.path))}</p>"
-            f"<table border=1 cellpadding=4><tr>{''.join(f'<th>{c}</th>' for c in cols)}</tr>"
-            f"{rows_html}</table>"
-            + "".join(f'<p><img src="{html.escape(p.name)}"></p>' for p in imgs))
-    out.write_text(f"<!doctype html><meta charset=utf-8><title>edgedeploy report</title>{body}")
-    return out
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.4f}"
-    return str(v)
+    return write(res, Path(out), model=model, board=board, fleet=fleet)

@@ -173,7 +173,9 @@ def load_fleet(path: str | Path) -> Fleet:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise InputError(f"{path}: no such fleet file",
-                         hint="write one (see `edgedeploy targets --help`) or use scripts/fleet")
+                         hint="write one (every key, with an example: the README's \"fleet.toml "
+                              "reference\" or `edgedeploy targets --help`), or point at one "
+                              "with --fleet FILE / $EDGEDEPLOY_FLEET")
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path}: not valid TOML ({exc}); a board defined twice shows up "
                          f"here too") from exc

@@ -2,7 +2,8 @@
 (``set_defaults(func=…)``) that unpacks the command line once into typed values:
 
     compile.py   compile, inspect                     (the host: no board)
-    board.py     push, bench, eval, status, rollback, bootstrap, targets
+    board.py     push, bootstrap, targets (and the parsers of the verbs below)
+    fleetwide.py bench, eval, status, rollback, targets check: one board or many at once
     rollout.py   rollout start | status | cancel | resume
     report.py    report
     render.py    what gets printed (lines, rich tables, JSON)

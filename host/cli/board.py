@@ -1,6 +1,8 @@
-"""The board-facing subcommands: push, bench, eval, status, rollback, remove, bootstrap,
-targets. Each ``run_*`` unpacks the command line once; the ``*_command`` functions below take
-typed values and do the work through host/deploy.py (one board) or host/fleet (many)."""
+"""The board-facing subcommands' parsers (push, bench, eval, status, rollback, remove,
+bootstrap, targets) and the handlers of push, remove, bootstrap and targets; bench, eval,
+status, rollback and targets check run on one board or many in fleetwide.py. Each ``run_*`` unpacks the command line
+once; the ``*_command`` functions take typed values and do the work through host/deploy.py (one
+board) or host/fleet (many)."""
 
 from __future__ import annotations
 
@@ -12,13 +14,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ...errors import EdgeDeployError, InputError
-from .common import RAW, Boards, add_board_options
-from .render import bench_line, emit, eval_line, push_line, status_lines
+from ...errors import InputError
+from .common import RAW, Boards, add_board_options, add_selection_options
+from .render import emit, push_line
 
 EXAMPLES = """
 BOARD is a name in the fleet file (--fleet, else $EDGEDEPLOY_FLEET, else ./fleet.toml),
-or `local`. Unknown SSH host keys are refused unless --accept-new-host-key."""
+or `local`. Several boards (BOARD BOARD…, --all, --group G, --tag T) are worked on --parallel N
+at a time; a failing board doesn't stop the others, the run ends with one table and exits 1
+if any board failed. Unknown SSH host keys are refused unless --accept-new-host-key.
+The fleet file's keys: the README's "fleet.toml reference"."""
 PUSH_EXAMPLES = """examples:
   edgedeploy push out/digits.int8.tflite pi-kitchen
   edgedeploy push vendor/mobilenet_v2_edgetpu.tflite coral-1 # a bare .tflite: imported
@@ -35,6 +40,9 @@ board as the push left it (superseded).
 BENCH_EXAMPLES = """examples:
   edgedeploy bench b0 digits --runs 1000 --fleet fleet.toml
   edgedeploy bench b0 digits@3f2a9c1b0d4e --threads 4 --delegate none
+  edgedeploy bench b0                          # every active model on b0, past one that fails
+  edgedeploy bench --all digits --parallel 8   # every board, one table
+  edgedeploy bench b0 digits --op-profile      # + the op list (and why no per-op times)
   edgedeploy bench local                       # every active model on this machine
 """ + EXAMPLES
 EVAL_EXAMPLES = """examples:
@@ -42,6 +50,7 @@ EVAL_EXAMPLES = """examples:
   edgedeploy eval b0 digits --data test.npz --reference host_outputs.npz --json
   edgedeploy eval b0 landmarker --data frames.npz --reference host_outputs.npz
   edgedeploy eval b0 detector --data labelled.npz --output scores
+  edgedeploy eval --group kitchen digits@3f2a9c1b0d4e --data test.npz
 
 Data: one array per model input, keyed by the input's name (x for a model with one input),
 and labels y (optional). Reference: the host's outputs keyed by output name (outputs for one
@@ -50,9 +59,11 @@ output): each output's max and mean abs error and cosine similarity.
 STATUS_EXAMPLES = """examples:
   edgedeploy status b0 --fleet fleet.toml
   edgedeploy status --all --json
+  edgedeploy status --tag camera --parallel 32
 """ + EXAMPLES
 ROLLBACK_EXAMPLES = """examples:
   edgedeploy rollback b0 digits --fleet fleet.toml
+  edgedeploy rollback --group canary digits    # every canary board back to its previous
 """ + EXAMPLES
 REMOVE_EXAMPLES = """examples:
   edgedeploy remove b0 digits@3f2a9c1b0d4e      # one version (not the active one)
@@ -68,6 +79,25 @@ TARGETS_EXAMPLES = """examples:
   edgedeploy targets list --fleet fleet.toml
   edgedeploy targets show b0
   edgedeploy targets check            # every board: arch, Python, runtime vs its profile
+  edgedeploy targets check b0 b1 --parallel 2
+  edgedeploy targets check --group kitchen --json
+
+the fleet file (--fleet FILE, $EDGEDEPLOY_FLEET, ./fleet.toml): [defaults] holds any board key,
+[boards.NAME] overrides them. Keys: host (address or ~/.ssh/config alias), user, port, key,
+known_hosts, ssh_config (OpenSSH client config to read HostName/User/Port/IdentityFile/
+UserKnownHostsFile/ProxyJump from), profile (see `targets profiles`), python, root, transport
+(ssh|local), tags, groups, connect_timeout, command_timeout, resident_agent, resident_idle.
+
+  [defaults]
+  user = "pi"
+  key = "~/.ssh/id_ed25519"
+  profile = "rpi-aarch64"
+
+  [boards.pi-kitchen]
+  host = "192.168.1.40"
+  groups = ["canary"]
+
+Every key with its default: the README's "fleet.toml reference".
 """ + EXAMPLES
 
 
@@ -95,22 +125,26 @@ def register(sub: Any) -> None:
                         "~/.local/share/edgedeploy/rollouts.db)")
     p.set_defaults(func=run_push)
 
-    b = sub.add_parser("bench", help="time a model on a board", epilog=BENCH_EXAMPLES,
-                       formatter_class=RAW)
-    add_board_options(b)
-    b.add_argument("model", nargs="?", default=None, metavar="NAME[@VERSION]",
-                   help="default: every active model")
+    from . import fleetwide
+
+    b = sub.add_parser("bench", help="time a model on one board or many",
+                       description="Time NAME[@VERSION] (default: every active model) on each "
+                                   "board; past a model or board that fails.",
+                       epilog=BENCH_EXAMPLES, formatter_class=RAW)
+    add_selection_options(b, model="[NAME[@VERSION]]")
     b.add_argument("--runs", type=int, default=100, help="timed invokes (100)")
     b.add_argument("--warmup", type=int, default=10, help="untimed invokes first (10)")
     b.add_argument("--threads", type=int, help="default: the board profile's")
     b.add_argument("--delegate", default="auto", choices=["auto", "xnnpack", "none", "edgetpu"],
                    help="auto: the runtime's default (XNNPACK where it applies)")
-    b.set_defaults(func=run_bench)
+    b.add_argument("--op-profile", action="store_true",
+                   help="also list every op and whether the delegate took it (per-op times: "
+                        "see the note it prints)")
+    b.set_defaults(func=fleetwide.run_bench)
 
-    e = sub.add_parser("eval", help="accuracy of a model on a board", epilog=EVAL_EXAMPLES,
-                       formatter_class=RAW)
-    add_board_options(e)
-    e.add_argument("model", metavar="NAME[@VERSION]")
+    e = sub.add_parser("eval", help="accuracy of a model on one board or many",
+                       epilog=EVAL_EXAMPLES, formatter_class=RAW)
+    add_selection_options(e, model="NAME[@VERSION]")
     e.add_argument("--data", type=Path, required=True, metavar="FILE.npz",
                    help="inputs keyed by input name (x for one input), labels y (optional)")
     e.add_argument("--reference", type=Path, metavar="FILE.npz",
@@ -118,20 +152,18 @@ def register(sub: Any) -> None:
                         "abs error and cosine similarity per output")
     e.add_argument("--output", metavar="NAME",
                    help="the output labels and top-1 refer to (models with several)")
-    e.set_defaults(func=run_eval)
+    e.set_defaults(func=fleetwide.run_eval)
 
-    s = sub.add_parser("status", help="active and previous versions, agent, health",
+    s = sub.add_parser("status", help="active and previous versions (mode, label), agent, "
+                                      "health of one board or many",
                        epilog=STATUS_EXAMPLES, formatter_class=RAW)
-    s.add_argument("board", nargs="?", metavar="BOARD")
-    s.add_argument("--all", action="store_true", help="every board in the fleet")
-    add_board_options(s, board=False)
-    s.set_defaults(func=run_status)
+    add_selection_options(s)
+    s.set_defaults(func=fleetwide.run_status)
 
-    r = sub.add_parser("rollback", help="switch a board back to a model's previous version",
+    r = sub.add_parser("rollback", help="switch boards back to a model's previous version",
                        epilog=ROLLBACK_EXAMPLES, formatter_class=RAW)
-    add_board_options(r)
-    r.add_argument("model", metavar="NAME")
-    r.set_defaults(func=run_rollback)
+    add_selection_options(r, model="NAME")
+    r.set_defaults(func=fleetwide.run_rollback)
 
     rm = sub.add_parser("remove", help="delete a model version from a board (or the whole model)",
                         description="Delete NAME@VERSION from BOARD's store (not the active "
@@ -155,8 +187,7 @@ def register(sub: Any) -> None:
     t = sub.add_parser("targets", help="board profiles and the fleet: list, show, check",
                        epilog=TARGETS_EXAMPLES, formatter_class=RAW)
     t.add_argument("action", choices=["list", "show", "check", "profiles"])
-    t.add_argument("board", nargs="?", metavar="BOARD", help="only this board")
-    add_board_options(t, board=False)
+    add_selection_options(t)
     t.set_defaults(func=run_targets)
 
 
@@ -237,84 +268,6 @@ def _push_many(bundle: Any, names: list[str], where: Boards, *, activate: bool,
     return 1 if failed else 0
 
 
-# -- measuring -----------------------------------------------------------------------------
-def run_bench(a: argparse.Namespace) -> int:
-    return bench_command(a.board, a.model, Boards.from_args(a), runs=a.runs, warmup=a.warmup,
-                         threads=a.threads, delegate=a.delegate, as_json=a.json)
-
-
-def bench_command(board: str, spec: str | None, where: Boards, *, runs: int, warmup: int,
-                  threads: int | None, delegate: str, as_json: bool) -> int:
-    res = where.results()
-    out = []
-    with where.session(board) as s:
-        specs = [spec] if spec else [e.name for e in s.listing().models if e.current]
-        if not specs:
-            raise InputError(f"{board}: no active model to bench",
-                             hint="push one, or name NAME@VERSION")
-        for one in specs:
-            b = s.bench(one, runs=runs, warmup=warmup, threads=threads, delegate=delegate)
-            res.record("bench", board, b.raw)
-            out.append(b)
-    if as_json:
-        print(json.dumps(out[0].raw if len(out) == 1 else [b.raw for b in out], indent=2))
-    else:
-        print("\n".join(bench_line(board, b) for b in out))
-    return 0
-
-
-def run_eval(a: argparse.Namespace) -> int:
-    return eval_command(a.board, a.model, a.data, a.reference, Boards.from_args(a),
-                        as_json=a.json, output=a.output)
-
-
-def eval_command(board: str, spec: str, data: Path, reference: Path | None, where: Boards, *,
-                 as_json: bool, output: str | None = None) -> int:
-    for f in (data, reference):
-        if f is not None and not f.is_file():
-            raise InputError(f"{f}: no such data file")
-    with where.session(board) as s:
-        e = s.eval(spec, data, reference, output)
-    where.results().record("eval", board, e.raw)
-    emit(as_json, e.raw, eval_line(board, e))
-    return 0
-
-
-# -- the store -----------------------------------------------------------------------------
-def run_status(a: argparse.Namespace) -> int:
-    if not a.all and not a.board:
-        raise InputError("name a BOARD or pass --all")
-    return status_command(a.board, Boards.from_args(a), every=a.all, as_json=a.json)
-
-
-def status_command(board: str | None, where: Boards, *, every: bool, as_json: bool) -> int:
-    names = list(where.fleet().boards) if every else [str(board)]
-    out, failed = [], 0
-    for n in names:
-        try:
-            with where.session(n) as s:
-                out.append(s.status().to_dict())
-        except EdgeDeployError as exc:
-            if not every:
-                raise
-            failed += 1
-            out.append({"board": n, "error": str(exc)})
-    emit(as_json, out if every else out[0], status_lines(out))
-    return 1 if failed else 0
-
-
-def run_rollback(a: argparse.Namespace) -> int:
-    return rollback_command(a.board, a.model, Boards.from_args(a), as_json=a.json)
-
-
-def rollback_command(board: str, model: str, where: Boards, *, as_json: bool) -> int:
-    with where.session(board) as s:
-        sw = s.rollback(model)
-    r = {"name": sw.name, "current": sw.current, "previous": sw.previous}
-    emit(as_json, r, f"{board}: {model} now {sw.current} (was {sw.previous})")
-    return 0
-
-
 def run_remove(a: argparse.Namespace) -> int:
     return remove_command(a.board, a.model, Boards.from_args(a), as_json=a.json)
 
@@ -331,6 +284,7 @@ def remove_command(board: str, spec: str, where: Boards, *, as_json: bool) -> in
     return 0
 
 
+# -- bootstrap ---------------------------------------------------------------------------
 def run_bootstrap(a: argparse.Namespace) -> int:
     return bootstrap_command(a.board, a.wheelhouse, Boards.from_args(a), as_json=a.json)
 
@@ -355,17 +309,25 @@ def bootstrap_command(name: str, wheelhouse: Path | None, where: Boards, *,
 
 # -- targets -------------------------------------------------------------------------------
 def run_targets(a: argparse.Namespace) -> int:
-    return targets_command(a.action, a.board, Boards.from_args(a), as_json=a.json)
+    where = Boards.from_args(a)
+    if a.action == "profiles":
+        return targets_command("profiles", [], where, as_json=a.json)
+    # no board named: every board (as `targets list` always did); `--all` says it outright
+    sel = where.pick(a.targets, every=a.all, group=a.group, tag=a.tag, default_all=True)
+    if a.action == "check":
+        from .fleetwide import targets_check
+        return targets_check(sel, where, parallel=a.parallel, as_json=a.json)
+    return targets_command(a.action, sel.names, where, as_json=a.json)
 
 
-def targets_command(action: str, board: str | None, where: Boards, *, as_json: bool) -> int:
+def targets_command(action: str, names: list[str], where: Boards, *, as_json: bool) -> int:
     from ...targets import load_profile, profile_names
 
     if action == "profiles":
         profs = [asdict(load_profile(n)) for n in profile_names()]
         emit(as_json, profs, "\n".join(f"{p['name']:16} {p['description']}" for p in profs))
         return 0
-    boards = where.fleet().select([board] if board else None)
+    boards = [where.board(n) for n in names]
     if action == "list":
         rows = [{"name": b.name, "address": b.address, "profile": b.profile.name,
                  "tags": b.tags, "groups": b.groups} for b in boards]
@@ -373,27 +335,6 @@ def targets_command(action: str, board: str | None, where: Boards, *, as_json: b
                                       f"tags={','.join(r['tags'])} groups={','.join(r['groups'])}"
                                       for r in rows))
         return 0
-    if action == "show":
-        shown = [{**asdict(b), "profile": asdict(b.profile)} for b in boards]
-        print(json.dumps(shown if len(shown) > 1 else shown[0], indent=2))
-        return 0
-    from ..deploy import board_problems
-
-    failed = 0
-    out: list[dict[str, Any]] = []
-    for b in boards:
-        try:
-            with where.session(b.name) as s:
-                info = s.state().info  # installs our agent where it is missing or old
-            problems = board_problems(b, info)
-            out.append({"board": b.name, "ok": not problems, "problems": problems,
-                        "arch": info.arch, "python": info.python,
-                        "runtime": info.runtime, "numpy": info.numpy})
-        except EdgeDeployError as exc:
-            out.append({"board": b.name, "ok": False, "problems": [str(exc)]})
-        failed += 0 if out[-1]["ok"] else 1
-    emit(as_json, out, "\n".join(
-        f"{r['board']:12} {'ok' if r['ok'] else 'MISMATCH'} "
-        + (f"{r.get('arch')} Python {r.get('python')} {r.get('runtime')} numpy {r.get('numpy')}"
-           if r["ok"] else "; ".join(r["problems"])) for r in out))
-    return 1 if failed else 0
+    shown = [{**asdict(b), "profile": asdict(b.profile)} for b in boards]
+    print(json.dumps(shown if len(shown) > 1 else shown[0], indent=2))
+    return 0

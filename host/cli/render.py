@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from .. import units
 from ...device import protocol
 
 
@@ -27,11 +28,24 @@ def push_line(r: Any) -> str:
 
 
 def bench_line(board: str, b: protocol.Bench) -> str:
-    t = b.raw["timing"]
     return (f"{board}: {b.model.name} {b.model.version} ({b.model.mode}, {b.runtime} "
             f"{b.runtime_version}, {b.threads} thread(s), delegate {b.delegate or 'none'}): "
-            f"p50 {t['p50_ms']:.3f} ms, p90 {t['p90_ms']:.3f}, p99 {t['p99_ms']:.3f}, "
-            f"load {b.load_ms:.1f} ms, peak RSS {b.peak_rss_bytes // 1024} KB")
+            f"p50 {units.ms(b.p50_ms)}, p90 {units.ms(b.p90_ms)}, p99 {units.ms(b.p99_ms)}, "
+            f"load {units.ms(b.load_ms)}, peak RSS {units.size(b.peak_rss_bytes)}")
+
+
+def op_table(raw: dict) -> str:
+    """`bench --op-profile`: every op, where it ran, and what the agent says about op times."""
+    ops = raw.get("ops") or []
+    lines = [f"  {o.get('index', i):>4}  {o.get('op', '?'):<28} "
+             f"{'delegate' if o.get('delegated') else 'CPU kernels'}"
+             for i, o in enumerate(ops)]
+    timing = raw.get("op_timing")
+    if timing:
+        lines.append(f"  op times: {timing}")
+    if raw.get("note"):
+        lines.append(f"  note: {raw['note']}")
+    return "\n".join(lines) or "  (no op list)"
 
 
 def eval_line(board: str, e: protocol.Eval) -> str:
@@ -42,9 +56,9 @@ def eval_line(board: str, e: protocol.Eval) -> str:
     if e.top1 is not None:
         outs = r.get("outputs") or []
         which = f" ({r['output']})" if r.get("output") and len(outs) > 1 else ""
-        parts.append(f"top-1{which} {100 * e.top1:.2f}%")
+        parts.append(f"top-1{which} {units.pct(e.top1)}")
         if e.agreement is not None:
-            parts.append(f"agreement {100 * e.agreement:.2f}%")
+            parts.append(f"agreement {units.pct(e.agreement)}")
     for x in r.get("errors") or []:
         parts.append(f"{x['output']}: max err {x['max_abs_error']:.3g}, mean "
                      f"{x['mean_abs_error']:.3g}, cosine {x['cosine']:.6f}")
@@ -54,13 +68,25 @@ def eval_line(board: str, e: protocol.Eval) -> str:
             f"samples{data}{ref}: " + "; ".join(parts))
 
 
+def _describe(m: dict, version: str | None) -> str:
+    """VERSION with its mode and label, as the board's listing gives them."""
+    if not version:
+        return "none"
+    for v in m.get("versions") or []:
+        if v.get("version") == version:
+            entry = protocol.VersionEntry.parse(v) if "error" not in v else None
+            return f"{version} {entry.describe()}" if entry else f"{version} (unreadable)"
+    return version
+
+
 def status_lines(rows: list[dict]) -> str:
     out = []
     for st in rows:
         if "error" in st:
             out.append(f"{st['board']}: UNREACHABLE/FAILED: {st['error']}")
             continue
-        models = ", ".join(f"{m['name']} {m['current']} (previous {m['previous']})"
+        models = ", ".join(f"{m['name']} {_describe(m, m['current'])} active (previous "
+                           f"{_describe(m, m['previous'])})"
                            for m in st["models"]) or "no models"
         agent = "agent current" if st["agent_current"] else \
             ("agent outdated" if st["agent"] else "no agent")
@@ -109,16 +135,18 @@ def results_table(path: str, lines: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from .. import units
+
     t = Table(title=f"edgedeploy results ({path})")
-    for c in ("board", "model", "label", "version", "runtime", "size KB", "accuracy",
-              "p50 ms", "p99 ms"):
+    for c in ("board", "model", "label", "version", "runtime", "size KiB", "accuracy",
+              "p50", "p99"):
         t.add_column(c, justify="right")
     for ln in lines:
         t.add_row(ln["board"], ln["model"] or "", ln["label"] or "", ln["version"],
-                  ln["runtime"] or "", f"{ln['size'] / 1024:.1f}" if ln["size"] else "–",
-                  f"{100 * ln['accuracy']:.2f}%" if ln["accuracy"] is not None else "–",
-                  f"{ln['p50_ms']:.3f}" if ln["p50_ms"] else "–",
-                  f"{ln['p99_ms']:.3f}" if ln["p99_ms"] else "–")
+                  ln["runtime"] or "", units.kib(ln["size"]),
+                  "[red]eval failed[/red]" if ln.get("eval_error") else units.pct(ln["accuracy"]),
+                  "[red]bench failed[/red]" if ln.get("bench_error") else units.ms(ln["p50_ms"]),
+                  "" if ln.get("bench_error") else units.ms(ln["p99_ms"]))
     Console(width=140).print(t)
 
 
@@ -158,3 +186,28 @@ def inspect_table(payload: dict) -> None:
                       f"([bold]{pf['verdict']}[/bold]); parameters {pf['param_bytes'] / mib:.2f} "
                       f"MiB → on-chip {pf['on_chip_bytes'] / mib:.2f} MiB, off-chip "
                       f"{pf['off_chip_bytes'] / mib:.2f} MiB (cache ≈ 8 MiB)")
+
+
+def fleet_table(title: str, columns: list[str], rows: list[tuple]) -> None:
+    """One table for a run on several boards: ROWS are (board, [cells]) or (board, error[,
+    what]) — a failure spans the row, in red, with the error's own words."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rich.markup import escape
+
+    from ...errors import EdgeDeployError
+
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    for row in rows:
+        board, body = row[0], row[1]
+        if isinstance(body, EdgeDeployError):
+            what = f"{row[2]}: " if len(row) > 2 else ""
+            cells = [f"[red]FAILED[/red] {escape(what + str(body))}"] + \
+                [""] * (len(columns) - 2)
+            t.add_row(escape(board), *cells)
+        else:
+            t.add_row(escape(board), *[escape(str(c)) for c in body])
+    Console(width=max(Console().width, 160)).print(t)

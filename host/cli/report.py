@@ -1,4 +1,4 @@
-"""``edgedeploy report``: tables (and an HTML page with plots) from the results history."""
+"""``edgedeploy report``: tables, and one self-contained HTML file, from the results history."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from .render import emit, results_table
 EXAMPLES = """examples:
   edgedeploy report                                  # every board, every model
   edgedeploy report --model digits --html report.html
+  edgedeploy report --html fleet.html --fleet fleet.toml   # every board, with its profile
   edgedeploy report --board b0 --json
 
 Every push, bench and eval lands in the history (--db, $EDGEDEPLOY_RESULTS, else
@@ -19,29 +20,41 @@ Every push, bench and eval lands in the history (--db, $EDGEDEPLOY_RESULTS, else
 
 
 def register(sub: Any) -> None:
-    rp = sub.add_parser("report", help="tables (and HTML with plots) from the results history",
+    rp = sub.add_parser("report", help="tables (and a self-contained HTML report with charts) "
+                                       "from the results history",
                         epilog=EXAMPLES, formatter_class=RAW)
     rp.add_argument("--model", help="only this model")
     rp.add_argument("--board", help="only this board")
-    rp.add_argument("--html", type=Path, metavar="FILE", help="also write an HTML report")
+    rp.add_argument("--html", type=Path, metavar="FILE",
+                    help="also write one self-contained HTML file (inline SVG charts, no files "
+                         "beside it)")
+    rp.add_argument("--fleet", type=Path, metavar="FILE",
+                    help="fleet.toml: the report's fleet section lists every board in it, "
+                         "with its profile")
     rp.add_argument("--db", type=Path, metavar="FILE", help="results history (SQLite)")
     rp.add_argument("--json", action="store_true", help="print JSON")
     rp.set_defaults(func=run_report)
 
 
 def run_report(a: argparse.Namespace) -> int:
-    return report_command(a.db, model=a.model, board=a.board, html=a.html, as_json=a.json)
+    return report_command(a.db, model=a.model, board=a.board, html=a.html, fleet=a.fleet,
+                          as_json=a.json)
 
 
 def report_command(db: Path | None, *, model: str | None, board: str | None,
-                   html: Path | None, as_json: bool) -> int:
+                   html: Path | None, as_json: bool, fleet: Path | None = None) -> int:
     from ..results import Results, summary, write_html
 
     res = Results(db)
     lines = summary(res, model=model, board=board)
     payload: dict = {"db": str(res.path), "rows": lines}
     if html:
-        payload["html"] = str(write_html(res, html, model=model, board=board))
+        inventory = None
+        if fleet is not None:
+            from ...targets import load_fleet
+            inventory = load_fleet(fleet)
+        payload["html"] = str(write_html(res, html, model=model, board=board,
+                                         fleet=inventory))
     if as_json:
         emit(True, payload, "")
         return 0

@@ -53,7 +53,7 @@ def rows(report: CompileReport) -> list[Row]:
         for x in out:
             if not x.ok:
                 continue
-            x.size_ratio = x.size / base.size if x.size is not None and base.size else None
+            x.size_ratio = x.size / base.size if x.size and base.size else None
             if x.accuracy is not None and base.accuracy is not None:
                 x.accuracy_delta_pts = (x.accuracy - base.accuracy) * 100
             if x.latency_p50_ms and base.latency_p50_ms:
@@ -69,23 +69,24 @@ def render(table_rows: list[Row], console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from .. import units
+
     console = console or Console(width=max(Console().width, 120))
     t = Table(title="edgedeploy compile: modes side by side (host, 1 thread)")
-    for col, just in (("mode", "left"), ("size KB", "right"), ("gzip KB", "right"),
+    for col, just in (("mode", "left"), ("size KiB", "right"), ("gzip KiB", "right"),
                       ("vs f32", "right"), ("accuracy", "right"), ("Δ pts", "right"),
-                      ("agree", "right"), ("max err", "right"), ("p50 ms", "right"),
+                      ("agree", "right"), ("max err", "right"), ("p50", "right"),
                       ("vs f32", "right")):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
     for r in table_rows:
         if not r.ok:
             t.add_row(r.label, "[red]failed[/red]", "", "", "", "", "", "", "", "")
             continue
-        t.add_row(r.label, _fmt(r.size and r.size / 1000, ".1f"),
-                  _fmt(r.gzip_size and r.gzip_size / 1000, ".1f"), _fmt(r.size_ratio, ".2f") + ("x" if r.size_ratio else ""),
-                  _fmt(r.accuracy and r.accuracy * 100, ".2f", "–") + ("%" if r.accuracy else ""),
-                  _fmt(r.accuracy_delta_pts, "+.2f"), _fmt(r.top1_agreement and
-                                                          r.top1_agreement * 100, ".1f"),
-                  _fmt(r.max_abs_error, ".4f"), _fmt(r.latency_p50_ms, ".3f"),
+        t.add_row(r.label, units.kib(r.size), units.kib(r.gzip_size),
+                  _fmt(r.size_ratio, ".2f") + ("x" if r.size_ratio else ""),
+                  units.pct(r.accuracy), _fmt(r.accuracy_delta_pts, "+.2f"),
+                  units.pct(r.top1_agreement, 1), _fmt(r.max_abs_error, ".4f"),
+                  units.ms(r.latency_p50_ms),
                   _fmt(r.latency_ratio, ".2f") + ("x" if r.latency_ratio else ""))
     console.print(t)
     for r in table_rows:
@@ -105,30 +106,50 @@ def write_json(path: Path, payload: dict) -> None:
 
 
 def plot(table_rows: list[Row], path: Path, title: str = "size vs accuracy") -> bool:
-    """PNG: size (KB) against accuracy, one marker per mode, marker area ∝ latency.
+    """PNG: size (KiB) against accuracy, one marker per mode, marker area ∝ latency. Modes that
+    land on the same spot (int8 and edgetpu-int8 often do) share one label listing each; every
+    label is placed where it overlaps no other label or marker (charts.place_labels).
     Returns False (and writes nothing) when no row has an accuracy to plot."""
-    pts = [r for r in table_rows if r.ok and r.accuracy is not None and r.size]
-    if not pts:
+    drawn = figure(table_rows, title)
+    if drawn is None:
         return False
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    lat = [r.latency_p50_ms or 0.0 for r in pts]
-    top = max(lat) or 1.0
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    for r, ms in zip(pts, lat):
-        kb, acc = (r.size or 0) / 1000, (r.accuracy or 0.0) * 100  # pts have both
-        ax.scatter(kb, acc, s=60 + 600 * ms / top, alpha=0.6)
-        ax.annotate(f"{r.label}\n{ms:.3f} ms" if ms else r.label, (kb, acc),
-                    textcoords="offset points", xytext=(8, 6), fontsize=8)
-    ax.set_xlabel("model size (KB)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"{title} (marker size ∝ p50 latency, 1 thread)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig = drawn[0]
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp)
-    plt.close(fig)
+    from .. import charts
+
+    charts.pyplot().close(fig)
     tmp.replace(path)
     return True
+
+
+def figure(table_rows: list[Row], title: str = "size vs accuracy"):
+    """(figure, axes, label annotations) of the comparison plot; None without accuracies."""
+    pts = [r for r in table_rows if r.ok and r.accuracy is not None and r.size]
+    if not pts:
+        return None
+    from .. import charts, units
+
+    plt = charts.pyplot()
+    lat = [r.latency_p50_ms or 0.0 for r in pts]
+    top = max(lat) or 1.0
+    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=110)
+    xs = [(r.size or 0) / units.KiB for r in pts]
+    ys = [(r.accuracy or 0.0) * 100 for r in pts]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (r, ms) in enumerate(zip(pts, lat)):
+        ax.scatter(xs[i], ys[i], s=60 + 600 * ms / top, alpha=0.45,
+                   color=colors[i % len(colors)], edgecolors="black", linewidths=0.5)
+    ax.margins(x=0.3, y=0.35)
+    ax.set_xlabel("model size (KiB)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(f"{title} (marker area ∝ p50 latency, 1 thread)")
+    fig.tight_layout()
+    fig.canvas.draw()
+    px = [tuple(ax.transData.transform(p)) for p in zip(xs, ys)]
+    anchors, texts = [], []
+    for group in charts.group_coincident(px, radius=10.0):
+        anchors.append((xs[group[0]], ys[group[0]]))
+        texts.append("\n".join(f"{pts[i].label}  {units.ms(lat[i]) if lat[i] else ''}".rstrip()
+                               for i in group))
+    return fig, ax, charts.place_labels(ax, anchors, texts)

@@ -53,9 +53,18 @@ def load_split(size: int = 32, seed: int = SEED) -> dict[str, np.ndarray]:
 
 def build_model(size: int = 32):
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    from edgedeploy.device.runtime import CapturedNativeOutput
+    from edgedeploy.host.compiler.convert import import_tf
+
+    import_tf()  # TensorFlow's start-up lines (CUDA probes, CPU features) go nowhere
     import tf_keras as keras
 
-    keras.utils.set_random_seed(SEED)
+    with CapturedNativeOutput():  # ... and so do the CUDA probes of its first op
+        keras.utils.set_random_seed(SEED)
+        return _layers(keras, size)
+
+
+def _layers(keras, size: int):
     return keras.Sequential([
         keras.layers.Input((size, size, 1), name="image"),
         keras.layers.Conv2D(32, 3, activation="relu", padding="same"),
