@@ -24,7 +24,12 @@ Agent commands (``edgedeploy-agent [--store DIR] CMD``) and their answers (``kin
                "delegates": {"xnnpack": {"available": true},
                              "edgetpu": {"available": false, "error": "...", "devices": []}},
                "cpu": {"model": "...", "cores": 4, "governor": "ondemand" | null,
-                       "temperature_c": 48.3 | null},
+                       "freq_khz": 1800000 | null, "temperature_c": 48.3 | null},
+               "board_model": "Raspberry Pi 4 Model B Rev 1.4" | null,  # device tree
+               "throttled": null | {"raw": "0x50005", "now": ["under_voltage", ...],
+                                    "since_boot": [...]},   # vcgencmd get_throttled
+               "emulated": true | false | null,   # cpuinfo's CPU family is not uname -m's
+               "emulation": {"emulated", "host_cpu": "AMD EPYC …" | null, "why": "..."},
                "memory": {"total_bytes": ..., "available_bytes": ...},
                "store": {"path": "...", "free_bytes": ..., "total_bytes": ...}}
     state     {"agent": {...version...}, "info": {...info...}, "store": "/…/store",
@@ -47,7 +52,19 @@ Agent commands (``edgedeploy-agent [--store DIR] CMD``) and their answers (``kin
                "timing": {"runs", "warmup", "min_ms", "mean_ms", "p50_ms", "p90_ms", "p99_ms",
                           "max_ms", "std_ms", "samples_ms": [...]},
                "peak_rss_bytes": ..., "inputs": "random" | "FILE.npz",
-               "ops": null | [{"index", "op", "delegated"}], "op_timing": null | ..., "note": ...}
+               "ops": null | [{"index", "op", "delegated"}], "op_timing": null | ..., "note": ...,
+               "placement": {"requested", "applied", "compiled_for_edgetpu": false,
+                             "edgetpu_ops": 0 | null, "xnnpack_ops": 8 | null,
+                             "cpu_ops": 3 | null, "total_ops": 11 | null,
+                             "cpu_only_on_edgetpu": false,
+                             "line": "CPU: 8 of 11 ops in XNNPACK, ..."},  # said first
+               "board": {"before": SNAPSHOT, "after": SNAPSHOT},  # around the timed runs;
+                   # SNAPSHOT = {"temperature_c", "freq_khz", "governor", "throttled"}
+               "warnings": ["the board throttled during the run (...)", ...],
+               "emulated": true | false | null, "emulation": {...as info...}}
+              (bench --allow-cpu: time it even when the Edge TPU took no op; without it that
+               is the error silent_cpu_fallback, as is a model compiled for the Edge TPU
+               benched without its delegate)
     eval      {"model": {...}, "runtime": {...}, "data": "test.npz", "samples": 540,
                "top1": 0.979, "top5": 1.0 | null,
                "agreement": null | {"samples", "top1_agreement", "mean_abs_error", "max_abs_error"},

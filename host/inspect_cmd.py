@@ -36,6 +36,9 @@ def render(payload: dict, console=None) -> None:
     from rich.table import Table
 
     console = console or Console(width=max(Console().width, 140))
+    pf = payload.get("edgetpu")
+    if pf:  # said first: what to do about this model on a Coral
+        console.print(f"[bold]{pf['summary']}[/bold]", highlight=False)
     console.print(f"[bold]{payload['file']}[/bold]: {payload['size']:,} B, "
                   f"{len(payload['ops'])} ops, {payload['param_bytes']:,} B of parameters")
     for kind in ("inputs", "outputs"):
@@ -59,10 +62,13 @@ def render(payload: dict, console=None) -> None:
             row += ["[green]yes[/green]" if v["edgetpu"] else "[red]CPU[/red]", v["reason"]]
         table.add_row(*row)
     console.print(table)
-    pf = payload.get("edgetpu")
     if pf:
         mib = 1024 * 1024
+        cpu_params = pf["param_bytes"] - pf["mapped_param_bytes"]
         console.print(f"Edge TPU preflight: {pf['n_edgetpu']} of {len(pf['ops'])} ops map "
-                      f"([bold]{pf['verdict']}[/bold]); parameters {pf['param_bytes'] / mib:.2f} MiB "
-                      f"→ on-chip {pf['on_chip_bytes'] / mib:.2f} MiB, off-chip "
-                      f"{pf['off_chip_bytes'] / mib:.2f} MiB (cache ≈ 8 MiB)")
+                      f"([bold]{pf['verdict']}[/bold]); parameters of all ops "
+                      f"{pf['param_bytes'] / mib:.2f} MiB: the mapped ops' "
+                      f"{pf['mapped_param_bytes'] / mib:.2f} MiB → on-chip "
+                      f"{pf['on_chip_bytes'] / mib:.2f} MiB, off-chip "
+                      f"{pf['off_chip_bytes'] / mib:.2f} MiB (cache ≈ 8 MiB); "
+                      f"{cpu_params / mib:.2f} MiB stay with the CPU ops")
