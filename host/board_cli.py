@@ -72,7 +72,11 @@ def add_parsers(sub) -> None:
     b.add_argument("--runs", type=int, default=100)
     b.add_argument("--warmup", type=int, default=10)
     b.add_argument("--threads", type=int, help="default: the board profile's")
-    b.add_argument("--delegate", default="auto", choices=["auto", "xnnpack", "none", "edgetpu"])
+    b.add_argument("--delegate", default=None, choices=["auto", "xnnpack", "none", "edgetpu"],
+                   help="default: edgetpu on a board whose profile has an Edge TPU, else auto")
+    b.add_argument("--allow-cpu", action="store_true",
+                   help="time it even when nothing runs on the Edge TPU (said first; without "
+                        "it that is the error silent_cpu_fallback)")
 
     e = sub.add_parser("eval", help="accuracy of a model on a board", epilog=PUSH_EXAMPLES,
                        formatter_class=fmt)
@@ -94,8 +98,11 @@ def add_parsers(sub) -> None:
                                           "(offline with --wheelhouse)")
     common(bs)
     bs.add_argument("--wheelhouse", type=Path, metavar="DIR",
-                    help="wheels to install from (the board needs no internet); without it "
-                         "the board's pip uses its own index")
+                    help="wheels to install from (the board needs no internet; make them with "
+                         "`edgedeploy wheelhouse --for BOARD -d DIR`); without it the "
+                         "board's pip uses its own index (Termux: pkg)")
+    from .wheelhouse_cli import add_parser as add_wheelhouse
+    add_wheelhouse(sub, common)
 
     ro = sub.add_parser("rollout", help="roll a model out to many boards: canary, waves, "
                                         "gates, automatic rollback, crash-safe journal",
@@ -256,6 +263,8 @@ def _push_many(a, bundle) -> int:
 
 
 def cmd_bench(a) -> int:
+    from .board_facts import bench_delegate
+
     res = _results(a)
     out = []
     with _session(a, a.board) as s:
@@ -266,14 +275,19 @@ def cmd_bench(a) -> int:
                              hint="push one, or name NAME@VERSION")
         for spec in specs:
             r = s.bench(spec, runs=a.runs, warmup=a.warmup, threads=a.threads,
-                        delegate=a.delegate)
+                        delegate=bench_delegate(a.delegate, s.board.profile),
+                        allow_cpu=a.allow_cpu)
             res.record("bench", a.board, r)
             out.append(r)
     if a.json:
         print(json.dumps(out if len(out) > 1 else out[0], indent=2))
     else:
+        from .board_facts import bench_preamble
+
         for r in out:
             t = r["timing"]
+            for line in bench_preamble(r):  # where it ran, emulation, throttling: said first
+                print(f"{a.board}: {line}")
             print(f"{a.board}: {r['model']['name']} {r['model']['version']} "
                   f"({r['model']['mode']}, {r['runtime']['name']} {r['runtime']['version']}, "
                   f"{r['threads']} thread(s), delegate {r['delegate']['applied'] or 'none'}): "
@@ -480,6 +494,7 @@ def cmd_targets(a) -> int:
         rows = [{**asdict(b), "profile": asdict(b.profile)} for b in boards]
         print(json.dumps(rows if len(rows) > 1 else rows[0], indent=2))
         return 0
+    from .board_facts import edgetpu_check
     from .deploy import board_problems
 
     failed, out = 0, []
@@ -487,17 +502,22 @@ def cmd_targets(a) -> int:
         try:
             with _session(a, b.name) as s:
                 info = s.state()["info"]  # installs our agent where it is missing or old
-            problems = board_problems(b, info)
+            etpu = edgetpu_check(b.profile, info)
+            problems = board_problems(b, info) + (etpu or {}).get("problems", [])
             out.append({"board": b.name, "ok": not problems, "problems": problems,
                         "arch": info["arch"], "python": info["python"],
-                        "runtime": info["runtime"], "numpy": info["numpy"]})
+                        "runtime": info["runtime"], "numpy": info["numpy"],
+                        "emulated": info.get("emulated"), "board_model": info.get("board_model"),
+                        "edgetpu": etpu})
         except EdgeDeployError as exc:
             out.append({"board": b.name, "ok": False, "problems": [str(exc)]})
         failed += 0 if out[-1]["ok"] else 1
     _print(a, out, "\n".join(
         f"{r['board']:12} {'ok' if r['ok'] else 'MISMATCH'} "
         + (f"{r.get('arch')} Python {r.get('python')} {r.get('runtime')} numpy {r.get('numpy')}"
-           if r["ok"] else "; ".join(r["problems"])) for r in out))
+           f"{' (emulated)' if r.get('emulated') else ''}"
+           if r["ok"] else "; ".join(r["problems"]))
+        + (f"\n{'':13}{r['edgetpu']['line']}" if r.get("edgetpu") else "") for r in out))
     return 1 if failed else 0
 
 
@@ -531,5 +551,11 @@ def cmd_report(a) -> int:
     return 0
 
 
-COMMANDS = {"rollout": cmd_rollout, "bootstrap": cmd_bootstrap, "push": cmd_push, "bench": cmd_bench, "eval": cmd_eval, "status": cmd_status,
+def _cmd_wheelhouse(a) -> int:
+    from .wheelhouse_cli import cmd_wheelhouse
+
+    return cmd_wheelhouse(a)
+
+
+COMMANDS = {"wheelhouse": _cmd_wheelhouse, "rollout": cmd_rollout, "bootstrap": cmd_bootstrap, "push": cmd_push, "bench": cmd_bench, "eval": cmd_eval, "status": cmd_status,
             "rollback": cmd_rollback, "targets": cmd_targets, "report": cmd_report}

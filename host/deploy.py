@@ -452,11 +452,14 @@ class BoardSession:
             return ""
 
     def bench(self, spec: str, *, runs: int = 100, warmup: int = 10, threads: int | None = None,
-              delegate: str = "auto", max_seconds: float | None = None) -> dict:
+              delegate: str = "auto", max_seconds: float | None = None,
+              allow_cpu: bool = False) -> dict:
         args = ["bench", spec, "--runs", runs, "--warmup", warmup, "--threads",
                 threads or self.board.profile.threads, "--delegate", delegate]
         if max_seconds:
             args += ["--max-seconds", max_seconds]
+        if allow_cpu:
+            args.append("--allow-cpu")
         return self.agent(*args)
 
     def put_data(self, path: Path) -> str:

@@ -390,7 +390,8 @@ class Rollout:
                 figures["agreement"] = ev["agreement"]["top1_agreement"]
         b = s.bench(f"{self.bundle.name}@{version}", runs=self.opts.bench_runs, warmup=5)
         t = b["timing"]
-        figures.update(p50_ms=t["p50_ms"], p90_ms=t["p90_ms"], p99_ms=t["p99_ms"])
+        figures.update(p50_ms=t["p50_ms"], p90_ms=t["p90_ms"], p99_ms=t["p99_ms"],
+                       emulated=b.get("emulated"))
         return figures
 
     def stage(self, name: str) -> None:
@@ -436,6 +437,12 @@ class Rollout:
             fig = self._with_retries(go)
         except EdgeDeployError as exc:
             self._back(name, f"gate not measured: {exc}")
+            return
+        from .board_facts import latency_gate_refusal, latency_gates
+        refusal = latency_gate_refusal(name, fig, latency_gates(
+            self.gates, self.opts.max_latency_increase))
+        if refusal:  # a fresh board preflight could not ask: refused here, never judged
+            self._back(name, refusal)
             return
         failed = check_gates(self.gates, fig, old_figures,
                              max_accuracy_drop=self.opts.max_accuracy_drop,
@@ -580,9 +587,11 @@ def preflight(boards: list[Board], bundle: Bundle, opts: Options
               ) -> tuple[dict[str, str], dict[str, str]]:
     """Reach every board (read-only: no agent is installed): {board: problem} for the ones
     that can't take the bundle, and {board: note} (e.g. the agent will be updated)."""
+    from .board_facts import latency_gate_refusal, latency_gates
     from .deploy import local_agent
 
     ours = local_agent()["content_hash"]
+    latency = latency_gates(opts.parsed_gates(), opts.max_latency_increase)
     problems: dict[str, str] = {}
     notes: dict[str, str] = {}
 
@@ -598,6 +607,8 @@ def preflight(boards: list[Board], bundle: Bundle, opts: Options
                 if st["agent"]["content_hash"] != ours:
                     notes[b.name] = "agent will be updated"
                 p = plan_push(b, st["info"], st["models"], bundle, activate=False).problems
+                refusal = latency_gate_refusal(b.name, st["info"], latency)
+                p += [refusal] if refusal else []
                 if p:
                     problems[b.name] = "; ".join(p)
         except BoardError as exc:
