@@ -255,8 +255,10 @@ def edgetpu_placement(requested: str, delegate_nodes: int | None, delegated_ops:
         out["line"] = "CPU: this runtime does not say which ops a delegate took"
     elif applied == "xnnpack":
         out["line"] = f"CPU: {xnn} of {total} ops in XNNPACK, {total - xnn} on the builtin kernels"
+    elif requested == "none":
+        out["line"] = f"CPU: {total} ops on the builtin kernels (no delegate asked for)"
     else:
-        out["line"] = f"CPU: {total} ops on the builtin kernels (no delegate)"
+        out["line"] = f"CPU: {total} ops on the builtin kernels (XNNPACK took none)"
     return out
 
 

@@ -73,7 +73,7 @@ def emulation(machine: str, cpuinfo: str | None) -> dict:
         return {"emulated": False, "host_cpu": None, "why": f"{machine} on an {have} CPU"}
     host = _cpuinfo_model(cpuinfo or "")
     return {"emulated": True, "host_cpu": host,
-            "why": f"a {machine} userland on an {have} CPU ({host or 'unknown model'}): "
+            "why": f"an {machine} userland on an {have} CPU ({host or 'unknown model'}): "
                    f"emulated (qemu-user), timings are not the board's"}
 
 

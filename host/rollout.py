@@ -380,7 +380,8 @@ class Rollout:
         figures: dict = {}
         if self.bundle.extra.get(GATE_FILE):
             # the gate data travelled in the bundle: it lies in the new version's folder
-            data = f"{s.store}/models/{self.bundle.name}/{data_version}/{GATE_FILE}"
+            # absolute: agent arguments reach no shell, so a `~/…` root would stay unexpanded
+            data = f"{s.root}/store/models/{self.bundle.name}/{data_version}/{GATE_FILE}"
             args = ["eval", f"{self.bundle.name}@{version}", "--data", data]
             if self.reference:
                 args += ["--reference", data]
