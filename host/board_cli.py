@@ -540,7 +540,8 @@ def cmd_report(a) -> int:
               "p50 ms", "p99 ms"):
         t.add_column(c, justify="right")
     for ln in lines:
-        t.add_row(ln["board"], ln["model"] or "", ln["label"] or "", ln["version"],
+        t.add_row(ln["board"] + (" (emulated)" if ln.get("emulated") else ""),
+                  ln["model"] or "", ln["label"] or "", ln["version"],
                   ln["runtime"] or "", f"{ln['size'] / 1024:.1f}" if ln["size"] else "–",
                   f"{100 * ln['accuracy']:.2f}%" if ln["accuracy"] is not None else "–",
                   f"{ln['p50_ms']:.3f}" if ln["p50_ms"] else "–",
@@ -557,5 +558,6 @@ def _cmd_wheelhouse(a) -> int:
     return cmd_wheelhouse(a)
 
 
-COMMANDS = {"wheelhouse": _cmd_wheelhouse, "rollout": cmd_rollout, "bootstrap": cmd_bootstrap, "push": cmd_push, "bench": cmd_bench, "eval": cmd_eval, "status": cmd_status,
+COMMANDS = {"wheelhouse": _cmd_wheelhouse, "rollout": cmd_rollout, "bootstrap": cmd_bootstrap,
+            "push": cmd_push, "bench": cmd_bench, "eval": cmd_eval, "status": cmd_status,
             "rollback": cmd_rollback, "targets": cmd_targets, "report": cmd_report}

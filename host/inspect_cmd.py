@@ -66,9 +66,9 @@ def render(payload: dict, console=None) -> None:
         mib = 1024 * 1024
         cpu_params = pf["param_bytes"] - pf["mapped_param_bytes"]
         console.print(f"Edge TPU preflight: {pf['n_edgetpu']} of {len(pf['ops'])} ops map "
-                      f"([bold]{pf['verdict']}[/bold]); parameters of all ops "
-                      f"{pf['param_bytes'] / mib:.2f} MiB: the mapped ops' "
-                      f"{pf['mapped_param_bytes'] / mib:.2f} MiB → on-chip "
-                      f"{pf['on_chip_bytes'] / mib:.2f} MiB, off-chip "
+                      f"([bold]{pf['verdict']}[/bold])")
+        console.print(f"parameters: {pf['param_bytes'] / mib:.2f} MiB in all ops; the mapped "
+                      f"ops' {pf['mapped_param_bytes'] / mib:.2f} MiB → on-chip "
+                      f"{pf['on_chip_bytes'] / mib:.2f}, off-chip "
                       f"{pf['off_chip_bytes'] / mib:.2f} MiB (cache ≈ 8 MiB); "
-                      f"{cpu_params / mib:.2f} MiB stay with the CPU ops")
+                      f"{cpu_params / mib:.2f} MiB stay on the CPU")

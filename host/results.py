@@ -108,6 +108,8 @@ def summary(res: Results, *, model: str | None = None, board: str | None = None)
             "accuracy": ev.payload["top1"] if ev else None,
             "p50_ms": t.get("p50_ms"), "p99_ms": t.get("p99_ms"),
             "delegate": bench.payload["delegate"]["applied"] if bench else None,
+            # an emulated board's timings are not the board's: said beside them
+            "emulated": bool(bench.payload.get("emulated")) if bench else None,
         })
     return lines
 
@@ -159,7 +161,7 @@ def write_html(res: Results, out: Path, *, model: str | None = None,
         plt.close(fig)
         imgs.append(p)
     cols = ["board", "model", "label", "version", "runtime", "size", "accuracy", "p50_ms",
-            "p99_ms", "delegate"]
+            "p99_ms", "delegate", "emulated"]
     rows_html = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(ln[c]))}</td>" for c in cols)
                         + "</tr>" for ln in lines)
     body = (f"<h1>edgedeploy report</h1><p>{html.escape(str(res.path))}</p>"

@@ -129,7 +129,7 @@ def test_bootstrap_armv7_uses_the_os_numpy_through_system_site_packages():
     assert p.steps == [
         ["python3", "-m", "venv", "--system-site-packages", "--without-pip", "/r/venv"],
         ["/r/venv/bin/python", "/r/wheels/pip-26.3-py3-none-any.whl/pip", "install", "--quiet",
-         "--no-index", "--find-links", "/r/wheels", "tflite-runtime==2.14.0"]]
+         "--no-compile", "--no-index", "--find-links", "/r/wheels", "tflite-runtime==2.14.0"]]
 
 
 def test_bootstrap_aarch64_litert_gets_its_own_numpy():
@@ -179,5 +179,5 @@ def test_bootstrap_vendor_and_index():
     assert p.kind == "vendor" and p.steps == []
     p = plan_bootstrap("/r", "python3", ARMV7, load_profile("rpi-armv7"), None, None)
     assert p.steps == [["python3", "-m", "venv", "--system-site-packages", "/r/venv"],
-                       ["/r/venv/bin/python", "-m", "pip", "install", "--quiet",
+                       ["/r/venv/bin/python", "-m", "pip", "install", "--quiet", "--no-compile",
                         "tflite-runtime"]]
