@@ -239,7 +239,7 @@ def edgetpu_placement(requested: str, delegate_nodes: int | None, delegated_ops:
         if known and tpu == 0:
             out["cpu_only_on_edgetpu"] = True
             what = ("compiled for the Edge TPU, yet the delegate took no op" if compiled else
-                    "an int8 model not compiled by edgetpu_compiler")
+                    "a model edgetpu_compiler never compiled")
             out["line"] = (f"CPU ONLY: the Edge TPU delegate took none of the {total} ops "
                            f"({what}): this is not an Edge TPU timing")
         elif known:

@@ -181,3 +181,70 @@ def test_bootstrap_vendor_and_index():
     assert p.steps == [["python3", "-m", "venv", "--system-site-packages", "/r/venv"],
                        ["/r/venv/bin/python", "-m", "pip", "install", "--quiet", "--no-compile",
                         "tflite-runtime"]]
+
+
+# -- bootstrap's acting on a Termux board, through a recording transport (no device here) ---
+class _Run:
+    def __init__(self, command, exit_code, stdout="", stderr=""):
+        self.command, self.exit_code, self.stdout, self.stderr = command, exit_code, stdout, stderr
+
+
+class _Termux:
+    """What a Termux board answers: its Python (bionic: no glibc), then `pkg`."""
+
+    def __init__(self, pkg_exit: int, pkg_err: str = ""):
+        self.ran: list[list[str]] = []
+        self.pkg = (pkg_exit, pkg_err)
+
+    def run(self, argv, timeout=None, input=None):
+        import json
+
+        self.ran.append(list(argv))
+        if argv[0] == "pkg":
+            return _Run(" ".join(argv), self.pkg[0], "", self.pkg[1])
+        return _Run(" ".join(argv), 0, json.dumps({
+            "arch": "aarch64", "python": "3.12.8", "libc": None, "numpy": None,
+            "prefix": "/data/data/com.termux/files/usr", "android": True}))
+
+
+class _Session:
+    def __init__(self, t):
+        from edgedeploy.targets import Board
+
+        self.t = t
+        self.board = Board(name="phone", host="10.0.0.9", profile=load_profile("android-termux"))
+        self.root = "/data/data/com.termux/files/home/.edgedeploy"
+        self.stopped = False
+
+    def stop_resident(self):
+        self.stopped = True
+
+    def state(self):
+        return {"info": {"runtime": "tflite_runtime", "runtimes": {"tflite_runtime": "2.14.0"},
+                         "numpy": "1.26.4", "emulated": False},
+                "agent_uploaded": True, "agent": {"content_hash": "h"}}
+
+
+def test_termux_bootstrap_runs_exactly_pkg_install():
+    from edgedeploy.host.bootstrap import bootstrap
+
+    t = _Termux(0)
+    r = bootstrap(_Session(t), None)
+    assert t.ran[1:] == [["pkg", "install", "-y", "python", "python-numpy",
+                          "python-tflite-runtime"]]
+    assert t.ran[0][:2] == ["python3", "-c"]  # the probe
+    assert r["kind"] == "termux" and r["venv"] is None and r["wheels"] == []
+
+
+def test_termux_bootstrap_without_network_says_so():
+    from edgedeploy.host.bootstrap import bootstrap
+
+    t = _Termux(100, "E: Failed to fetch https://packages-cf.termux.dev/... Temporary failure "
+                     "resolving 'packages-cf.termux.dev'")
+    with pytest.raises(EnvironmentProblem) as e:
+        bootstrap(_Session(t), None)
+    assert "no network" in str(e.value) and e.value.exit_code == 3
+    t = _Termux(100, "E: Unable to locate package python-tflite-runtime")
+    with pytest.raises(Exception) as e:
+        bootstrap(_Session(t), None)
+    assert "Unable to locate package" in str(e.value) and "no network" not in str(e.value)
