@@ -23,6 +23,7 @@ EXAMPLES = """examples:
   edgedeploy-agent activate digits 3f2a9c1b0d4e
   edgedeploy-agent bench digits --runs 1000 --warmup 50 --threads 1
   edgedeploy-agent eval digits --data test.npz --reference host_outputs.npz
+  edgedeploy-agent eval digits@3f2a9c1b0d4e --bundled-data gate.npz --bundled-reference gate.npz
   edgedeploy-agent serve --socket /tmp/edgedeploy.sock
 
 The store defaults to $EDGEDEPLOY_STORE, else ~/.edgedeploy/store."""
@@ -96,8 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "or --delegate edgetpu asks for (said in `placement`)")
     e = sub.add_parser("eval", help="accuracy on labelled data; agreement with host outputs")
     e.add_argument("spec", metavar="NAME[@VERSION]|FILE.tflite")
-    e.add_argument("--data", required=True, metavar="FILE.npz", help="x (float inputs), y")
-    e.add_argument("--reference", metavar="FILE.npz", help="host outputs (key 'outputs')")
+    data = e.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data", metavar="FILE.npz", help="x (float inputs), y")
+    data.add_argument("--bundled-data", metavar="REL",
+                      help="a file that travelled in the model's bundle (listed in its "
+                           "manifest), e.g. gate.npz")
+    ref = e.add_mutually_exclusive_group()
+    ref.add_argument("--reference", metavar="FILE.npz", help="host outputs (key 'outputs')")
+    ref.add_argument("--bundled-reference", metavar="REL", help="host outputs, from the bundle")
+    e.add_argument("--data-version", metavar="VERSION",
+                   help="take bundled files from this version of the model (default: the one "
+                        "evaluated)")
     e.add_argument("--threads", type=int, default=1)
     s = sub.add_parser("serve", help="on-device inference endpoint for local apps")
     where = s.add_mutually_exclusive_group(required=True)
@@ -150,6 +160,7 @@ def cmd_state(a, store) -> dict:
 
     info = board_info(store.root, a.runtime, cached=True)
     return protocol.ok("state", agent=info["agent"], info=info, store=str(store.root),
+                       incoming=str(store.incoming), data=str(store.data),
                        models=store.listing(a.model))
 
 
@@ -226,8 +237,11 @@ def cmd_eval(a, store) -> dict:
     from .runtime import load_runtime, make_interpreter
 
     info, path, _ = _resolve(store, a.spec)
-    data = _load_npz(a.data, ("x", "y"))
-    ref = _load_npz(a.reference, ("outputs",))["outputs"] if a.reference else None
+    data_path = a.data or _bundled(store, info, a.bundled_data, a.data_version)
+    ref_path = a.reference or (_bundled(store, info, a.bundled_reference, a.data_version)
+                               if a.bundled_reference else None)
+    data = _load_npz(data_path, ("x", "y"))
+    ref = _load_npz(ref_path, ("outputs",))["outputs"] if ref_path else None
     rt = load_runtime(a.runtime)
     interp = make_interpreter(path, num_threads=a.threads, runtime=rt)
     last = [time.monotonic()]
@@ -239,13 +253,26 @@ def cmd_eval(a, store) -> dict:
             print(f"eval {info.get('name', path)}: {done}/{total}", file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
-    outputs = run_dataset(interp, data["x"], a.data, progress)
+    outputs = run_dataset(interp, data["x"], data_path, progress)
     seconds = time.perf_counter() - t0
-    acc = accuracy(outputs, data["y"], a.data)
-    agree = agreement(outputs, ref, a.reference).__dict__ if ref is not None else None
-    return protocol.ok("eval", model=info, runtime=_runtime_info(rt), data=a.data,
+    acc = accuracy(outputs, data["y"], data_path)
+    agree = agreement(outputs, ref, str(ref_path)).__dict__ if ref is not None else None
+    return protocol.ok("eval", model=info, runtime=_runtime_info(rt), data=data_path,
                        samples=acc.samples, top1=acc.top1, top5=acc.top5, agreement=agree,
                        seconds=round(seconds, 4), outputs_sha256=_sha(np.ascontiguousarray(outputs)))
+
+
+def _bundled(store, info: dict, rel: str, version: str | None) -> str:
+    """The path of REL, a file the bundle of the evaluated model (or of VERSION of it)
+    carried: the store's layout stays the agent's business."""
+    if "name" not in info:
+        raise InputError(f"{info.get('path')}: bundled files need a stored model (NAME[@V])")
+    name, version = info["name"], version or info["version"]
+    m = store.manifest(name, version)
+    if rel not in (m.files or {}):
+        raise InputError(f"model {name} version {version} carries no {rel!r}",
+                         hint=f"it carries: {', '.join(m.files or {}) or 'no extra files'}")
+    return str(store.version_dir(name, version) / rel)
 
 
 def _sha(a) -> str:

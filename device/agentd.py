@@ -9,13 +9,16 @@ Files (in the store folder, for the owner only)::
                         forwarding (no process is started on the board for a session)
     STORE/agentd.lock   flock'd for the daemon's life (one per store); holds its PID
 
-Wire format on a connection: the daemon first writes one hello line
+Wire format on a connection (protocol.py states it; SOCKET, HELLO_KEY, CONTROL and UPLOAD
+live there, shared with the host): the daemon first writes one hello line
 ``{"agentd": 1, "pid": N, "tag": T, "content_hash": H}`` (T: what the deployer started it
-for — the board's ``python`` setting — so a daemon under another Python is not used); then the batch protocol of ``agent.batch``:
-a JSON argv list per line in, one answer per line out (with ``"exit"``), until the client
-closes its side. Only the store's control commands are served here (CONTROL); bench, eval and
-serve answer ``not_here`` — they run in a fresh process (``batch``), so their timings and peak
-memory are their own. Connections are served one command at a time.
+for — the board's ``python`` setting — so a daemon under another Python is not used); then
+the batch protocol of ``agent.batch``: a JSON argv list per line in, one answer per line out
+(with ``"exit"``), until the client closes its side; an ``upload`` line is followed by the
+file's bytes, which this module's reader takes in itself. Only the store's control commands
+are served here (CONTROL); bench, eval and serve answer ``not_here`` — they run in a fresh
+process (``batch``), so their timings and peak memory are their own. Connections are served
+one command at a time.
 
 Lifetime: the daemon ends after IDLE seconds with no client (default 900; 0 = never), on
 SIGTERM (after the command under way), when a new one is started for the store, and — checked at every connection, before the hello — when its zipapp or any import
@@ -32,18 +35,16 @@ import socket
 import sys
 import threading
 
-CONTROL = frozenset({"version", "info", "state", "install", "activate", "rollback", "list",
-                     "remove", "verify"})
-UPLOAD = "upload"  # served by the daemon's reader itself: raw bytes follow the line
+from .protocol import CONTROL, HELLO_KEY, HELLO_VERSION, SOCKET, UPLOAD
+
 MAX_LINE = 1 << 20
 CHUNK = 1 << 20
-SOCKET, LOCK = "agentd.sock", "agentd.lock"
-HELLO_KEY = "agentd"
+LOCK = "agentd.lock"
 
 
 def _stamp() -> list:
     """What the running code and its packages depend on: the zipapp and every import folder."""
-    out = []
+    out: list[tuple[object, ...]] = []
     for p in [sys.argv[0], *sys.path]:
         try:
             st = os.stat(p or ".")
@@ -167,7 +168,7 @@ class Daemon:
             srv.listen(64)
         finally:
             os.umask(old)
-        hello = json.dumps({HELLO_KEY: 1, "pid": os.getpid(), "tag": self.tag,
+        hello = json.dumps({HELLO_KEY: HELLO_VERSION, "pid": os.getpid(), "tag": self.tag,
                             "content_hash": identity()["content_hash"]}) + "\n"
         ino = os.stat(self.path).st_ino
         try:
@@ -236,11 +237,14 @@ def _upload_request(raw: bytes) -> tuple[str, str, int] | None:
 
 
 def receive(rfile, folder: str, rel: str, size: int) -> dict:
-    """Read SIZE bytes from RFILE into FOLDER/REL (see the module docstring)."""
+    """Read SIZE bytes from RFILE into FOLDER/REL, a new file (protocol.py: ``upload``).
+    The bytes are always read, so the connection stays in step when the file can't be
+    written; a partial file is removed."""
     from pathlib import Path
 
     from . import protocol
-    from .store import _safe_rel
+    from .fsio import write_all
+    from .intake import safe_rel
 
     target = Path(folder) / rel
     error = None
@@ -248,7 +252,7 @@ def receive(rfile, folder: str, rel: str, size: int) -> dict:
     try:
         if not os.path.isabs(folder):
             raise OSError(0, "the upload folder must be absolute", folder)
-        _safe_rel(Path(folder), rel)
+        safe_rel(Path(folder), rel)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
@@ -264,7 +268,7 @@ def receive(rfile, folder: str, rel: str, size: int) -> dict:
             left -= len(chunk)
             if fd >= 0 and error is None:
                 try:
-                    _write_all(fd, chunk)
+                    write_all(fd, chunk)
                 except OSError as exc:
                     error = f"{target}: {exc.strerror or exc}"
     finally:
@@ -275,9 +279,3 @@ def receive(rfile, folder: str, rel: str, size: int) -> dict:
     if error is not None:
         return {**protocol.error("store_error", f"upload: {error}"), "exit": 1}
     return {**protocol.ok(UPLOAD, path=str(target), bytes=size), "exit": 0}
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]

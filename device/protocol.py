@@ -1,5 +1,7 @@
 """The JSON messages the agent and the host speak. Versioned; stdlib only; shared by both sides.
 
+(Past 400 lines on purpose: every message's wire format and its typed form live together.)
+
 Every message is one JSON object with ``"schema": 1`` and ``"ok"``. The agent CLI prints exactly
 one message on stdout per command (progress goes to stderr); its exit status is 0 when ``ok`` is
 true and the error's exit code otherwise (2 bad input, 3 environment, 4 conflict in the store,
@@ -33,7 +35,10 @@ Agent commands (``edgedeploy-agent [--store DIR] CMD``) and their answers (``kin
                "memory": {"total_bytes": ..., "available_bytes": ...},
                "store": {"path": "...", "free_bytes": ..., "total_bytes": ...}}
     state     {"agent": {...version...}, "info": {...info...}, "store": "/…/store",
-               "models": [...list...]}   # (`--model NAME`: that model only) one round trip; info's runtime facts are cached in
+               "incoming": "/…/store/incoming",  # uploads go to INCOMING/TOKEN/… (TOKEN: the
+               "data": "/…/store/data",          # deployer's); eval data to DATA/SHA256.EXT
+               "models": [...list...]}   # (`--model NAME`: that model only) one round trip;
+                                         # info's runtime facts are cached in
                                          # STORE/info-cache.json while Python, the agent and
                                          # every sys.path folder are unchanged
     install   {"name": "digits", "version": "3f2a9c1b0d4e", "path": ".../models/digits/3f2a9c1b0d4e",
@@ -65,7 +70,10 @@ Agent commands (``edgedeploy-agent [--store DIR] CMD``) and their answers (``kin
               (bench --allow-cpu: time it even when the Edge TPU took no op; without it that
                is the error silent_cpu_fallback, as is a model compiled for the Edge TPU
                benched without its delegate)
-    eval      {"model": {...}, "runtime": {...}, "data": "test.npz", "samples": 540,
+    eval      (`--data FILE` | `--bundled-data REL`: a file the model's own bundle carried,
+               or, with `--data-version V`, version V's bundle; `--reference FILE` |
+               `--bundled-reference REL` likewise)
+              {"model": {...}, "runtime": {...}, "data": "test.npz", "samples": 540,
                "top1": 0.979, "top5": 1.0 | null,
                "agreement": null | {"samples", "top1_agreement", "mean_abs_error", "max_abs_error"},
                "seconds": 0.21}
@@ -74,9 +82,18 @@ Agent commands (``edgedeploy-agent [--store DIR] CMD``) and their answers (``kin
     agentd --stop    {"stopped": 4242 | null}     # (without either: runs the resident agent)
 
 ``batch`` answers each command on a line with the command's message plus ``"exit"``. The
-resident agent (agentd.py) speaks the same over its socket after a hello line
-``{"agentd": 1, "pid": N, "tag": T, "content_hash": H}``; commands other than the store's control
-commands get ``not_here`` (bench, eval and serve run in their own process).
+resident agent (agentd.py) speaks the same over its socket STORE/agentd.sock (SOCKET) after a
+hello line ``{"agentd": 1, "pid": N, "tag": T, "content_hash": H}`` (HELLO_KEY); commands other
+than the store's control commands (CONTROL) get ``not_here`` (bench, eval and serve run in their
+own process). One more line is the resident agent's own (UPLOAD)::
+
+    ["upload", FOLDER, REL, SIZE]  then SIZE raw bytes
+              → {"kind": "upload", "path": "FOLDER/REL", "bytes": SIZE}
+              FOLDER absolute (INCOMING/TOKEN), REL a plain relative path, the file new
+
+The host reads these answers through the dataclasses below (``State.parse(msg)`` …), once, at
+its link to the board (host/agent_link.py): never as loose dicts. A field the host doesn't read
+is left in the message (``raw``), which is what gets recorded and printed as JSON.
 
 Serve endpoint (``serve --socket PATH`` or ``--port N`` on 127.0.0.1), one JSON object per line
 each way; a connection may carry any number of requests, answered in order::
@@ -102,9 +119,18 @@ each way; a connection may carry any number of requests, answered in order::
 from __future__ import annotations
 
 import base64
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 SCHEMA = 1
+
+# -- shared with the resident agent (agentd.py) and the host's link (host/agent_link.py) ----
+CONTROL = frozenset({"version", "info", "state", "install", "activate", "rollback", "list",
+                     "remove", "verify"})  # what the resident agent serves
+UPLOAD = "upload"          # the resident agent's upload line: raw bytes follow it
+SOCKET = "agentd.sock"     # STORE/SOCKET: the resident agent's Unix socket
+HELLO_KEY = "agentd"       # the hello line: {HELLO_KEY: 1, "pid", "tag", "content_hash"}
+HELLO_VERSION = 1
 
 ERROR_CODES = ("bad_input", "environment", "conflict", "not_found", "hash_mismatch",
                "unsafe_bundle", "delegate_missing", "silent_cpu_fallback", "model_load_failed",
@@ -174,3 +200,281 @@ def frame_sizes(req: Any) -> list[int]:
             raise ValueError("binary frame: every input needs \"nbytes\" (0 … 1 GiB)")
         sizes.append(n)
     return sizes
+
+
+# -- the answers the host reads, typed ------------------------------------------------------
+class Malformed(ValueError):
+    """An answer without the shape documented above (the host's link turns it into a
+    BoardError naming the board)."""
+
+
+T = TypeVar("T")
+
+
+def _field(d: Any, key: str, kind: type[T] | tuple[type, ...], optional: bool = False) -> Any:
+    if not isinstance(d, dict):
+        raise Malformed(f"expected an object holding {key!r}, got {type(d).__name__}")
+    v = d.get(key)
+    if v is None:
+        if optional:
+            return None
+        raise Malformed(f"no {key!r}")
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if float in kinds and isinstance(v, int) and not isinstance(v, bool):
+        return float(v)
+    if not isinstance(v, kinds) or (isinstance(v, bool) and bool not in kinds):
+        raise Malformed(f"{key!r} is a {type(v).__name__}")
+    return v
+
+
+@dataclass(frozen=True)
+class VersionEntry:
+    """One stored version, as ``list`` / ``state`` give it."""
+    version: str
+    mode: str | None = None
+    size: int | None = None
+    error: str | None = None      # the stored version is unreadable (its manifest)
+
+    @classmethod
+    def parse(cls, d: Any) -> "VersionEntry":
+        return cls(_field(d, "version", str), _field(d, "mode", str, True),
+                   _field(d, "size", int, True), _field(d, "error", str, True))
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model in the store: its current and previous version, the versions kept."""
+    name: str
+    current: str | None
+    previous: str | None
+    versions: tuple[VersionEntry, ...] = ()
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def has(self, version: str) -> bool:
+        """VERSION is stored whole (a readable manifest)."""
+        return any(v.version == version and v.error is None for v in self.versions)
+
+    @classmethod
+    def parse(cls, d: Any) -> "ModelEntry":
+        vs = _field(d, "versions", list, True) or []
+        return cls(_field(d, "name", str), _field(d, "current", str, True),
+                   _field(d, "previous", str, True),
+                   tuple(VersionEntry.parse(v) for v in vs), d)
+
+
+def _models(msg: Any) -> tuple[ModelEntry, ...]:
+    return tuple(ModelEntry.parse(e) for e in _field(msg, "models", list))
+
+
+def _find(models: tuple[ModelEntry, ...], name: str) -> ModelEntry | None:
+    return next((e for e in models if e.name == name), None)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """``list``: every model in the store."""
+    models: tuple[ModelEntry, ...]
+
+    def model(self, name: str) -> ModelEntry | None:
+        return _find(self.models, name)
+
+    @classmethod
+    def parse(cls, msg: Any) -> "Listing":
+        return cls(_models(msg))
+
+
+@dataclass(frozen=True)
+class AgentId:
+    """``version`` (and the ``agent`` part of ``state``): which agent answers."""
+    version: str
+    content_hash: str
+
+    @classmethod
+    def parse(cls, d: Any) -> "AgentId":
+        return cls(_field(d, "agent", str), _field(d, "content_hash", str))
+
+
+@dataclass(frozen=True)
+class BoardInfo:
+    """The parts of ``info`` a deployer decides on; ``raw`` is the whole message."""
+    arch: str | None
+    python: str | None
+    numpy: str | None
+    runtime: str | None            # the runtime make_interpreter would pick, if any
+    runtime_error: str | None
+    free_bytes: int | None         # in the store's filesystem
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+    emulated: bool | None = None   # its cpuinfo's CPU is not its uname -m's (qemu-user)
+
+    @property
+    def runtimes(self) -> dict:
+        r = self.raw.get("runtimes")
+        return r if isinstance(r, dict) else {}
+
+    @classmethod
+    def parse(cls, d: Any) -> "BoardInfo":
+        store = _field(d, "store", dict, True) or {}
+        return cls(_field(d, "arch", str, True), _field(d, "python", str, True),
+                   _field(d, "numpy", str, True), _field(d, "runtime", str, True),
+                   _field(d, "runtime_error", str, True),
+                   _field(store, "free_bytes", int, True), d, _field(d, "emulated", bool, True))
+
+
+@dataclass(frozen=True)
+class State:
+    """``state``: everything a push plan needs, in one answer."""
+    agent: AgentId
+    info: BoardInfo
+    store: str                        # the store's absolute path
+    incoming: str | None              # uploads go to INCOMING/TOKEN/ (None: an older agent)
+    data: str | None                  # eval data goes to DATA/SHA256.EXT (None: likewise)
+    models: tuple[ModelEntry, ...]
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def model(self, name: str) -> ModelEntry | None:
+        return _find(self.models, name)
+
+    @classmethod
+    def parse(cls, msg: Any) -> "State":
+        return cls(AgentId.parse(_field(msg, "agent", dict)),
+                   BoardInfo.parse(_field(msg, "info", dict)), _field(msg, "store", str),
+                   _field(msg, "incoming", str, True), _field(msg, "data", str, True),
+                   _models(msg), msg)
+
+
+@dataclass(frozen=True)
+class Switched:
+    """``activate``, ``rollback`` (and ``install --activate``): the model's pointer now."""
+    name: str
+    current: str | None
+    previous: str | None
+    removed: tuple[str, ...] = ()     # versions pruned by the activation
+
+    @classmethod
+    def parse(cls, msg: Any) -> "Switched":
+        return cls(_field(msg, "name", str), _field(msg, "current", str, True),
+                   _field(msg, "previous", str, True),
+                   tuple(_field(msg, "removed", list, True) or ()))
+
+
+@dataclass(frozen=True)
+class Installed:
+    """``install``; ``switched`` when it also activated (``--activate``)."""
+    name: str
+    version: str
+    path: str
+    bytes: int
+    already_present: bool
+    switched: Switched | None = None
+
+    @classmethod
+    def parse(cls, msg: Any) -> "Installed":
+        return cls(_field(msg, "name", str), _field(msg, "version", str),
+                   _field(msg, "path", str), _field(msg, "bytes", int),
+                   _field(msg, "already_present", bool),
+                   Switched.parse(msg) if "current" in msg else None)
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    """The resident agent's ``upload``."""
+    path: str
+    bytes: int
+
+    @classmethod
+    def parse(cls, msg: Any) -> "Uploaded":
+        return cls(_field(msg, "path", str), _field(msg, "bytes", int))
+
+
+@dataclass(frozen=True)
+class Verified:
+    """``verify``."""
+    name: str
+    version: str
+    valid: bool
+    problems: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, msg: Any) -> "Verified":
+        return cls(_field(msg, "name", str), _field(msg, "version", str),
+                   _field(msg, "valid", bool), tuple(_field(msg, "problems", list, True) or ()))
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """The ``model`` part of bench and eval answers."""
+    name: str | None
+    version: str | None
+    mode: str | None
+
+    @classmethod
+    def parse(cls, d: Any) -> "ModelRef":
+        return cls(_field(d, "name", str, True), _field(d, "version", str, True),
+                   _field(d, "mode", str, True))
+
+
+@dataclass(frozen=True)
+class Bench:
+    """``bench``: the figures a gate or a summary line reads; ``raw`` keeps the rest (raw
+    samples, op profile …) for the results history."""
+    model: ModelRef
+    runtime: str
+    runtime_version: str | None
+    threads: int
+    delegate: str | None           # the delegate applied, None: the plain CPU kernels
+    load_ms: float
+    peak_rss_bytes: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+    placement: str | None = None   # where the ops ran, the line said first (older agents: None)
+    warnings: tuple[str, ...] = ()  # emulated board, throttled during the run, …
+    emulated: bool | None = None
+
+    @classmethod
+    def parse(cls, msg: Any) -> "Bench":
+        rt = _field(msg, "runtime", dict)
+        t = _field(msg, "timing", dict)
+        delegate = _field(msg, "delegate", dict, True) or {}
+        place = _field(msg, "placement", dict, True) or {}
+        warnings = _field(msg, "warnings", list, True) or []
+        return cls(ModelRef.parse(_field(msg, "model", dict)), _field(rt, "name", str),
+                   _field(rt, "version", str, True), _field(msg, "threads", int),
+                   _field(delegate, "applied", str, True), _field(msg, "load_ms", float),
+                   _field(msg, "peak_rss_bytes", int), _field(t, "p50_ms", float),
+                   _field(t, "p90_ms", float), _field(t, "p99_ms", float), msg,
+                   _field(place, "line", str, True), tuple(str(w) for w in warnings),
+                   _field(msg, "emulated", bool, True))
+
+
+@dataclass(frozen=True)
+class Eval:
+    """``eval``: top-1 (and top-1 agreement with reference outputs, when given)."""
+    model: ModelRef
+    samples: int
+    top1: float
+    agreement: float | None        # top1_agreement
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def parse(cls, msg: Any) -> "Eval":
+        ag = _field(msg, "agreement", dict, True)
+        return cls(ModelRef.parse(_field(msg, "model", dict)), _field(msg, "samples", int),
+                   _field(msg, "top1", float),
+                   _field(ag, "top1_agreement", float) if ag is not None else None, msg)
+
+
+@dataclass(frozen=True)
+class Hello:
+    """The resident agent's first line on a connection."""
+    pid: int
+    tag: str
+    content_hash: str
+
+    @classmethod
+    def parse(cls, msg: Any) -> "Hello":
+        if _field(msg, HELLO_KEY, int) != HELLO_VERSION:
+            raise Malformed(f"hello version {msg.get(HELLO_KEY)!r}")
+        return cls(_field(msg, "pid", int), _field(msg, "tag", str, True) or "",
+                   _field(msg, "content_hash", str, True) or "")

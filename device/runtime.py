@@ -48,7 +48,7 @@ def load_runtime(prefer: str | None = None) -> Runtime:
     failures = []
     for name in order:
         try:
-            module = importlib.import_module(_MODULES[name])
+            module: Any = importlib.import_module(_MODULES[name])
         except Exception as exc:  # ImportError, or numpy ABI errors raised as others
             failures.append(f"{name}: {type(exc).__name__}: {exc}".splitlines()[0])
             continue

@@ -279,7 +279,7 @@ def serve(store, *, socket_path: str | None = None, port: int | None = None, thr
         except FileNotFoundError:
             pass
         server: socketserver.BaseServer = _Unix(socket_path, _handler(service))
-        where = {"socket": socket_path}
+        where: dict[str, object] = {"socket": socket_path}
     else:
         server = _Tcp(("127.0.0.1", port or 0), _handler(service))
         where = {"host": "127.0.0.1", "port": server.server_address[1]}

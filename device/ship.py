@@ -12,6 +12,7 @@ deterministic: same sources, same bytes. Stdlib only.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import pkgutil
@@ -48,8 +49,8 @@ def content_hash(files: dict[str, bytes]) -> str:
     return h.hexdigest()
 
 
-def identity() -> dict:
-    """{"agent": version, "content_hash": …} of the running agent (zipapp or source tree)."""
+@functools.lru_cache(maxsize=1)
+def _identity() -> tuple[str, str, bool]:
     from .. import __version__
 
     try:
@@ -58,8 +59,16 @@ def identity() -> dict:
         raw = None
     if raw:
         info = json.loads(raw)
-        return {"agent": info["agent"], "content_hash": info["content_hash"], "zipapp": True}
-    return {"agent": __version__, "content_hash": content_hash(source_files()), "zipapp": False}
+        return info["agent"], info["content_hash"], True
+    return __version__, content_hash(source_files()), False
+
+
+def identity() -> dict:
+    """{"agent": version, "content_hash": …} of the running agent (zipapp or source tree).
+    Worked out once per process: it names the code this process loaded (from a source tree,
+    hashing every source costs ~10 ms a call)."""
+    agent, h, zipapp = _identity()
+    return {"agent": agent, "content_hash": h, "zipapp": zipapp}
 
 
 def _bytecode(files: dict[str, bytes]) -> dict[str, bytes]:

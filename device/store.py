@@ -7,6 +7,9 @@ Layout under the store root (one filesystem, so every switch is a rename)::
     ROOT/.trash/                   versions on their way out (renamed here, then deleted)
     ROOT/models/NAME/VERSION/      manifest.json + the model file + any files the manifest lists
     ROOT/models/NAME/current.json  {"current": VERSION, "previous": VERSION | null, "updated": …}
+    ROOT/incoming/TOKEN/           an upload on its way in (the deployer picks TOKEN; `install
+                                   ROOT/incoming/TOKEN --remove-bundle` takes it in)
+    ROOT/data/SHA256.EXT           data files a deployer sent for `eval`, one per content
 
 Invariants, kept through a kill -9 at any instant:
 
@@ -16,10 +19,9 @@ Invariants, kept through a kill -9 at any instant:
   temporary file, and both ``current`` and ``previous`` change in that one rename;
 * the version named ``current`` (and the one named ``previous``) is never removed or pruned.
 
-A bundle (a folder, or a .tar / .tar.gz / .tgz file) holds one manifest (``manifest.json`` or
-``*.manifest.json``), the model file it names, and any other files listed in its ``files`` map
-(path → sha256). Anything else — an absolute path, ``..``, a link, a device or fifo, a file the
-manifest doesn't list, a hash or size that differs — refuses the whole bundle, store unchanged.
+What a bundle may hold, and how it is checked, is intake.py's; file-system helpers (atomic
+writes, fsyncs, the kill -9 checkpoints) are fsio.py's. The agent reports INCOMING and DATA in
+its ``state`` answer: the deployer never builds these paths itself.
 """
 
 from __future__ import annotations
@@ -28,43 +30,21 @@ import fcntl
 import json
 import os
 import shutil
-import stat
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import Callable, Iterator
+from pathlib import Path
+from typing import Callable
 
-from ..errors import Conflict, HashMismatch, InputError, NotFound, StoreError, UnsafeBundle
+from ..errors import Conflict, HashMismatch, InputError, NotFound, StoreError
+from .fsio import checkpoint, fsync_dir, write_atomic
+from .intake import MANIFEST, expected_files, fsync_tree
+from .intake import stage as stage_bundle
 from .manifest import Manifest, sha256_file
 
 POINTER = "current.json"
-MANIFEST = "manifest.json"
-MAX_BUNDLE_FILES = 64
+INCOMING, DATA = "incoming", "data"
 DEFAULT_KEEP = 3
-
-# Crash points for the kill -9 tests: EDGEDEPLOY_AGENT_CRASH_AT=<name> makes the process
-# SIGKILL itself there. Named after the step just finished.
-_CRASH_AT = os.environ.get("EDGEDEPLOY_AGENT_CRASH_AT", "")
-
-
-def checkpoint(name: str) -> None:
-    """Tests' fault injection: EDGEDEPLOY_AGENT_CRASH_AT=POINT kills the agent (SIGKILL) at
-    POINT; POINT@FILE does it once (the first process to create FILE)."""
-    if not _CRASH_AT:
-        return
-    point, _, once = _CRASH_AT.partition("@")
-    if point != name:
-        return
-    if once:
-        try:
-            os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:
-            return
-    import signal
-
-    os.kill(os.getpid(), signal.SIGKILL)
-
 
 def check_name(kind: str, value: str) -> str:
     """Model names and versions become folder names: no '/', no NUL, not '.'-led, ≤ 128 bytes.
@@ -75,35 +55,6 @@ def check_name(kind: str, value: str) -> str:
                          hint="use printable characters, no '/', not starting with '.', "
                               "at most 128 bytes")
     return value
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes, *, crash_point: str | None = None) -> None:
-    """Write to a temporary file beside PATH, fsync, rename, fsync the folder: PATH is whole
-    or absent, whatever instant the process dies at."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if crash_point:
-            checkpoint(crash_point)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
 
 
 @dataclass
@@ -128,6 +79,8 @@ class Store:
         self.root = Path(root)
         self.keep = keep
         self.models = self.root / "models"
+        self.incoming = self.root / INCOMING   # uploads on their way in (see the docstring)
+        self.data = self.root / DATA           # eval data sent by a deployer
 
     # -- locking and housekeeping ---------------------------------------------------------
     def _prepare(self) -> None:
@@ -213,7 +166,7 @@ class Store:
         except InputError as exc:
             return [str(exc)]
         problems = []
-        for rel, want in _expected_files(m).items():
+        for rel, want in expected_files(m).items():
             p = d / rel
             if not p.is_file() or p.is_symlink():
                 problems.append(f"{rel}: missing")
@@ -249,44 +202,28 @@ class Store:
         bundle = Path(bundle)
         staging = Path(tempfile.mkdtemp(prefix="install.", dir=self.root / ".staging"))
         try:
-            if bundle.is_dir() and not bundle.is_symlink():
-                files = _copy_folder(bundle, staging, move)
-            elif bundle.is_file():
-                files = _extract_tar(bundle, staging)
-            else:
-                raise InputError(f"bundle {bundle}: no such folder or tar file")
-            checkpoint("install:copied")
-            m, manifest_rel = _check_bundle(bundle, staging, files)
+            m = stage_bundle(bundle, staging, move=move)
             name = check_name("model name", m.name)
             version = check_name("version", m.version)
-            if manifest_rel != MANIFEST:
-                os.replace(staging / manifest_rel, staging / MANIFEST)
-            total = sum((staging / r).stat().st_size for r in _expected_files(m))
+            expected = expected_files(m)
+            total = sum((staging / r).stat().st_size for r in expected)
             dest = self.version_dir(name, version)
             if dest.exists():
                 same = not self.verify(name, version) and \
                     self.manifest(name, version).sha256 == m.sha256 and \
-                    _expected_files(self.manifest(name, version)) == _expected_files(m)
+                    expected_files(self.manifest(name, version)) == expected
                 if not same:
                     raise Conflict(f"model {name} version {version} is already in the store "
                                    f"with other content",
                                    hint="a version names one content; compile a new version")
-                return Installed(name, version, dest, len(_expected_files(m)) + 1, total, True)
-            dirs = {staging}
-            for p in staging.rglob("*"):  # every file, then every folder once
-                if p.is_file():
-                    with open(p, "rb+") as f:
-                        os.fsync(f.fileno())
-                else:
-                    dirs.add(p)
-            for d in sorted(dirs, key=lambda d: len(d.parts), reverse=True):
-                _fsync_dir(d)
+                return Installed(name, version, dest, len(expected) + 1, total, True)
+            fsync_tree(staging)
             checkpoint("install:verified")
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.rename(staging, dest)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
             checkpoint("install:renamed")
-            return Installed(name, version, dest, len(_expected_files(m)) + 1, total, False)
+            return Installed(name, version, dest, len(expected) + 1, total, False)
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
@@ -356,7 +293,7 @@ class Store:
     def _discard(self, d: Path) -> None:
         trash = Path(tempfile.mkdtemp(prefix="rm.", dir=self.root / ".trash"))
         os.rename(d, trash / "v")
-        _fsync_dir(d.parent)
+        fsync_dir(d.parent)
         shutil.rmtree(trash, ignore_errors=True)
 
 
@@ -378,119 +315,3 @@ class _Lock:
 
 def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-
-def _expected_files(m: Manifest) -> dict[str, str]:
-    """Every file a version holds besides manifest.json, with its sha256."""
-    files = {m.file: m.sha256}
-    files.update(m.files or {})
-    return files
-
-
-def _safe_rel(bundle: Path, rel: str) -> str:
-    p = PurePosixPath(rel)
-    if p.is_absolute() or ".." in p.parts or rel.startswith("\\") or not p.parts:
-        raise UnsafeBundle(f"bundle {bundle}: member {rel!r} has an absolute or '..' path",
-                           hint="a bundle holds plain relative paths only")
-    return p.as_posix()
-
-
-def _walk(bundle: Path) -> Iterator[tuple[str, os.stat_result]]:
-    for dirpath, dirnames, filenames in os.walk(bundle, followlinks=False):
-        for n in dirnames + filenames:
-            full = Path(dirpath) / n
-            yield full.relative_to(bundle).as_posix(), os.lstat(full)
-
-
-def _copy_folder(bundle: Path, staging: Path, move: bool = False) -> list[str]:
-    files = []
-    for rel, st in _walk(bundle):
-        if stat.S_ISDIR(st.st_mode):
-            continue
-        if not stat.S_ISREG(st.st_mode):
-            kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "a special file"
-            raise UnsafeBundle(f"bundle {bundle}: {rel} is {kind}",
-                               hint="a bundle holds regular files only")
-        files.append(rel)
-        if len(files) > MAX_BUNDLE_FILES:
-            raise UnsafeBundle(f"bundle {bundle}: more than {MAX_BUNDLE_FILES} files")
-        (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-        if move and st.st_nlink == 1 and _moved(bundle / rel, staging / rel, st):
-            checkpoint("install:one-file")
-            continue
-        fd = os.open(bundle / rel, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd, "rb") as src, open(staging / rel, "xb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-        checkpoint("install:one-file")
-    return files
-
-
-def _moved(src: Path, dest: Path, st: os.stat_result) -> bool:
-    """Rename SRC (the regular file lstat'd as ST) to DEST; False to copy instead (another
-    filesystem). A file swapped for something else in between is refused."""
-    try:
-        os.rename(src, dest)
-    except OSError:
-        return False
-    after = os.lstat(dest)
-    if not stat.S_ISREG(after.st_mode) or (after.st_ino, after.st_dev) != (st.st_ino, st.st_dev):
-        raise UnsafeBundle(f"bundle file {src} changed while it was installed",
-                           hint="nothing was installed; push again")
-    return True
-
-
-def _extract_tar(bundle: Path, staging: Path) -> list[str]:
-    import tarfile
-
-    try:
-        tf = tarfile.open(bundle, "r:*")
-    except (tarfile.TarError, OSError) as exc:
-        raise InputError(f"bundle {bundle}: not a folder or a tar file ({exc})") from exc
-    files = []
-    with tf:
-        for member in tf:
-            rel = _safe_rel(bundle, member.name)
-            if member.isdir():
-                continue
-            if not member.isreg():
-                kind = "a link" if (member.issym() or member.islnk()) else "a special file"
-                raise UnsafeBundle(f"bundle {bundle}: member {rel} is {kind}",
-                                   hint="a bundle holds regular files only")
-            files.append(rel)
-            if len(files) > MAX_BUNDLE_FILES:
-                raise UnsafeBundle(f"bundle {bundle}: more than {MAX_BUNDLE_FILES} files")
-            target = staging / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            src = tf.extractfile(member)
-            assert src is not None
-            with src, open(target, "xb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-    return files
-
-
-def _check_bundle(bundle: Path, staging: Path, files: list[str]) -> tuple[Manifest, str]:
-    manifests = [f for f in files if f == MANIFEST or f.endswith(".manifest.json")]
-    if len(manifests) != 1:
-        raise InputError(f"bundle {bundle}: holds {len(manifests)} manifests "
-                         f"({', '.join(manifests) or 'none'}), expected exactly one",
-                         hint="a bundle is NAME.MODE.tflite + NAME.MODE.manifest.json")
-    m = Manifest.load(staging / manifests[0])
-    expected = _expected_files(m)
-    for rel in expected:
-        _safe_rel(bundle, rel)
-    extra = sorted(set(files) - set(expected) - {manifests[0]})
-    if extra:
-        raise UnsafeBundle(f"bundle {bundle}: {extra[0]} is not listed in the manifest",
-                           hint="list extra files under \"files\" with their sha256")
-    for rel, want in expected.items():
-        p = staging / rel
-        if not p.is_file():
-            raise InputError(f"bundle {bundle}: {rel} named by the manifest is missing")
-        got = sha256_file(p)
-        if got != want:
-            raise HashMismatch(f"bundle {bundle}: {rel} has sha256 {got[:12]}…, the manifest "
-                               f"says {want[:12]}…", hint="the upload is damaged; send it again")
-    if (staging / m.file).stat().st_size != m.size:
-        raise HashMismatch(f"bundle {bundle}: {m.file} has size "
-                           f"{(staging / m.file).stat().st_size}, the manifest says {m.size}")
-    return m, manifests[0]

@@ -18,6 +18,7 @@ import os
 import platform
 import shutil
 from pathlib import Path
+from typing import Any
 
 CORAL_USB_IDS = {("1a6e", "089a"), ("18d1", "9302")}  # before / after firmware load
 
@@ -232,7 +233,8 @@ def _runtime_facts(prefer_runtime: str | None) -> dict:
         numpy_version: str | None = numpy.__version__
     except ImportError:
         numpy_version = None
-    runtime, runtime_error, edgetpu = None, None, {"available": False}
+    runtime, runtime_error = None, None
+    edgetpu: dict[str, Any] = {"available": False}
     try:
         rt = load_runtime(prefer_runtime)
         runtime = rt.name
@@ -257,7 +259,7 @@ def _facts_key(prefer_runtime: str | None) -> str:
 
     from .ship import identity
 
-    stamps = []
+    stamps: list[tuple[str, int | None]] = []
     for d in sys.path:
         try:
             stamps.append((d, os.stat(d or ".").st_mtime_ns))
@@ -300,7 +302,7 @@ def flush_cache() -> None:
     cache, data = _PENDING[0]
     if cache.parent.is_dir():
         try:
-            from .store import write_atomic
+            from .fsio import write_atomic
 
             write_atomic(cache, data)
         except OSError:

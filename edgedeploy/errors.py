@@ -16,6 +16,7 @@
     │   └── UnsafeBundle            exit 2   absolute path, "..", a link or special file in a bundle
     ├── RunFailure                  exit 1   the model loaded but could not be measured as asked
     │   └── SilentCpuFallback       exit 1   an Edge TPU model whose delegate took no op
+    ├── JournalError                exit 1   the rollout journal refused a write or a file
     └── BoardError                  exit 1   something on or on the way to a board (names it)
         ├── Unreachable             exit 5   connect refused / timed out / link cut
         ├── HostKeyRefused          exit 6   unknown or changed SSH host key
@@ -37,6 +38,7 @@ class EdgeDeployError(Exception):
 
     exit_code = 1
     code = "error"
+    board: str | None = None  # the board it happened on, when one did
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -129,6 +131,13 @@ class SilentCpuFallback(RunFailure):
     code = "silent_cpu_fallback"
 
 
+class JournalError(EdgeDeployError):
+    """The rollout journal refused: a board state change its table forbids, or a file written
+    by a newer edgedeploy."""
+
+    code = "journal_error"
+
+
 class BoardError(EdgeDeployError):
     """Something went wrong on a board or on the way to it; the message names the board."""
 
@@ -136,7 +145,7 @@ class BoardError(EdgeDeployError):
 
     def __init__(self, board: str, message: str, *, hint: str | None = None) -> None:
         super().__init__(f"{board}: {message}", hint=hint)
-        self.board = board
+        self.board: str = board
 
 
 class Unreachable(BoardError):
@@ -174,23 +183,35 @@ class Incompatible(BoardError):
 class AgentError(BoardError):
     """The agent on a board answered with a JSON error; keeps its code and exit status."""
 
-    def __init__(self, board: str, code: str, message: str, exit_code: int) -> None:
+    def __init__(self, board: str, code: str, message: str, exit_code: int | None) -> None:
         super().__init__(board, message)
         self.code = code
-        self.exit_code = exit_code if exit_code > 0 else 1
+        self.exit_code = exit_code if exit_code and exit_code > 0 else 1
 
 
-def _all_subclasses(cls: type) -> list[type]:
+def _all_subclasses(cls: type[EdgeDeployError]) -> list[type[EdgeDeployError]]:
     out = [cls]
+    sub: type[EdgeDeployError]
     for sub in cls.__subclasses__():
         out.extend(_all_subclasses(sub))
     return out
 
 
-def from_message(code: str, message: str) -> EdgeDeployError:
+def from_message(code: str, message: str, *, board: str | None = None,
+                 exit_code: int | None = None) -> EdgeDeployError:
     """The error a JSON ``{"code", "message"}`` (from the agent) stands for, same class and exit
-    code as where it was raised. QuantizationError comes back without its op list."""
+    code as where it was raised, its message led by BOARD's name when given (and ``.board``
+    set). A code with no class of its own (``not_here``) is an AgentError keeping EXIT_CODE.
+    QuantizationError comes back without its op list."""
+    skip = (QuantizationError, RemoteFailure, AgentError)
     for cls in _all_subclasses(EdgeDeployError):
-        if cls.code == code and cls is not QuantizationError:
-            return cls(message)
+        if cls.code != code or cls in skip:
+            continue
+        if issubclass(cls, BoardError):
+            return cls(board or "board", message)
+        err = cls(f"{board}: {message}" if board else message)
+        err.board = board
+        return err
+    if board is not None:
+        return AgentError(board, code, message, exit_code or 1)
     return EdgeDeployError(message)

@@ -11,27 +11,27 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from ..device import protocol
+from ..targets import Profile
+
 LATENCY_METRICS = ("p50_ms", "p90_ms", "p99_ms")
 
 
-def bench_delegate(requested: str | None, profile) -> str:
+def bench_delegate(requested: str | None, profile: Profile) -> str:
     """The delegate a bench asks for: the user's, else the profile's Edge TPU, else auto."""
     if requested:
         return requested
     return "edgetpu" if profile.delegate == "edgetpu" else "auto"
 
 
-def bench_preamble(r: dict) -> list[str]:
+def bench_preamble(b: protocol.Bench) -> list[str]:
     """The lines said before a bench's timing: where the ops ran, then warnings."""
-    lines = []
-    line = (r.get("placement") or {}).get("line")
-    if line:
-        lines.append(line)
-    lines += [f"warning: {w}" for w in r.get("warnings") or []]
-    return lines
+    return ([b.placement] if b.placement else []) + [f"warning: {w}" for w in b.warnings]
 
 
-def edgetpu_check(profile, info: dict) -> dict | None:
+def edgetpu_check(profile: Profile, info: dict) -> dict | None:
     """Whether the Edge TPU delegate loads on the board and which devices it sees; None for a
     board that neither has an Edge TPU profile nor shows one. ``problems`` when the profile
     says Edge TPU and the delegate does not load."""
@@ -54,17 +54,23 @@ def edgetpu_check(profile, info: dict) -> dict | None:
             "line": line, "problems": problems}
 
 
-def latency_gate_refusal(board: str, info: dict, latency_gates: list[str]) -> str | None:
+def latency_gate_refusal(board: str, emulated: bool | None, latency_gates: list[str],
+                         why: str | None = None) -> str | None:
     """Why latency gates cannot be judged on this board (emulated), or None."""
-    if not latency_gates or not info.get("emulated"):
+    if not latency_gates or not emulated:
         return None
-    why = (info.get("emulation") or {}).get("why") or "emulated"
+    why = why or "emulated"
     return (f"latency gate(s) {', '.join(latency_gates)} refused on emulated board {board} "
             f"({why}): its timings are not the board's; gate it on accuracy/agreement, or "
             f"roll out to it without latency gates (--group/--tag)")
 
 
-def latency_gates(gates, max_latency_increase: float | None) -> list[str]:
+def emulation_why(info: protocol.BoardInfo) -> str | None:
+    e = info.raw.get("emulation")
+    return e.get("why") if isinstance(e, dict) else None
+
+
+def latency_gates(gates: Any, max_latency_increase: float | None) -> list[str]:
     """The latency gates among GATES (parsed), and --max-latency-increase, as text."""
     out = [str(g) for g in gates if getattr(g, "metric", None) in LATENCY_METRICS]
     if max_latency_increase is not None:

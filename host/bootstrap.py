@@ -33,8 +33,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-from ..errors import BoardError, EnvironmentProblem, InputError, RemoteFailure
+from ..errors import EdgeDeployError, EnvironmentProblem, InputError, RemoteFailure
 from ..targets import Profile
 from .deploy import BoardSession
 from .wheelhouse import RUNTIMES, BoardFacts, numpy_fits, probe, read_manifest
@@ -185,29 +186,32 @@ def no_network(text: str) -> bool:
     return any(s in low for s in _NO_NETWORK)
 
 
-def bootstrap(s: BoardSession, wheelhouse: Path | None, progress=None) -> dict:
+def bootstrap(s: BoardSession, wheelhouse: Path | None,
+              progress: Callable[[int, int], None] | None = None) -> dict:
     board = s.board
+    t = s.link.transport
     base = board.python
-    facts = probe(s.t, base, board.name)
-    wheels = manifest = None
+    facts = probe(t, base, board.name)
+    wheels: list[Wheel] | None = None
+    manifest = None
     if wheelhouse is not None:
         if not wheelhouse.is_dir():
             raise InputError(f"{wheelhouse}: no such wheelhouse folder")
         wheels = [w for w in map(parse_wheel, sorted(wheelhouse.glob("*.whl"))) if w]
         manifest = read_manifest(wheelhouse)
-    root = s.root
+    root = s.link.root
     plan = plan_bootstrap(root, base, facts, board.profile, wheels, manifest)
     sent, wheel_names = 0, []
     if plan.send:
         remote = f"{root}/wheels"
-        s.t.mkdir(remote)
+        t.mkdir(remote)
         for w in plan.send:
             dest = f"{remote}/{w.path.name}"
-            if s.t.size(dest) != w.path.stat().st_size:
-                sent += s.t.put(w.path, dest, progress)
+            if t.size(dest) != w.path.stat().st_size:
+                sent += t.put(w.path, dest, progress)
             wheel_names.append(w.path.name)
     for argv in plan.steps:
-        r = s.t.run(argv, timeout=1800)
+        r = t.run(argv, timeout=1800)
         if r.exit_code != 0:
             if plan.kind == "termux" and no_network(r.stderr + r.stdout):
                 raise EnvironmentProblem(
@@ -219,21 +223,21 @@ def bootstrap(s: BoardSession, wheelhouse: Path | None, progress=None) -> dict:
                                 hint="the board's previous setup is unchanged where this "
                                      "step failed; see the message")
     try:  # one started under the old Python would keep answering for it
-        s.stop_resident()
-    except BoardError:
+        s.link.stop_resident()
+    except EdgeDeployError:
         pass  # no agent there yet
     st = s.state()
-    info = st["info"]
-    if not info.get("runtime"):
+    info = st.info
+    if not info.runtime:
         where = plan.venv or base
         hint = ("install python3-tflite-runtime and libedgetpu1-std from Coral's apt "
                 "repository" if plan.kind == "vendor" else None)
         raise EnvironmentProblem(f"{board.name}: the runtime does not import in {where} "
-                                 f"({info.get('runtime_error')})", hint=hint)
+                                 f"({info.runtime_error})", hint=hint)
     return {"board": board.name, "arch": facts.arch, "python": facts.python,
             "venv": plan.venv, "kind": plan.kind, "system_numpy": plan.system_numpy,
-            "runtime": info["runtime"], "runtimes": info["runtimes"],
-            "numpy": info["numpy"], "wheels": wheel_names, "bytes_sent": sent,
+            "runtime": info.runtime, "runtimes": info.runtimes,
+            "numpy": info.numpy, "wheels": wheel_names, "bytes_sent": sent,
             "steps": [" ".join(a) for a in plan.steps], "notes": plan.notes,
-            "emulated": info.get("emulated"),
-            "agent_uploaded": st["agent_uploaded"], "agent": st["agent"]["content_hash"]}
+            "emulated": info.emulated,
+            "agent_uploaded": s.link.agent_uploaded, "agent": st.agent.content_hash}

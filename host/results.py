@@ -60,8 +60,9 @@ class Results:
 
     def record(self, kind: str, board: str, payload: dict, *, model: str | None = None,
                version: str | None = None, label: str | None = None) -> int:
-        m = payload.get("model") if isinstance(payload.get("model"), dict) else {}
-        rt = payload.get("runtime") if isinstance(payload.get("runtime"), dict) else {}
+        m, rt = payload.get("model"), payload.get("runtime")
+        m = m if isinstance(m, dict) else {}
+        rt = rt if isinstance(rt, dict) else {}
         with self.db:
             cur = self.db.execute(
                 "INSERT INTO results (ts, board, kind, model, version, label, runtime, payload)"
@@ -78,7 +79,8 @@ class Results:
             if val:
                 q += f" AND {col} = ?"
                 args.append(val)
-        return [Row(*r[:8], json.loads(r[8])) for r in self.db.execute(q + " ORDER BY id", args)]
+        return [Row(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], json.loads(r[8]))
+                for r in self.db.execute(q + " ORDER BY id", args)]
 
     def latest(self, **kw) -> dict[tuple[str, str, str], Row]:
         """The newest row per (board, version, kind)."""
@@ -103,7 +105,7 @@ def summary(res: Results, *, model: str | None = None, board: str | None = None)
         t = bench.payload["timing"] if bench else {}
         lines.append({
             "board": b, "model": any_row.model, "version": v, "label": any_row.label,
-            "runtime": (bench or ev).runtime if (bench or ev) else None,
+            "runtime": measured.runtime if (measured := bench or ev) else None,
             "size": (push.payload.get("size") if push else None),
             "accuracy": ev.payload["top1"] if ev else None,
             "p50_ms": t.get("p50_ms"), "p99_ms": t.get("p99_ms"),

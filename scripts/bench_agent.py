@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
+from benchrig import REPO, digits, write_result
+
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 GOALS = {"agent_vs_bare_p50_max_pct": 3.0, "endpoint_overhead_p50_max_ms": 0.2}
 
@@ -97,7 +97,6 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    import digits_cnn
     from edgedeploy.device.ship import build_zipapp
     from edgedeploy.host.bundle import load_bundle
     from edgedeploy.host.compiler import CompileOptions, compile_model
@@ -107,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="edgedeploy-bench-agent-"))
     console = Console()
     console.print(f"training the digits CNN and compiling float32 + int8 in {work}")
-    digits_cnn.make(work / "data", epochs=3)
+    digits(work / "data", epochs=3)
     for mode in ("float32", "int8"):
         compile_model(CompileOptions(model=work / "data" / "digits.keras", mode=mode,
                                      out=work / "models", calib=work / "data" / "calib.npz"))
@@ -201,9 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     for k, (ok, v) in verdicts.items():
         console.print(f"{'met ' if ok else 'MISSED'}  {k} = {v:.4f}")
     results["verdicts"] = {k: {"met": ok, "value": v} for k, (ok, v) in verdicts.items()}
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(results, indent=2) + "\n")
-    console.print(f"wrote {a.out}")
+    write_result(a.out, results, console.print)
     return 0
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import statistics
@@ -27,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
+from benchrig import REPO, digits, write_result
+
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 GOALS = {"int8_size_ratio_max": 0.27, "accuracy_drop_pts_max": 1.0,
@@ -65,7 +64,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "compile.json")
     a = p.parse_args(argv)
 
-    import digits_cnn
     from rich.console import Console
     from rich.table import Table
 
@@ -79,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=130)
     work = Path(tempfile.mkdtemp(prefix="edgedeploy-bench-"))
     with CapturedNativeOutput():
-        summary = digits_cnn.make(work / "data", epochs=a.epochs)
+        summary = digits(work / "data", epochs=a.epochs)
     console.print(f"digits CNN: Keras test accuracy {summary['keras_test_accuracy']:.4f} "
                   f"({summary['n_train']} train / {summary['n_calib']} calib / "
                   f"{summary['n_test']} held-out test)")
@@ -186,9 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "compile_time": compile_times, "compile_time_ratio": ratios,
         "checks": {k: {"value": v, "met": ok} for k, (v, ok) in checks.items()},
     }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(payload, indent=2) + "\n")
-    console.print(f"wrote {a.out}")
+    write_result(a.out, payload, console.print)
     return 0
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -43,7 +42,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from benchrig import REPO, fleet_cmd, timed, write_result
+
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 
@@ -78,11 +78,6 @@ def _make_models(out: Path) -> None:
                         str(out), "--json"], check=True, capture_output=True, timeout=600)
 
 
-def fleet(cmd: str, d: Path, *args: str) -> None:
-    subprocess.run([str(REPO / "scripts" / "fleet"), cmd, "--dir", str(d), *args], check=True,
-                   timeout=900, stdout=subprocess.DEVNULL)
-
-
 class Rig:
     def __init__(self, d: Path, resident: bool) -> None:
         from edgedeploy.targets import load_fleet
@@ -106,14 +101,14 @@ class Rig:
 
     # -- the three ways -------------------------------------------------------------------
     def ours(self, n: int, bundle) -> dict:
-        from edgedeploy.host.deploy import PushResult, push_many
+        from edgedeploy.host.fleet import push_many
 
         res = push_many(self.boards[:n], bundle, parallel=n)
-        bad = {k: str(v) for k, v in res.items() if not isinstance(v, PushResult)}
+        bad = {k: str(v) for k, v in res.failed.items()}
         if bad:
             raise SystemExit(f"bench_push: edgedeploy push failed: {bad}")
-        return {"bytes": sum(r.bytes_sent for r in res.values()),
-                "resident": sum(r.resident_agent for r in res.values())}  # type: ignore[misc]
+        return {"bytes": sum(r.bytes_sent for r in res.succeeded.values()),
+                "resident": sum(r.resident_agent for r in res.succeeded.values())}
 
     def wait_resident(self, want: bool) -> int:
         """Until every board's resident agent runs (bounded): the warm-up sessions start them
@@ -163,28 +158,6 @@ class Rig:
         return {}
 
 
-def machine_busy_s() -> float:
-    """CPU-seconds every process on this machine has used (from /proc/stat): with the boards'
-    sshd and agents on the same cores, what a way of pushing costs the machine."""
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def timed(fn, *args) -> dict:
-    busy0 = machine_busy_s()
-    ch0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu0 = time.process_time()
-    t0 = time.perf_counter()
-    extra = fn(*args) or {}
-    wall = time.perf_counter() - t0
-    ch1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = time.process_time() - cpu0 + (ch1.ru_utime - ch0.ru_utime) + \
-        (ch1.ru_stime - ch0.ru_stime)
-    return {"wall_s": wall, "host_cpu_s": cpu, "machine_cpu_s": machine_busy_s() - busy0,
-            **extra}
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--make-models"]:
@@ -212,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         models = make_models(work)
         bundles = {k: load_bundle(p) for k, p in models.items()}
         print(f"starting {max(counts)} boards at {a.rate}", file=sys.stderr)
-        fleet("up", d, str(max(counts)), "--rate", a.rate, "--netem", f"delay 20ms rate {a.rate}")
+        fleet_cmd("up", d, str(max(counts)), "--rate", a.rate, "--netem",
+                  f"delay 20ms rate {a.rate}")
         rig = Rig(d, resident=not a.no_resident)
         # what a first push does, once per board before timing: copy the agent, make the
         # store (and, unless --no-resident, leave a resident agent behind)
@@ -312,12 +286,10 @@ def main(argv: list[str] | None = None) -> int:
                        + ("; every session starts an agent process on the board"
                           if a.no_resident else "; the boards' resident agents do that work "
                           "(started by the warm-up sessions, not timed)")}
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(out, indent=2) + "\n")
-        print(f"wrote {a.out}")
+        write_result(a.out, out)
     finally:
         if (d / "fleet-state.json").exists():
-            fleet("down", d)
+            fleet_cmd("down", d)
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -33,22 +33,17 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
-ANSIBLE_ENV = Path(os.path.expanduser("~/.cache/edgedeploy/envs/ansible-bench"))
+from benchrig import REPO, env_python, fleet_cmd, run_timed, write_result
 
 
 def ansible_bin() -> Path:
-    exe = ANSIBLE_ENV / "bin" / "ansible-playbook"
-    if not exe.exists():
-        subprocess.run(["python3", "-m", "venv", str(ANSIBLE_ENV)], check=True)
-        subprocess.run([str(ANSIBLE_ENV / "bin" / "pip"), "install", "-q",
-                        "--disable-pip-version-check", "ansible-core"], check=True)
-    return exe
+    """ansible-playbook from the `ansible` env of scripts/envs (built on first use, only for
+    this benchmark)."""
+    return env_python("ansible").parent / "ansible-playbook"
 
 
 def wave_sizes(n: int, waves: str) -> list[int]:
-    from edgedeploy.host.rollout import plan_waves
+    from edgedeploy.host.fleet import plan_waves
 
     return [len(w) for w in plan_waves([f"b{i}" for i in range(n)], "1", waves)]
 
@@ -84,24 +79,6 @@ def inventory(fleet, d: Path, n: int, out: Path) -> Path:
     return out
 
 
-def run_timed(argv: list[str], env: dict | None = None) -> dict:
-    from bench_push import machine_busy_s
-    import resource
-
-    busy0 = machine_busy_s()
-    ch0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    p = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=3600)
-    wall = time.perf_counter() - t0
-    ch1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if p.returncode != 0:
-        raise SystemExit(f"bench_rollout: {' '.join(argv[:3])} failed ({p.returncode}):\n"
-                         f"{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
-    return {"wall_s": wall, "host_cpu_s": (ch1.ru_utime - ch0.ru_utime) +
-            (ch1.ru_stime - ch0.ru_stime), "machine_cpu_s": machine_busy_s() - busy0,
-            "stdout": p.stdout}
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--boards", default="10,50,200")
@@ -114,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import bench_push
     from edgedeploy.host.bundle import Bundle, load_bundle
-    from edgedeploy.host.deploy import push_many
+    from edgedeploy.host.fleet import push_many
     from edgedeploy.targets import load_fleet
 
     playbook_bin = ansible_bin()
@@ -130,14 +107,14 @@ def main(argv: list[str] | None = None) -> int:
                         b_base.model_path)
         print(f"starting {max(counts)} boards", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        bench_push.fleet("up", d, str(max(counts)))
+        fleet_cmd("up", d, str(max(counts)))
         up_s = time.perf_counter() - t0
         fleet = load_fleet(d / "fleet.toml")
         boards = list(fleet.boards.values())
         # the agent on every board once (a first push does that; not what is measured)
         res = push_many(boards, Bundle(replace(a_base.manifest, name="warm"),
                                        a_base.model_path), parallel=a.parallel)
-        bad = [k for k, v in res.items() if not hasattr(v, "version")]
+        bad = list(res.failed)
         if bad:
             raise SystemExit(f"bench_rollout: warm-up push failed on {bad[:5]}")
         rows, trial = [], 0
@@ -160,12 +137,13 @@ def main(argv: list[str] | None = None) -> int:
                     push_many(boards[:n], old, parallel=a.parallel)
                     bdir = new.write_folder(work / f"bundle-{trial}")
                     if way == "edgedeploy":
-                        r = run_timed([*cli, "rollout", str(bdir), "--fleet", str(sub),
+                        r = run_timed([*cli, "rollout", "start", str(bdir), "--fleet", str(sub),
                                        "--waves", a.waves, "--parallel", str(a.parallel),
                                        "--journal", str(work / "journal.db"), "--json",
                                        "--max-failures", "0"],
                                       env={**os.environ,
-                                           "EDGEDEPLOY_RESULTS": str(work / "r.db")})
+                                           "EDGEDEPLOY_RESULTS": str(work / "r.db")},
+                                      what="bench_rollout")
                         out = json.loads(r.pop("stdout"))
                         assert out["state"] == "succeeded", out
                     else:
@@ -181,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                                "ANSIBLE_SSH_CONTROL_PATH_DIR": str(work / "cp"),
                                "ANSIBLE_NOCOWS": "1", "ANSIBLE_RETRY_FILES_ENABLED": "0"}
                         r = run_timed([str(playbook_bin), "-i", str(inv), "-f",
-                                       str(a.parallel), str(pb)], env=env)
+                                       str(a.parallel), str(pb)], env=env,
+                                      what="bench_rollout")
                         r.pop("stdout")
                     # both leave every board on B
                     for b in boards[:n][:: max(1, n // 5)]:
@@ -214,12 +193,10 @@ def main(argv: list[str] | None = None) -> int:
                "goal": {"speedup_vs_ansible_min": 5.0, "cost": "linear or better in boards"},
                "model_bytes": b_base.size, "rollout": rows,
                "note": "the boards' sshd and agents run on this machine's cores too"}
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(out, indent=2) + "\n")
-        print(f"wrote {a.out}")
+        write_result(a.out, out)
     finally:
         if (d / "fleet-state.json").exists():
-            bench_push.fleet("down", d)
+            fleet_cmd("down", d)
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

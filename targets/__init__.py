@@ -130,7 +130,7 @@ class Board:
         return f"{self.user + '@' if self.user else ''}{self.host}:{self.port or 22}"
 
 
-_FIELDS = {"host": str, "user": str, "port": int, "key": str, "known_hosts": str,
+_FIELDS: dict[str, type | tuple[type, ...]] = {"host": str, "user": str, "port": int, "key": str, "known_hosts": str,
            "ssh_config": str, "python": str, "root": str, "transport": str, "profile": str,
            "tags": list, "groups": list, "connect_timeout": (int, float),
            "command_timeout": (int, float), "resident_agent": bool,

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -21,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory) -> Path:
     """OUT/digits.keras, train.npz, calib.npz, test.npz: the shared CNN trained for 4 epochs."""
-    import digits_cnn
+    from tests.support import digits_cnn
 
     out = tmp_path_factory.mktemp("digits")
     digits_cnn.make(out, epochs=4)

@@ -74,8 +74,9 @@ def load_images(folder: Path, sample_shape: list[int]) -> np.ndarray:
     for i, f in enumerate(files):
         try:
             with Image.open(f) as im:
-                im = im.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
-                arr = np.asarray(im, dtype=np.float32) / 255.0
+                small = im.convert("L" if c == 1 else "RGB").resize(
+                    (w, h), Image.Resampling.BILINEAR)
+                arr = np.asarray(small, dtype=np.float32) / 255.0
         except OSError as exc:
             raise InputError(f"{f}: not a readable image ({exc})") from exc
         out[i] = arr.reshape(h, w, c)
@@ -84,12 +85,13 @@ def load_images(folder: Path, sample_shape: list[int]) -> np.ndarray:
 
 def load_calibration(path: str | Path, sample_shape: list[int], samples: int | None) -> np.ndarray:
     path = Path(path)
+    x: np.ndarray
     if path.is_dir():
         x = load_images(path, sample_shape)
     else:
-        x = _load_npz_or_npy(path, "x", required=True)
-        assert x is not None
-        x = check_samples(x, sample_shape, str(path))
+        loaded = _load_npz_or_npy(path, "x", required=True)
+        assert loaded is not None
+        x = check_samples(loaded, sample_shape, str(path))
     if samples is not None:
         if samples < 1:
             raise InputError(f"--calib-samples must be at least 1, got {samples}")

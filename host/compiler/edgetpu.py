@@ -28,6 +28,7 @@ import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from ...errors import CompileError
 
@@ -75,7 +76,7 @@ def _bytes(text: str) -> int:
 def parse_log(text: str) -> CompilerLog:
     """Pure: the figures and the operator table of an edgetpu_compiler log."""
     log = CompilerLog()
-    keys = {
+    keys: dict[str, tuple[str, Callable[[str], object]]] = {
         "On-chip memory used for caching model parameters": ("on_chip_bytes", _bytes),
         "On-chip memory remaining for caching model parameters": ("on_chip_remaining_bytes", _bytes),
         "Off-chip memory used for streaming uncached model parameters": ("off_chip_bytes", _bytes),

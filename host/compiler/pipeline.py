@@ -119,6 +119,7 @@ def _check_inputs(opts: CompileOptions) -> tuple[_Inputs, Plan]:
         calib_info = datamod.summary(calib, str(opts.calib), digest)
     elif train is not None and any(m in ("int8", "int16x8", "edgetpu") for m in plan.modes):
         calib = train[0][: opts.calib_samples or 200]
+        assert opts.train_data is not None  # train came from it
         calib_info = datamod.summary(calib, f"{opts.train_data} (x, training split)",
                                      sha256_file(opts.train_data))
     ev = datamod.load_labelled(opts.eval_data, src.sample_shape) if opts.eval_data else None

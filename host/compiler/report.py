@@ -46,7 +46,7 @@ def rows(report: CompileReport) -> list[Row]:
         for x in out:
             if not x.ok:
                 continue
-            x.size_ratio = x.size / base.size if base.size else None
+            x.size_ratio = x.size / base.size if x.size is not None and base.size else None
             if x.accuracy is not None and base.accuracy is not None:
                 x.accuracy_delta_pts = (x.accuracy - base.accuracy) * 100
             if x.latency_p50_ms and base.latency_p50_ms:
@@ -110,8 +110,9 @@ def plot(table_rows: list[Row], path: Path, title: str = "size vs accuracy") -> 
     top = max(lat) or 1.0
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for r, ms in zip(pts, lat):
-        ax.scatter(r.size / 1000, r.accuracy * 100, s=60 + 600 * ms / top, alpha=0.6)
-        ax.annotate(f"{r.label}\n{ms:.3f} ms" if ms else r.label, (r.size / 1000, r.accuracy * 100),
+        kb, acc = (r.size or 0) / 1000, (r.accuracy or 0.0) * 100  # pts have both
+        ax.scatter(kb, acc, s=60 + 600 * ms / top, alpha=0.6)
+        ax.annotate(f"{r.label}\n{ms:.3f} ms" if ms else r.label, (kb, acc),
                     textcoords="offset points", xytext=(8, 6), fontsize=8)
     ax.set_xlabel("model size (KB)")
     ax.set_ylabel("top-1 accuracy (%)")

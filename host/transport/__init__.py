@@ -1,4 +1,5 @@
-"""How the host reaches a board: run a command, put a file, get a file, close.
+"""How the host reaches a board: run a command, start one to talk to in lines, reach a Unix
+socket on it, put a file (or bytes), close.
 
 Two implementations: ``ssh`` (paramiko; known_hosts enforced) and ``local`` (this machine).
 Commands are argv lists; they reach the remote shell only through ``shlex.quote`` (see
@@ -82,12 +83,9 @@ class Transport(ABC):
         return None
 
     @abstractmethod
-    def put(self, local: Path, remote: str, progress: Progress | None = None) -> int:
-        """Copy a local file to a remote path (``~/`` allowed); returns bytes sent."""
-
-    @abstractmethod
-    def get(self, remote: str, local: Path) -> None:
-        """Copy a remote file to a local path."""
+    def put(self, data: Path | bytes, remote: str, progress: Progress | None = None) -> int:
+        """Write a local file's content (or DATA itself, bytes) to a remote path (``~/``
+        allowed); returns bytes sent."""
 
     @abstractmethod
     def close(self) -> None: ...

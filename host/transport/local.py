@@ -77,10 +77,13 @@ class LocalTransport(Transport):
     def start(self, command: str) -> Stream:
         return _LocalStream(self.board, command)
 
-    def put(self, local: Path, remote: str, progress: Progress | None = None) -> int:
+    def put(self, data: Path | bytes, remote: str, progress: Progress | None = None) -> int:
         dest = _expand(remote)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(local, dest)
+        if isinstance(data, bytes):
+            dest.write_bytes(data)
+        else:
+            shutil.copyfile(data, dest)
         size = dest.stat().st_size
         if progress:
             progress(size, size)
@@ -92,9 +95,6 @@ class LocalTransport(Transport):
 
     def mkdir(self, path: str) -> None:
         _expand(path).mkdir(parents=True, exist_ok=True)
-
-    def get(self, remote: str, local: Path) -> None:
-        shutil.copyfile(_expand(remote), local)
 
     def close(self) -> None:
         pass

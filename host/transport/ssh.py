@@ -6,6 +6,9 @@ config's UserKnownHostsFile, else ~/.ssh/known_hosts). An unknown key is refused
 ``accept_new_host_key`` (OpenSSH's accept-new: the key is recorded); a *changed* key is always
 refused. paramiko hangs on a cut link, keepalives notwithstanding (measured here), so the socket
 is made here with TCP_USER_TIMEOUT and handed to paramiko.
+
+(A little past 400 lines: one transport — connection and host keys, command streams, the
+stream-local channel paramiko can't open itself, SFTP — whose parts share its error mapping.)
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ def _ssh_config(path: str | None) -> paramiko.SSHConfig:
     return paramiko.SSHConfig()
 
 
-def _socket(board: str, host: str, port: int, timeout: float) -> socket.socket:
+def _socket(board: str, host: str, port: int, timeout: float) -> "socket.socket | _QuickAck":
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except socket.timeout as exc:
@@ -396,26 +399,23 @@ class SshTransport(Transport):
                 raise RemoteFailure(self.board, f"mkdir {d}", 1,
                                     f"{type(exc).__name__}: {exc}") from exc
 
-    def put(self, local: Path, remote: str, progress: Progress | None = None) -> int:
-        size = Path(local).stat().st_size
+    def put(self, data: Path | bytes, remote: str, progress: Progress | None = None) -> int:
+        import io
+
+        what = f"{len(data)} bytes" if isinstance(data, bytes) else str(data)
+        size = len(data) if isinstance(data, bytes) else Path(data).stat().st_size
         try:
-            with open(local, "rb") as f:
+            with (io.BytesIO(data) if isinstance(data, bytes) else open(data, "rb")) as f:
                 self.sftp().putfo(f, self._sftp_path(remote), file_size=size,
                                   callback=progress, confirm=True)
         except socket.timeout as exc:
-            raise Unreachable(self.board, f"upload of {local} stalled",
+            raise Unreachable(self.board, f"upload of {what} stalled",
                               hint="the link may be down") from exc
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise Unreachable(self.board, f"upload of {local} to {remote} failed "
+            raise Unreachable(self.board, f"upload of {what} to {remote} failed "
                                           f"({type(exc).__name__}: {exc})",
                               hint="is the board's disk full?") from exc
         return size
-
-    def get(self, remote: str, local: Path) -> None:
-        try:
-            self.sftp().get(self._sftp_path(remote), str(local))
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise Unreachable(self.board, f"download of {remote} failed ({exc})") from exc
 
     def close(self) -> None:
         for c in (self._sftp, self.client, self._jump):

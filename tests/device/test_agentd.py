@@ -86,7 +86,9 @@ def test_serves_control_commands_once_per_store_and_stops(agent):
         # a new one for the store (say, for another Python) replaces the one there
         second = agent("agentd", "--detach", "--idle", 60, "--tag", "py-b")
         cleanup.pids.append(second["pid"])
-        assert second["replaced"] == r["pid"] and not _alive(r["pid"])
+        assert second["replaced"] == r["pid"]
+        # its lock is free when stop() returns; the process itself ends a moment later
+        _wait(lambda: not _alive(r["pid"]), "the replaced daemon to end")
         hello = _wait(lambda: sock.exists() and _talk(sock)[0], "the new daemon")
         assert (hello["pid"], hello["tag"]) == (second["pid"], "py-b")
 

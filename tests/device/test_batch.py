@@ -129,8 +129,8 @@ def test_agent_killed_mid_batch_is_seen_by_the_deployer(agent, models, tmp_path)
     assert "crashed" in (err.value.hint or "")
     with BoardSession(board, LocalTransport("local")) as s:
         st = s.state()
-    assert st["models"][0]["current"] == first.version
-    assert not list((root / "incoming").iterdir())
+    assert st.models[0].current == first.version
+    assert not list((root / "store" / "incoming").iterdir())
 
 
 def test_state_of_one_model(agent, models, tmp_path):

@@ -184,21 +184,21 @@ def test_mixed_arch_rollout_with_gates(mixed, bootstrapped, models, gate, tmp_pa
     db, jn = tmp_path / "r.db", tmp_path / "j.db"
     f = ["--fleet", mixed / "fleet.toml", "--journal", jn, "--timeout", "1800"]
     # a latency gate can't be judged on an emulated board: refused before anything is pushed
-    p = ed("rollout", models["float32"], *f, "--gate-data", gate, "--gate", "accuracy>=0.9",
-           "--gate", "p99_ms<=1000", db=db)
+    p = ed("rollout", "start", models["float32"], *f, "--gate-data", gate, "--gate",
+           "accuracy>=0.9", "--gate", "p99_ms<=1000", db=db)
     assert p.returncode == 2, p.stderr
     assert "refused on emulated board b1" in p.stderr and "b2" in p.stderr
     assert "b0:" not in p.stderr and "nothing was pushed" in p.stderr
     # ... or those boards are skipped, said as such, and the x86 boards are gated on latency
-    r = ed_json("rollout", models["float32"], *f, "--gate-data", gate, "--gate",
+    r = ed_json("rollout", "start", models["float32"], *f, "--gate-data", gate, "--gate",
                 "accuracy>=0.9", "--gate", "p99_ms<=1000", "--skip-incompatible",
                 "--canary", "1", "--waves", "100%", db=db)
     outcome = {b["board"]: b["state"] for b in r["boards"]}
     assert outcome == {"b0": "committed", "b3": "committed", "b1": "skipped",
                        "b2": "skipped"}, r
     # accuracy gates hold on every arch: all four on the int8 model, canary an ARM board
-    r = ed_json("rollout", models["int8"], *f, "--gate-data", gate, "--gate", "accuracy>=0.9",
-                "--canary", "1", "--waves", "100%", db=db)
+    r = ed_json("rollout", "start", models["int8"], *f, "--gate-data", gate, "--gate",
+                "accuracy>=0.9", "--canary", "1", "--waves", "100%", db=db)
     assert r["state"] == "succeeded", r
     boards = {b["board"]: b for b in r["boards"]}
     assert all(b["state"] == "committed" for b in boards.values()), boards

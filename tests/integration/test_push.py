@@ -170,13 +170,14 @@ def test_disk_full_keeps_the_old_model(digits, models, tmp_path, tmp_path_factor
         from edgedeploy.errors import BoardError
         with BoardSession(load_fleet(fleet).get("b0")) as s:
             with pytest.raises(BoardError) as err:
-                s._upload_and_install(load_bundle(models["float32"]), None, True)
-            assert s._resident_path  # the upload went through the resident agent (no SFTP)
+                s._upload_and_install(s.state(model="digits"), load_bundle(models["float32"]),
+                                      None, True)
+            assert s.link.resident_path  # the upload went through the resident agent (no SFTP)
         assert "b0" in str(err.value) and "disk full" in str(err.value)
         filler.unlink()
         st_ = ed_json("status", "b0", "--fleet", fleet, db=db)
         assert st_["models"][0]["current"] == m8.version and st_["health"] == "ok"
-        assert not list((home / ".edgedeploy" / "incoming").iterdir())
+        assert not list((home / ".edgedeploy" / "store" / "incoming").iterdir())
     finally:
         fleet_down(d)
 

@@ -54,8 +54,9 @@ def test_later_sessions_use_the_resident_agent(fleet, models, name):
     assert r.resident_agent and r.current == b.version and r.bytes_sent > 0
     assert _resident_pid(store) == pid  # the same one served it
     with BoardSession(board) as s:  # bench is not a control command: its own process
-        assert s.bench("res_b", runs=5)["timing"]["runs"] == 5
-        assert s.state(model="res_b")["models"][0]["current"] == b.version
+        assert s.bench("res_b", runs=5).raw["timing"]["runs"] == 5
+        entry = s.state(model="res_b").model("res_b")
+        assert entry is not None and entry.current == b.version
 
     os.kill(pid, signal.SIGKILL)  # gone: the next push still works, and leaves a new one
     r = _push(board, b, "res_c")

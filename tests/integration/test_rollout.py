@@ -34,7 +34,7 @@ def rfleet(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bad_model(tmp_path_factory, digits):
     """digits trained on shuffled labels: a valid model whose accuracy is near chance."""
-    import digits_cnn
+    from tests.support import digits_cnn
 
     out = tmp_path_factory.mktemp("bad")
     digits_cnn.make(out, epochs=2, shuffle_labels=True)
@@ -113,11 +113,11 @@ def test_good_update_reaches_every_board_bad_one_stops_at_the_canary(rfleet, mod
     common = ["--fleet", d / "fleet.toml", "--gate-data", models["test"], "--canary", "1",
               "--waves", "50%,100%", *GATES]
     # dry run: the plan, nothing moves
-    p, plan = ro(models["int8"], *common, "--dry-run", db=db, journal=jn)
+    p, plan = ro("start", models["int8"], *common, "--dry-run", db=db, journal=jn)
     assert p.returncode == 0 and plan["waves"] == [["b0"], ["b1"], ["b2", "b3"]]
     assert all(board_state(d, f"b{i}")["current"] == old for i in range(N))
 
-    p, r = ro(models["int8"], *common, db=db, journal=jn)
+    p, r = ro("start", models["int8"], *common, db=db, journal=jn)
     assert p.returncode == 0, p.stderr
     assert r["state"] == "succeeded" and r["counts"] == {"committed": N}
     new = r["version"]
@@ -129,7 +129,7 @@ def test_good_update_reaches_every_board_bad_one_stops_at_the_canary(rfleet, mod
     assert st["state"] == "succeeded" and st["counts"] == {"committed": N}
 
     # the bad update: the canary fails its gate, goes back; no other board is touched
-    p, r = ro(bad_model, *common, db=db, journal=jn)
+    p, r = ro("start", bad_model, *common, db=db, journal=jn)
     assert p.returncode == 1 and r["state"] == "aborted" and "canary b0" in r["message"]
     by = {b["board"]: b for b in r["boards"]}
     assert by["b0"]["state"] == "rolled_back" and "accuracy" in by["b0"]["error"]
@@ -149,37 +149,37 @@ def test_bad_input_is_refused_before_anything_moves(rfleet, models, tmp_path):
     d, db, jn = rfleet, tmp_path / "r.db", tmp_path / "j.db"
     before = [board_state(d, f"b{i}") for i in range(N)]
     f = ["--fleet", d / "fleet.toml"]
-    p, _ = ro(models["int8"], *f, "--gate", "speed>=3", db=db, journal=jn, check_json=False)
+    p, _ = ro("start", models["int8"], *f, "--gate", "speed>=3", db=db, journal=jn, check_json=False)
     assert p.returncode == 2 and "unknown metric 'speed'" in p.stderr
-    p, _ = ro(models["int8"], *f, "--gate", "accuracy>=0.9", db=db, journal=jn,
+    p, _ = ro("start", models["int8"], *f, "--gate", "accuracy>=0.9", db=db, journal=jn,
               check_json=False)
     assert p.returncode == 2 and "--gate-data" in p.stderr
     bad_fleet = tmp_path / "dup.toml"
     text = (d / "fleet.toml").read_text()
     bad_fleet.write_text(text + "\n[boards.twin]\n" + text.split("[boards.b0]")[1]
                          .split("[boards.")[0])
-    p, _ = ro(models["int8"], "--fleet", bad_fleet, db=db, journal=jn, check_json=False)
+    p, _ = ro("start", models["int8"], "--fleet", bad_fleet, db=db, journal=jn, check_json=False)
     assert p.returncode == 2 and "twin" in p.stderr
     coral = tmp_path / "coral.toml"
     coral.write_text(text.replace('[boards.b3]\n', '[boards.b3]\nprofile = "coral-usb"\n'))
-    p, _ = ro(models["int8"], "--fleet", coral, db=db, journal=jn, check_json=False)
+    p, _ = ro("start", models["int8"], "--fleet", coral, db=db, journal=jn, check_json=False)
     assert p.returncode == 2 and "b3" in p.stderr and "Edge TPU" in p.stderr
     assert [board_state(d, f"b{i}") for i in range(N)] == before
     # with --skip-incompatible the Coral is listed as skipped and the rest go ahead
-    p, plan = ro(models["int8"], "--fleet", coral, "--skip-incompatible", "--dry-run", db=db,
+    p, plan = ro("start", models["int8"], "--fleet", coral, "--skip-incompatible", "--dry-run", db=db,
                  journal=jn)
     assert "b3" in plan["skipped"] and ["b3"] not in plan["waves"]
 
 
 def test_a_second_rollout_on_the_same_boards_is_refused(rfleet, models, tmp_path):
     from edgedeploy.host.bundle import load_bundle
-    from edgedeploy.host.rollout import Journal, Options
+    from edgedeploy.host.fleet import Journal, Options
 
     d, db, jn = rfleet, tmp_path / "r.db", tmp_path / "j.db"
     j = Journal(jn)
     j.create("held", load_bundle(models["int8"]), str(models["int8"]), str(d / "fleet.toml"),
              Options(), [["b1"]], {})  # "running", by this (live) process
-    p, _ = ro(models["float32"], "--fleet", d / "fleet.toml", db=db, journal=jn,
+    p, _ = ro("start", models["float32"], "--fleet", d / "fleet.toml", db=db, journal=jn,
               check_json=False)
     assert p.returncode == 4 and "rollout held is running on b1" in p.stderr
     p, r = ro("cancel", "held", db=db, journal=jn)
@@ -240,7 +240,7 @@ def test_agent_killed_during_activation_rolls_that_board_back(rfleet, models, tm
     marker = tmp_path / "crashed"
     _restart_sshd(d, "b2", f"EDGEDEPLOY_AGENT_CRASH_AT=activate:switched@{marker}")
     try:
-        p, r = ro(models["int8"], "--fleet", d / "fleet.toml", "--waves", "100%",
+        p, r = ro("start", models["int8"], "--fleet", d / "fleet.toml", "--waves", "100%",
                   "--max-failures", "50%", "--min-sample", "4", db=db, journal=jn)
     finally:
         _restart_sshd(d, "b2")
@@ -257,7 +257,7 @@ def all_back_on(d: Path, r: dict, old: str, cut: str, db: Path, jn: Path) -> Non
     --resume finishes its rollback now that it is back; then every board is on OLD and the
     journal agrees."""
     if {b["board"]: b for b in r["boards"]}[cut]["state"] == "stranded":
-        p, r = ro("--resume", r["id"], db=db, journal=jn)
+        p, r = ro("resume", r["id"], db=db, journal=jn)
         assert r["counts"].get("stranded") is None, r
     for i in range(N):
         assert board_state(d, f"b{i}")["current"] == old
@@ -266,19 +266,22 @@ def all_back_on(d: Path, r: dict, old: str, cut: str, db: Path, jn: Path) -> Non
 
 def _run_in_background(d: Path, db: Path, jn: Path, model: Path, *args) -> subprocess.Popen:
     env = {**os.environ, "EDGEDEPLOY_RESULTS": str(db)}
-    return subprocess.Popen([sys.executable, "-m", "edgedeploy.host.cli", "rollout", str(model),
+    return subprocess.Popen([sys.executable, "-m", "edgedeploy.host.cli", "rollout", "start",
+                             str(model),
                              "--fleet", str(d / "fleet.toml"), "--journal", str(jn), "--json",
                              *map(str, args)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
 
 
 def _wait_for(jn: Path, pred, seconds: float = 120) -> list[dict]:
-    from edgedeploy.host.rollout import Journal
+    """Wait until PRED({board: {"state": …, …}}) holds for the latest rollout's journal rows."""
+    from edgedeploy.host.fleet import Journal
     j = Journal(jn)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            rows = j.boards(j.rollout()["id"])
+            rows = [{"board": b.board, "state": b.state.value} for b in
+                    j.boards(j.rollout().id)]
         except Exception:
             rows = []
         if rows and pred({b["board"]: b for b in rows}):
@@ -326,19 +329,18 @@ def test_host_killed_mid_rollout_then_resume(rfleet, models, tmp_path, trial):
               >= 1 + trial)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    from edgedeploy.host.rollout import Journal
+    from edgedeploy.host.fleet import Journal
     j = Journal(jn)
-    rid = j.rollout()["id"]
-    assert j.rollout(rid)["state"] == "running"
-    done_before = {b["board"] for b in j.boards(rid) if b["state"] == "committed"}
+    rid = j.rollout().id
+    assert j.rollout(rid).state == "running"
+    done_before = {b.board for b in j.boards(rid) if b.state == "committed"}
     assert done_before
-    p, r = ro("--resume", rid, db=db, journal=jn)
+    p, r = ro("resume", rid, db=db, journal=jn)
     assert p.returncode == 0, p.stderr
     assert r["state"] == "succeeded" and r["counts"] == {"committed": N}
     # finished boards were not redone: their journal rows kept their first figures
-    ev = j._db().execute("SELECT board, count(*) FROM events WHERE rollout = ? AND "
-                         "state = 'committed' GROUP BY board", (rid,)).fetchall()
-    assert all(c == 1 for _, c in ev)
+    committed = [e.board for e in j.events(rid) if e.state == "committed"]
+    assert committed and len(committed) == len(set(committed))
     journal_agrees(d, r, old)
     assert old != r["version"]
 
@@ -446,7 +448,7 @@ def test_board_disk_full_mid_rollout(models, tmp_path_factory, tmp_path, trial):
         assert by["b0"]["state"] == "rolled_back"
         for name in ("b0", "b1"):
             assert board_state(d, name)["current"] == old
-        assert not list((home / ".edgedeploy" / "incoming").iterdir())
+        assert not list((home / ".edgedeploy" / "store" / "incoming").iterdir())
         journal_agrees(d, r, old)
     finally:
         fleet_down(d)
@@ -491,7 +493,7 @@ def test_the_endpoint_keeps_answering_through_a_rollout(rfleet, models, tmp_path
         for t in threads:
             t.start()
         time.sleep(0.3)
-        p, r = ro(models["int8"], "--fleet", d / "fleet.toml", "--waves", "100%", db=db,
+        p, r = ro("start", models["int8"], "--fleet", d / "fleet.toml", "--waves", "100%", db=db,
                   journal=jn)
         assert r["state"] == "succeeded", r
         deadline = time.monotonic() + 10

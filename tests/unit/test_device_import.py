@@ -6,10 +6,11 @@ import sys
 
 import pytest
 
-from tests.conftest import board_pythons, stage_device_package
+from tests.conftest import REPO, board_pythons, stage_device_package
 
-DEVICE_MODULES = ["edgedeploy.device", "edgedeploy.device.runtime", "edgedeploy.device.evaluate",
-                  "edgedeploy.device.bench", "edgedeploy.device.manifest"]
+DEVICE_MODULES = ["edgedeploy.device"] + [f"edgedeploy.device.{p.stem}"
+                                          for p in sorted((REPO / "device").glob("*.py"))
+                                          if p.stem != "__init__"]
 BLOCKED = ("import sys; sys.modules['tensorflow'] = None\n"
            + "".join(f"import {m}\n" for m in DEVICE_MODULES)
            + "assert 'tensorflow' not in [k for k, v in sys.modules.items() if v is not None]\n"
@@ -29,23 +30,20 @@ def test_tensorflow_really_is_blocked_by_that_line():
 
 
 @pytest.mark.parametrize("runtime", ["litert", "tflite_runtime"])
-def test_device_imports_and_runs_in_board_env(runtime, tmp_path, digits):
+def test_device_imports_and_runs_in_board_env(runtime, tmp_path, models):
+    """The full-int8 digits model (uint8 I/O, the session's shared compile) runs there."""
     pythons = board_pythons()
     if runtime not in pythons:
         pytest.fail(f"board env for {runtime} missing: run the tests through scripts/test")
     staged = stage_device_package(tmp_path)
-    model = tmp_path / "m.tflite"
-    from tests.conftest import run_cli
-    run_cli("compile", digits / "digits.keras", "--mode", "int8", "--calib",
-            digits / "calib.npz", "--out", tmp_path / "out", check=True)
-    model = tmp_path / "out" / "digits.int8.tflite"
+    model = models["int8"]
     code = BLOCKED.replace("print('ok')", "") + (
         "from edgedeploy.device.runtime import load_runtime, make_interpreter\n"
         "import numpy as np\n"
         "rt = load_runtime()\n"
         f"it = make_interpreter({str(model)!r}, runtime=rt)\n"
         "d = it.get_input_details()[0]\n"
-        "it.set_tensor(d['index'], np.zeros(d['shape'], np.float32)); it.invoke()\n"
+        "it.set_tensor(d['index'], np.zeros(d['shape'], d['dtype'])); it.invoke()\n"
         "print(rt.name, np.__version__)\n")
     proc = subprocess.run([pythons[runtime], "-c", code], capture_output=True, text=True,
                           env={"PYTHONPATH": str(staged), "PATH": "/usr/bin:/bin"}, cwd=tmp_path)

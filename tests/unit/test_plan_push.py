@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from edgedeploy.device.manifest import Manifest, TensorSpec
+from edgedeploy.device.protocol import BoardInfo, ModelEntry
 from edgedeploy.errors import InputError
 from edgedeploy.host.bundle import Bundle
 from edgedeploy.host.deploy import plan_push
@@ -25,29 +26,30 @@ def _bundle(tmp_path: Path, size: int = 1000, etpu: bool = False) -> Bundle:
     return Bundle(m, model)
 
 
-LISTED = [{"name": "digits", "current": "v1", "previous": None,
-           "versions": [{"version": "v1"}, {"version": "v2"}]}]
+LISTED = {"name": "digits", "current": "v1", "previous": None,
+          "versions": [{"version": "v1"}, {"version": "v2"}]}
 
 
 @pytest.mark.parametrize("profile, info, listing, size, etpu, upload, problem", [
-    ("rpi-aarch64", INFO, [], 1000, False, True, None),
+    ("rpi-aarch64", INFO, None, 1000, False, True, None),
     ("rpi-aarch64", INFO, LISTED, 1000, False, False, None),            # has it: 0 bytes
-    ("rpi-aarch64", {**INFO, "arch": "armv7l"}, [], 1000, False, True, "arch armv7l"),
-    ("rpi-armv7", {**INFO, "arch": "armv7l", "python": "3.12.1"}, [], 1000, False, True,
+    ("rpi-aarch64", {**INFO, "arch": "armv7l"}, None, 1000, False, True, "arch armv7l"),
+    ("rpi-armv7", {**INFO, "arch": "armv7l", "python": "3.12.1"}, None, 1000, False, True,
      "Python 3.12.1"),
-    ("rpi-aarch64", {**INFO, "runtime": None, "runtime_error": "no"}, [], 1000, False, True,
+    ("rpi-aarch64", {**INFO, "runtime": None, "runtime_error": "no"}, None, 1000, False, True,
      "no TFLite runtime"),
-    ("rpi-armv7", {**INFO, "arch": "armv7l", "runtime": "litert"}, [], 1000, False, True,
+    ("rpi-armv7", {**INFO, "arch": "armv7l", "runtime": "litert"}, None, 1000, False, True,
      "runtime litert"),
-    ("coral-devboard", INFO, [], 1000, False, True, "needs an Edge TPU model"),
-    ("coral-devboard", INFO, [], 1000, True, True, None),
-    ("rpi-aarch64", INFO, [], 1000, True, True, "compiled for the Edge TPU"),
-    ("rpi-aarch64", INFO, [], 6_000_000, False, True, "bytes free"),     # needs 2x
+    ("coral-devboard", INFO, None, 1000, False, True, "needs an Edge TPU model"),
+    ("coral-devboard", INFO, None, 1000, True, True, None),
+    ("rpi-aarch64", INFO, None, 1000, True, True, "compiled for the Edge TPU"),
+    ("rpi-aarch64", INFO, None, 6_000_000, False, True, "bytes free"),     # needs 2x
     ("rpi-aarch64", INFO, LISTED, 6_000_000, False, False, None),       # present: no disk need
 ])
 def test_plan_push(tmp_path, profile, info, listing, size, etpu, upload, problem):
     board = Board(name="b", host="h", profile=load_profile(profile))
-    plan = plan_push(board, info, listing, _bundle(tmp_path, size, etpu), True)
+    entry = ModelEntry.parse(listing) if listing else None
+    plan = plan_push(board, BoardInfo.parse(info), entry, _bundle(tmp_path, size, etpu), True)
     assert plan.upload_model is upload
     if problem is None:
         assert plan.problems == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgedeploy.errors import InputError
-from edgedeploy.host.rollout import (Gate, check_gates, count_of, parse_gate, plan_waves,
+from edgedeploy.host.fleet import (Gate, check_gates, count_of, parse_gate, plan_waves,
                                      too_many_failures)
 
 NAMES = [f"b{i}" for i in range(20)]

@@ -207,22 +207,32 @@ class _Termux:
             "prefix": "/data/data/com.termux/files/usr", "android": True}))
 
 
-class _Session:
+class _Link:
     def __init__(self, t):
-        from edgedeploy.targets import Board
-
-        self.t = t
-        self.board = Board(name="phone", host="10.0.0.9", profile=load_profile("android-termux"))
+        self.transport = t
         self.root = "/data/data/com.termux/files/home/.edgedeploy"
+        self.agent_uploaded = True
         self.stopped = False
 
     def stop_resident(self):
         self.stopped = True
 
+
+class _Session:
+    def __init__(self, t):
+        from edgedeploy.targets import Board
+
+        self.link = _Link(t)
+        self.board = Board(name="phone", host="10.0.0.9", profile=load_profile("android-termux"))
+
     def state(self):
-        return {"info": {"runtime": "tflite_runtime", "runtimes": {"tflite_runtime": "2.14.0"},
-                         "numpy": "1.26.4", "emulated": False},
-                "agent_uploaded": True, "agent": {"content_hash": "h"}}
+        from edgedeploy.device import protocol
+
+        return protocol.State.parse({
+            "agent": {"agent": "0.1.0", "content_hash": "h"}, "store": "/s", "models": [],
+            "info": {"arch": "aarch64", "python": "3.12.8", "runtime": "tflite_runtime",
+                     "runtimes": {"tflite_runtime": "2.14.0"}, "numpy": "1.26.4",
+                     "emulated": False, "store": {"free_bytes": 10 ** 9}}})
 
 
 def test_termux_bootstrap_runs_exactly_pkg_install():

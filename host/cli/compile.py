@@ -1,17 +1,17 @@
-"""``edgedeploy``: thin CLI. Parse, build objects, print, map EdgeDeployError → exit code.
-
-Exit codes: 0 ok · 1 a check or compile failed · 2 usage / bad input · 3+ environment.
-"""
+"""``edgedeploy compile`` and ``edgedeploy inspect``: the host side, no board involved."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from .. import __version__
-from ..errors import EdgeDeployError
+from .common import RAW
+from .render import emit, inspect_table
+
+if TYPE_CHECKING:
+    from ..compiler import CompileOptions
 
 COMPILE_EXAMPLES = """examples:
   edgedeploy compile digits.keras --mode float16 --out out/
@@ -30,19 +30,12 @@ INSPECT_EXAMPLES = """examples:
   edgedeploy inspect out/digits.float32.tflite --target coral --json"""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="edgedeploy",
-        description="Compile TensorFlow models for small boards, push them over SSH, and "
-                    "measure them there.")
-    p.add_argument("--version", action="version", version=f"edgedeploy {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
+def register(sub: Any) -> None:
+    from ..compiler.modes import MODES
 
     c = sub.add_parser("compile", help="Keras/SavedModel → TFLite in one mode or all of them",
-                       description="Convert MODEL (.keras, .h5 or a SavedModel folder) to TFLite.",
-                       epilog=COMPILE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    from .compiler.modes import MODES
+                       description="Convert MODEL (.keras, .h5 or a SavedModel folder) to "
+                                   "TFLite.", epilog=COMPILE_EXAMPLES, formatter_class=RAW)
     c.add_argument("model", type=Path, metavar="MODEL")
     c.add_argument("--mode", required=True, choices=[*MODES, "all"])
     c.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
@@ -70,43 +63,48 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--latency-runs", type=int, default=200, metavar="N",
                    help="timed single-thread invokes per model (200)")
     c.add_argument("--json", action="store_true", help="print the result as JSON")
+    c.set_defaults(func=run_compile)
 
     i = sub.add_parser("inspect", help="list a .tflite model's ops; Edge TPU preflight",
-                       description="Read a .tflite file (no TensorFlow needed) and list its ops; "
-                                   "with --target coral, predict the Edge TPU mapping.",
-                       epilog=INSPECT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description="Read a .tflite file (no TensorFlow needed) and list its "
+                                   "ops; with --target coral, predict the Edge TPU mapping.",
+                       epilog=INSPECT_EXAMPLES, formatter_class=RAW)
     i.add_argument("model", type=Path, metavar="MODEL.tflite")
     i.add_argument("--target", choices=["coral"], help="predict the Edge TPU op mapping")
-    i.add_argument("--json", action="store_true")
-    from .board_cli import add_parsers
-    add_parsers(sub)
-    return p
+    i.add_argument("--json", action="store_true", help="print JSON")
+    i.set_defaults(func=run_inspect)
 
 
-def cmd_compile(a: argparse.Namespace) -> int:
-    from rich.console import Console
+def run_compile(a: argparse.Namespace) -> int:
+    from ..compiler import CompileOptions, Training
 
-    from .compiler import CompileOptions, Training, compile_model
-    from .compiler import report as rep
-
-    err = Console(stderr=True)
     opts = CompileOptions(
         model=a.model, mode=a.mode, out=a.out, calib=a.calib, calib_samples=a.calib_samples,
         io=a.io, allow_float_fallback=a.allow_float_fallback, num_segments=a.num_segments,
         min_runtime_version=a.min_runtime_version,
         training=Training(qat=a.qat, prune=a.prune, cluster=a.cluster, epochs=a.epochs),
         train_data=a.train, eval_data=a.eval, latency_runs=a.latency_runs, name=a.name)
-    with err.status("compiling…") as status:
+    return compile_command(opts, as_json=a.json)
+
+
+def compile_command(opts: "CompileOptions", *, as_json: bool) -> int:
+    """Compile as OPTS say; the table (or JSON); 0 when every mode asked for compiled."""
+    from rich.console import Console
+
+    from ..compiler import compile_model
+    from ..compiler import report as rep
+
+    with Console(stderr=True).status("compiling…") as status:
         result = compile_model(opts, progress=lambda msg: status.update(msg))
     table = rep.rows(result)
     payload = rep.to_json(result, table)
     name = result.results[0].manifest.name if result.results and result.results[0].manifest \
-        else (a.name or a.model.stem)
-    if a.mode == "all":
-        rep.write_json(a.out / f"{name}.compare.json", payload)
-        if rep.plot(table, a.out / f"{name}.compare.png", title=name):
-            payload["plot"] = str(a.out / f"{name}.compare.png")
-    if a.json:
+        else (opts.name or opts.model.stem)
+    if opts.mode == "all":
+        rep.write_json(opts.out / f"{name}.compare.json", payload)
+        if rep.plot(table, opts.out / f"{name}.compare.png", title=name):
+            payload["plot"] = str(opts.out / f"{name}.compare.png")
+    if as_json:
         print(json.dumps(payload, indent=2))
     else:
         rep.render(table)
@@ -118,36 +116,20 @@ def cmd_compile(a: argparse.Namespace) -> int:
             if r.ok:
                 print(f"wrote {r.model_path} and {r.manifest_path}")
         if "plot" in payload:
-            print(f"wrote {a.out / (name + '.compare.json')} and {payload['plot']}")
+            print(f"wrote {opts.out / (name + '.compare.json')} and {payload['plot']}")
     return 0 if result.ok else 1
 
 
-def cmd_inspect(a: argparse.Namespace) -> int:
-    from .inspect_cmd import inspect_payload, render
+def run_inspect(a: argparse.Namespace) -> int:
+    return inspect_command(a.model, a.target, as_json=a.json)
 
-    payload = inspect_payload(a.model, a.target)
-    if a.json:
-        print(json.dumps(payload, indent=2))
+
+def inspect_command(model: Path, target: str | None, *, as_json: bool) -> int:
+    from ..inspect_cmd import inspect_payload
+
+    payload = inspect_payload(model, target)
+    if as_json:
+        emit(True, payload, "")
     else:
-        render(payload)
+        inspect_table(payload)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    a = parser.parse_args(argv)
-    try:
-        from .board_cli import COMMANDS
-        return {"compile": cmd_compile, "inspect": cmd_inspect, **COMMANDS}[a.command](a)
-    except EdgeDeployError as exc:
-        if getattr(a, "json", False):
-            print(json.dumps({"error": exc.to_dict()}))
-        print(f"edgedeploy {a.command}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("edgedeploy: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

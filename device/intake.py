@@ -1,0 +1,171 @@
+"""Bundle intake: from a bundle (a folder, or a .tar / .tar.gz / .tgz file) to a checked copy
+in a staging folder, ready for the store to rename into place. Stdlib only.
+
+A bundle holds one manifest (``manifest.json`` or ``*.manifest.json``), the model file it
+names, and any other files listed in its ``files`` map (path → sha256). Anything else — an
+absolute path, ``..``, a link, a device or fifo, a file the manifest doesn't list, more than
+MAX_BUNDLE_FILES files, a hash or size that differs — refuses the whole bundle (UnsafeBundle,
+HashMismatch, InputError); the caller discards the staging folder and the store is unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path, PurePosixPath
+from typing import Iterator
+
+from ..errors import HashMismatch, InputError, UnsafeBundle
+from .fsio import checkpoint, fsync_dir
+from .manifest import Manifest, sha256_file
+
+MANIFEST = "manifest.json"
+MAX_BUNDLE_FILES = 64
+
+
+def expected_files(m: Manifest) -> dict[str, str]:
+    """Every file a version holds besides manifest.json, with its sha256."""
+    files = {m.file: m.sha256}
+    files.update(m.files or {})
+    return files
+
+
+def safe_rel(bundle: Path, rel: str) -> str:
+    """REL as a plain relative POSIX path inside BUNDLE, or UnsafeBundle."""
+    p = PurePosixPath(rel)
+    if p.is_absolute() or ".." in p.parts or rel.startswith("\\") or not p.parts:
+        raise UnsafeBundle(f"bundle {bundle}: member {rel!r} has an absolute or '..' path",
+                           hint="a bundle holds plain relative paths only")
+    return p.as_posix()
+
+
+def stage(bundle: Path, staging: Path, *, move: bool = False) -> Manifest:
+    """Copy (MOVE: rename where possible; the bundle folder is discarded afterwards) or
+    extract BUNDLE into the empty folder STAGING and check it against its manifest, which
+    ends up as STAGING/manifest.json. The manifest, or the error that refuses the bundle."""
+    if bundle.is_dir() and not bundle.is_symlink():
+        files = _copy_folder(bundle, staging, move)
+    elif bundle.is_file():
+        files = _extract_tar(bundle, staging)
+    else:
+        raise InputError(f"bundle {bundle}: no such folder or tar file")
+    checkpoint("install:copied")
+    m, manifest_rel = _check_bundle(bundle, staging, files)
+    if manifest_rel != MANIFEST:
+        os.replace(staging / manifest_rel, staging / MANIFEST)
+    return m
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file under ROOT, then every folder once (deepest first)."""
+    dirs = {root}
+    for p in root.rglob("*"):
+        if p.is_file():
+            with open(p, "rb+") as f:
+                os.fsync(f.fileno())
+        else:
+            dirs.add(p)
+    for d in sorted(dirs, key=lambda d: len(d.parts), reverse=True):
+        fsync_dir(d)
+
+
+def _walk(bundle: Path) -> Iterator[tuple[str, os.stat_result]]:
+    for dirpath, dirnames, filenames in os.walk(bundle, followlinks=False):
+        for n in dirnames + filenames:
+            full = Path(dirpath) / n
+            yield full.relative_to(bundle).as_posix(), os.lstat(full)
+
+
+def _copy_folder(bundle: Path, staging: Path, move: bool = False) -> list[str]:
+    files = []
+    for rel, st in _walk(bundle):
+        if stat.S_ISDIR(st.st_mode):
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "a special file"
+            raise UnsafeBundle(f"bundle {bundle}: {rel} is {kind}",
+                               hint="a bundle holds regular files only")
+        files.append(rel)
+        if len(files) > MAX_BUNDLE_FILES:
+            raise UnsafeBundle(f"bundle {bundle}: more than {MAX_BUNDLE_FILES} files")
+        (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+        if move and st.st_nlink == 1 and _moved(bundle / rel, staging / rel, st):
+            checkpoint("install:one-file")
+            continue
+        fd = os.open(bundle / rel, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as src, open(staging / rel, "xb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        checkpoint("install:one-file")
+    return files
+
+
+def _moved(src: Path, dest: Path, st: os.stat_result) -> bool:
+    """Rename SRC (the regular file lstat'd as ST) to DEST; False to copy instead (another
+    filesystem). A file swapped for something else in between is refused."""
+    try:
+        os.rename(src, dest)
+    except OSError:
+        return False
+    after = os.lstat(dest)
+    if not stat.S_ISREG(after.st_mode) or (after.st_ino, after.st_dev) != (st.st_ino, st.st_dev):
+        raise UnsafeBundle(f"bundle file {src} changed while it was installed",
+                           hint="nothing was installed; push again")
+    return True
+
+
+def _extract_tar(bundle: Path, staging: Path) -> list[str]:
+    import tarfile
+
+    try:
+        tf = tarfile.open(bundle, "r:*")
+    except (tarfile.TarError, OSError) as exc:
+        raise InputError(f"bundle {bundle}: not a folder or a tar file ({exc})") from exc
+    files = []
+    with tf:
+        for member in tf:
+            rel = safe_rel(bundle, member.name)
+            if member.isdir():
+                continue
+            if not member.isreg():
+                kind = "a link" if (member.issym() or member.islnk()) else "a special file"
+                raise UnsafeBundle(f"bundle {bundle}: member {rel} is {kind}",
+                                   hint="a bundle holds regular files only")
+            files.append(rel)
+            if len(files) > MAX_BUNDLE_FILES:
+                raise UnsafeBundle(f"bundle {bundle}: more than {MAX_BUNDLE_FILES} files")
+            target = staging / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            src = tf.extractfile(member)
+            assert src is not None
+            with src, open(target, "xb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+    return files
+
+
+def _check_bundle(bundle: Path, staging: Path, files: list[str]) -> tuple[Manifest, str]:
+    manifests = [f for f in files if f == MANIFEST or f.endswith(".manifest.json")]
+    if len(manifests) != 1:
+        raise InputError(f"bundle {bundle}: holds {len(manifests)} manifests "
+                         f"({', '.join(manifests) or 'none'}), expected exactly one",
+                         hint="a bundle is NAME.MODE.tflite + NAME.MODE.manifest.json")
+    m = Manifest.load(staging / manifests[0])
+    expected = expected_files(m)
+    for rel in expected:
+        safe_rel(bundle, rel)
+    extra = sorted(set(files) - set(expected) - {manifests[0]})
+    if extra:
+        raise UnsafeBundle(f"bundle {bundle}: {extra[0]} is not listed in the manifest",
+                           hint="list extra files under \"files\" with their sha256")
+    for rel, want in expected.items():
+        p = staging / rel
+        if not p.is_file():
+            raise InputError(f"bundle {bundle}: {rel} named by the manifest is missing")
+        got = sha256_file(p)
+        if got != want:
+            raise HashMismatch(f"bundle {bundle}: {rel} has sha256 {got[:12]}…, the manifest "
+                               f"says {want[:12]}…", hint="the upload is damaged; send it again")
+    if (staging / m.file).stat().st_size != m.size:
+        raise HashMismatch(f"bundle {bundle}: {m.file} has size "
+                           f"{(staging / m.file).stat().st_size}, the manifest says {m.size}")
+    return m, manifests[0]
