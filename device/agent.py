@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--inputs", metavar="FILE.npz", help="inputs instead of random data")
     b.add_argument("--op-profile", action="store_true", help="list ops and where they ran")
     b.add_argument("--no-samples", action="store_true", help="leave out the raw samples")
+    b.add_argument("--allow-cpu", action="store_true",
+                   help="time it even when nothing would run on the Edge TPU that the model "
+                        "or --delegate edgetpu asks for (said in `placement`)")
     e = sub.add_parser("eval", help="accuracy on labelled data; error against host outputs")
     e.add_argument("spec", metavar="NAME[@VERSION]|FILE.tflite")
     data = e.add_mutually_exclusive_group(required=True)
@@ -263,7 +266,7 @@ def cmd_bench(a, store) -> dict:
     result = bench_model(path, runs=a.runs, warmup=a.warmup, threads=a.threads,
                          delegate=a.delegate, max_seconds=a.max_seconds, inputs_path=a.inputs,
                          op_profile=a.op_profile, edgetpu_model=edgetpu, runtime=rt,
-                         manifest=m)
+                         manifest=m, allow_cpu=a.allow_cpu)
     if a.no_samples:
         result["timing"].pop("samples_ms", None)
     return protocol.ok("bench", model=info, runtime=_runtime_info(rt), **result)

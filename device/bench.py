@@ -131,10 +131,13 @@ def load_inputs(path: str, interp, manifest=None) -> list[np.ndarray]:
 def bench_model(model_path: str, *, runs: int = 100, warmup: int = 10, threads: int = 1,
                 delegate: str = "auto", max_seconds: float | None = None,
                 inputs_path: str | None = None, op_profile: bool = False,
-                edgetpu_model: bool = False, runtime=None, manifest=None) -> dict:
+                edgetpu_model: bool = False, runtime=None, manifest=None,
+                allow_cpu: bool = False) -> dict:
     """Cold load, first invoke, warm runs; the delegate actually applied and how many ops it
-    took. An Edge TPU model whose delegate took no op raises SilentCpuFallback."""
-    from ..errors import InputError, SilentCpuFallback
+    took (``placement``); the board's temperature, clock and throttling before and after the
+    timed runs. A run that would not be on the Edge TPU although the model or the request
+    says Edge TPU raises SilentCpuFallback unless ALLOW_CPU (see ``edgetpu_placement``)."""
+    from ..errors import InputError
     from .runtime import DELEGATE_CHOICES, delegation, load_edgetpu, load_runtime, \
         make_interpreter
 
@@ -144,29 +147,30 @@ def bench_model(model_path: str, *, runs: int = 100, warmup: int = 10, threads: 
     if runs < 1 or warmup < 0 or threads < 1:
         raise InputError("--runs and --threads must be ≥ 1 and --warmup ≥ 0")
     rt = runtime or load_runtime()
+    compiled = edgetpu_model or has_edgetpu_custom_op(model_path)
+    refuse_uncompiled_run(model_path, compiled, delegate, allow_cpu)
     delegates = [load_edgetpu(rt)] if delegate == "edgetpu" else None
     t0 = time.perf_counter_ns()
-    interp = make_interpreter(model_path, num_threads=threads, runtime=rt, delegates=delegates,
-                              default_delegates=delegate != "none")
+    # with the Edge TPU delegate, XNNPACK stays off: every delegated op is the Edge TPU's
+    interp = load_for_bench(model_path, compiled, num_threads=threads, runtime=rt,
+                            delegates=delegates,
+                            default_delegates=delegate not in ("none", "edgetpu"),
+                            make=make_interpreter)
     load_ms = (time.perf_counter_ns() - t0) / 1e6
     placed = delegation(interp)
-    names = [o["op"].lower() for o in placed["ops"]]
-    is_edgetpu = edgetpu_model or any("edgetpu" in n for n in names)
-    if is_edgetpu and not placed["delegated_ops"]:
-        raise SilentCpuFallback(
-            f"{model_path}: an Edge TPU model, but the Edge TPU delegate took no op: it would "
-            f"run on the CPU", hint="bench it with --delegate edgetpu on a board with an "
-                                    "Edge TPU; this timing would not be the Edge TPU's")
-    applied = None
-    if placed["delegate_nodes"]:
-        applied = "edgetpu" if delegate == "edgetpu" else "xnnpack"
+    place = edgetpu_placement(delegate, placed["delegate_nodes"], placed["delegated_ops"],
+                              placed["total_ops"], compiled)
+    check_placement(model_path, place, allow_cpu)
+    applied = place["applied"]
     arrays = load_inputs(inputs_path, interp, manifest) if inputs_path else random_inputs(interp)
     for d, a in zip(interp.get_input_details(), arrays):
         interp.set_tensor(d["index"], a)
     t0 = time.perf_counter_ns()
     interp.invoke()
     first_ms = (time.perf_counter_ns() - t0) / 1e6
+    before = board_snapshot()
     timing = time_invokes(interp, runs, warmup, arrays, max_seconds)
+    after = board_snapshot()
     result = {
         "threads": threads,
         "delegate": {"requested": delegate, "applied": applied,
@@ -176,6 +180,8 @@ def bench_model(model_path: str, *, runs: int = 100, warmup: int = 10, threads: 
         "inputs": inputs_path or "random",
         "ops": placed["ops"] if op_profile else None,
         "op_timing": None,
+        "placement": place,
+        **board_conditions(before, after),
     }
     if op_profile:
         result["note"] = OP_TIMING_NOTE
@@ -194,3 +200,124 @@ OP_TIMING_NOTE = ("per-op times are not measured: the TFLite Python interpreters
                   "cannot be switched on from Python; TFLite's C++ benchmark_model "
                   "--enable_op_profiling=true gives them. The op list shows what each op is "
                   "and whether the delegate took it.")
+
+
+# -- where the ops ran (Edge TPU honesty) ---------------------------------------------------
+EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
+
+
+def has_edgetpu_custom_op(model_path: str) -> bool:
+    """Whether edgetpu_compiler made this model (its segments are ``edgetpu-custom-op``)."""
+    from .flatbuffer_check import FlatbufferError, custom_op_names
+
+    try:
+        with open(model_path, "rb") as f:
+            return EDGETPU_CUSTOM_OP in custom_op_names(f.read())
+    except (OSError, FlatbufferError):
+        return False  # make_interpreter says what is wrong with the file
+
+
+def refuse_uncompiled_run(model_path: str, compiled: bool, delegate: str,
+                          allow_cpu: bool) -> None:
+    """An Edge TPU model benched without the Edge TPU delegate: not an Edge TPU timing."""
+    from ..errors import SilentCpuFallback
+
+    if compiled and delegate != "edgetpu" and not allow_cpu:
+        raise SilentCpuFallback(
+            f"{model_path}: compiled for the Edge TPU ({EDGETPU_CUSTOM_OP}), but benched with "
+            f"--delegate {delegate}: the Edge TPU delegate took no op, so nothing would run on "
+            f"the Edge TPU", hint="bench it with --delegate edgetpu on a board with an Edge "
+                                  "TPU (--allow-cpu to try the CPU anyway)")
+
+
+def load_for_bench(model_path: str, compiled: bool, *, make, **kw):
+    """make_interpreter, saying plainly why a compiled model does not load without the
+    Edge TPU delegate (its custom op has no CPU kernel)."""
+    from ..errors import ModelLoadFailed
+
+    try:
+        return make(model_path, **kw)
+    except ModelLoadFailed as exc:
+        if compiled and not kw.get("delegates") and "custom" in str(exc).lower():
+            raise ModelLoadFailed(
+                f"{model_path}: compiled for the Edge TPU ({EDGETPU_CUSTOM_OP}): it cannot run "
+                f"without the Edge TPU delegate (CPU only: {exc.message.split(': ', 1)[-1]})",
+                hint="bench it with --delegate edgetpu on a board with an Edge TPU, or bench "
+                     "the uncompiled int8 model on the CPU") from exc
+        raise
+
+
+def edgetpu_placement(requested: str, delegate_nodes: int | None, delegated_ops: int | None,
+                      total_ops: int | None, compiled: bool) -> dict:
+    """Pure: where the ops of a loaded model run, and the one line that says so first.
+
+    Only ops taken by the Edge TPU delegate count as Edge TPU ops (it is the only delegate
+    loaded when it is asked for); ops XNNPACK takes are CPU ops. ``cpu_only_on_edgetpu``:
+    the Edge TPU was asked for and took nothing (an int8 model edgetpu_compiler never saw)."""
+    known = delegated_ops is not None and total_ops is not None
+    taken = delegated_ops or 0
+    total = total_ops or 0
+    applied = None
+    if delegate_nodes:
+        applied = "edgetpu" if requested == "edgetpu" else "xnnpack"
+    tpu = taken if applied == "edgetpu" else 0
+    xnn = taken if applied == "xnnpack" else 0
+    out = {"requested": requested, "applied": applied, "compiled_for_edgetpu": compiled,
+           "edgetpu_ops": tpu if known else None, "xnnpack_ops": xnn if known else None,
+           "cpu_ops": (total - taken) if known else None, "total_ops": total_ops,
+           "cpu_only_on_edgetpu": False}
+    if requested == "edgetpu":
+        if known and tpu == 0:
+            out["cpu_only_on_edgetpu"] = True
+            what = ("compiled for the Edge TPU, yet the delegate took no op" if compiled else
+                    "a model edgetpu_compiler never compiled")
+            out["line"] = (f"CPU ONLY: the Edge TPU delegate took none of the {total} ops "
+                           f"({what}): this is not an Edge TPU timing")
+        elif known:
+            out["line"] = (f"Edge TPU: {tpu} op(s) on the Edge TPU "
+                           f"({'the compiled segments' if compiled else 'delegated'}), "
+                           f"{total - tpu} on the CPU")
+        else:
+            out["line"] = "Edge TPU delegate loaded; this runtime does not say which ops it took"
+    elif compiled:
+        out["line"] = (f"CPU ONLY: a model compiled for the Edge TPU run without the Edge TPU "
+                       f"delegate (--delegate {requested})")
+    elif not known:
+        out["line"] = "CPU: this runtime does not say which ops a delegate took"
+    elif applied == "xnnpack":
+        out["line"] = f"CPU: {xnn} of {total} ops in XNNPACK, {total - xnn} on the builtin kernels"
+    elif requested == "none":
+        out["line"] = f"CPU: {total} ops on the builtin kernels (no delegate asked for)"
+    else:
+        out["line"] = f"CPU: {total} ops on the builtin kernels (XNNPACK took none)"
+    return out
+
+
+def check_placement(model_path: str, place: dict, allow_cpu: bool) -> None:
+    from ..errors import SilentCpuFallback
+
+    if place["cpu_only_on_edgetpu"] and not allow_cpu:
+        raise SilentCpuFallback(
+            f"{model_path}: {place['line']}",
+            hint="compile it with `edgedeploy compile --mode edgetpu` (edgetpu_compiler), or "
+                 "pass --allow-cpu to time it on the CPU knowingly")
+
+
+# -- the board's conditions around the timed runs --------------------------------------------
+def board_snapshot() -> dict:
+    from .sysinfo import snapshot
+
+    return snapshot()
+
+
+def board_conditions(before: dict, after: dict) -> dict:
+    """``board`` (temperature, clock, governor, throttling before and after the timed runs),
+    ``warnings`` (throttled during the run, hot, clock fell, emulated) and ``emulated``."""
+    from .sysinfo import emulation_facts, throttle_warnings
+
+    emu = emulation_facts()
+    warnings = throttle_warnings(before, after)
+    if emu["emulated"]:
+        warnings.insert(0, f"emulated board: {emu['emulation']['why']}")
+    return {"board": {"before": before, "after": after}, "warnings": warnings,
+            "emulated": emu["emulated"], "emulation": emu["emulation"]}

@@ -171,3 +171,18 @@ def check_tflite(data: bytes) -> None:
                     if not -1 <= i < nt:
                         raise FlatbufferError(f"subgraph {g} operator {o} {name} names tensor "
                                               f"{i} of {nt}")
+
+
+def custom_op_names(data: bytes) -> list[str]:
+    """The custom op names a model's operator codes declare (``edgetpu-custom-op`` in a model
+    edgetpu_compiler made), bounds-checked like ``check_tflite``."""
+    b = _Buf(data)
+    if b.n < 8 or data[4:8] != b"TFL3":
+        raise FlatbufferError("not a TFLite flatbuffer (no TFL3 identifier at byte 4)")
+    model = b.table(b.u32(0, "root offset"), "Model")
+    names = []
+    for code in model.tables(1, "operator_codes"):
+        start, n = code.vector(1, "custom_code", 1)  # OperatorCode.custom_code: string
+        if n:
+            names.append(data[start:start + n].decode("utf-8", "replace"))
+    return names

@@ -26,7 +26,12 @@ Agent commands (``edgedeploy-agent [--store DIR] CMD``) and their answers (``kin
                "delegates": {"xnnpack": {"available": true},
                              "edgetpu": {"available": false, "error": "...", "devices": []}},
                "cpu": {"model": "...", "cores": 4, "governor": "ondemand" | null,
-                       "temperature_c": 48.3 | null},
+                       "freq_khz": 1800000 | null, "temperature_c": 48.3 | null},
+               "board_model": "Raspberry Pi 4 Model B Rev 1.4" | null,  # device tree
+               "throttled": null | {"raw": "0x50005", "now": ["under_voltage", ...],
+                                    "since_boot": [...]},   # vcgencmd get_throttled
+               "emulated": true | false | null,   # cpuinfo's CPU family is not uname -m's
+               "emulation": {"emulated", "host_cpu": "AMD EPYC …" | null, "why": "..."},
                "memory": {"total_bytes": ..., "available_bytes": ...},
                "store": {"path": "...", "free_bytes": ..., "total_bytes": ...}}
     state     {"agent": {...version...}, "info": {...info...}, "store": "/…/store",
@@ -56,7 +61,19 @@ Agent commands (``edgedeploy-agent [--store DIR] CMD``) and their answers (``kin
                "timing": {"runs", "warmup", "min_ms", "mean_ms", "p50_ms", "p90_ms", "p99_ms",
                           "max_ms", "std_ms", "samples_ms": [...]},
                "peak_rss_bytes": ..., "inputs": "random" | "FILE.npz",
-               "ops": null | [{"index", "op", "delegated"}], "op_timing": null | ..., "note": ...}
+               "ops": null | [{"index", "op", "delegated"}], "op_timing": null | ..., "note": ...,
+               "placement": {"requested", "applied", "compiled_for_edgetpu": false,
+                             "edgetpu_ops": 0 | null, "xnnpack_ops": 8 | null,
+                             "cpu_ops": 3 | null, "total_ops": 11 | null,
+                             "cpu_only_on_edgetpu": false,
+                             "line": "CPU: 8 of 11 ops in XNNPACK, ..."},  # said first
+               "board": {"before": SNAPSHOT, "after": SNAPSHOT},  # around the timed runs;
+                   # SNAPSHOT = {"temperature_c", "freq_khz", "governor", "throttled"}
+               "warnings": ["the board throttled during the run (...)", ...],
+               "emulated": true | false | null, "emulation": {...as info...}}
+              (bench --allow-cpu: time it even when the Edge TPU took no op; without it that
+               is the error silent_cpu_fallback, as is a model compiled for the Edge TPU
+               benched without its delegate)
     eval      (`--data FILE` | `--bundled-data REL`: a file the model's own bundle carried,
                or, with `--data-version V`, version V's bundle; `--reference FILE` |
                `--bundled-reference REL` likewise; `--output NAME`: the output labels refer
@@ -250,6 +267,7 @@ class BoardInfo:
     runtime_error: str | None
     free_bytes: int | None         # in the store's filesystem
     raw: dict = field(default_factory=dict, compare=False, repr=False)
+    emulated: bool | None = None   # its cpuinfo's CPU is not its uname -m's (qemu-user)
 
     @property
     def runtimes(self) -> dict:
@@ -262,7 +280,7 @@ class BoardInfo:
         return cls(_field(d, "arch", str, True), _field(d, "python", str, True),
                    _field(d, "numpy", str, True), _field(d, "runtime", str, True),
                    _field(d, "runtime_error", str, True),
-                   _field(store, "free_bytes", int, True), d)
+                   _field(store, "free_bytes", int, True), d, _field(d, "emulated", bool, True))
 
 
 @dataclass(frozen=True)
@@ -408,17 +426,24 @@ class Bench:
     p90_ms: float
     p99_ms: float
     raw: dict = field(default_factory=dict, compare=False, repr=False)
+    placement: str | None = None   # where the ops ran, the line said first (older agents: None)
+    warnings: tuple[str, ...] = ()  # emulated board, throttled during the run, …
+    emulated: bool | None = None
 
     @classmethod
     def parse(cls, msg: Any) -> "Bench":
         rt = _field(msg, "runtime", dict)
         t = _field(msg, "timing", dict)
         delegate = _field(msg, "delegate", dict, True) or {}
+        place = _field(msg, "placement", dict, True) or {}
+        warnings = _field(msg, "warnings", list, True) or []
         return cls(ModelRef.parse(_field(msg, "model", dict)), _field(rt, "name", str),
                    _field(rt, "version", str, True), _field(msg, "threads", int),
                    _field(delegate, "applied", str, True), _field(msg, "load_ms", float),
                    _field(msg, "peak_rss_bytes", int), _field(t, "p50_ms", float),
-                   _field(t, "p90_ms", float), _field(t, "p99_ms", float), msg)
+                   _field(t, "p90_ms", float), _field(t, "p99_ms", float), msg,
+                   _field(place, "line", str, True), tuple(str(w) for w in warnings),
+                   _field(msg, "emulated", bool, True))
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,16 @@
 """Facts about the board the agent runs on (``edgedeploy-agent info``). Every probe reads a
-file or asks the runtime, and yields ``None`` where the board doesn't say — never guesses."""
+file or asks the runtime, and yields ``None`` where the board doesn't say — never guesses.
+
+Where a Raspberry Pi keeps them: the model in ``/proc/device-tree/model`` ("Raspberry Pi 4
+Model B Rev 1.4"); throttling and under-voltage from ``vcgencmd get_throttled`` (firmware
+bits, see ``parse_throttled``); CPU temperature in ``/sys/class/thermal``; the cpufreq
+governor and clock in ``/sys/devices/system/cpu/cpu0/cpufreq``. ``snapshot()`` takes the ones
+that change while a benchmark runs (bench records one before and one after the timed runs).
+
+Emulation: a board whose ``/proc/cpuinfo`` describes another CPU family than ``uname -m``
+(an aarch64 userland under qemu-user on an x86-64 host sees the host's x86 cpuinfo) is
+``emulated``: its timings say nothing about the board it imitates.
+"""
 
 from __future__ import annotations
 
@@ -20,13 +31,151 @@ def _read(path: str) -> str | None:
 
 
 def cpu_model() -> str | None:
-    text = _read("/proc/cpuinfo") or ""
+    return _cpuinfo_model(_read("/proc/cpuinfo") or "") or platform.processor() or None
+
+
+def arch_family(machine: str) -> str | None:
+    """Pure: "x86" | "arm" | None for a ``uname -m``."""
+    m = machine.lower()
+    if m in ("x86_64", "amd64", "i386", "i486", "i586", "i686", "x86"):
+        return "x86"
+    if m.startswith(("arm", "aarch64")):
+        return "arm"
+    return None
+
+
+def cpuinfo_family(text: str) -> str | None:
+    """Pure: the CPU family a /proc/cpuinfo text describes, or None when it doesn't say."""
+    keys: dict[str, str] = {}
+    for line in text.splitlines():
+        k, sep, v = line.partition(":")
+        if sep:
+            keys.setdefault(k.strip().lower(), v.strip())
+    if keys.get("vendor_id") in ("GenuineIntel", "AuthenticAMD", "HygonGenuine",
+                                 "CentaurHauls") or "sse2" in keys.get("flags", "").split():
+        return "x86"
+    if "cpu implementer" in keys or "cpu architecture" in keys or \
+            keys.get("model name", "").startswith("ARMv") or "asimd" in keys.get("features", ""):
+        return "arm"
+    return None
+
+
+def emulation(machine: str, cpuinfo: str | None) -> dict:
+    """Pure: ``{"emulated": bool | None, "host_cpu": str | None, "why": str}``. Emulated when
+    cpuinfo's CPU family is not the userland's (qemu-user passes the host's cpuinfo through);
+    None when either side is unknown."""
+    want = arch_family(machine)
+    have = cpuinfo_family(cpuinfo or "")
+    if want is None or have is None:
+        return {"emulated": None, "host_cpu": None,
+                "why": "cannot tell: " + ("no /proc/cpuinfo" if not cpuinfo else
+                                          f"unknown CPU family ({machine})")}
+    if want == have:
+        return {"emulated": False, "host_cpu": None, "why": f"{machine} on an {have} CPU"}
+    host = _cpuinfo_model(cpuinfo or "")
+    return {"emulated": True, "host_cpu": host,
+            "why": f"an {machine} userland on an {have} CPU ({host or 'unknown model'}): "
+                   f"emulated (qemu-user), timings are not the board's"}
+
+
+def _cpuinfo_model(text: str) -> str | None:
     for key in ("model name", "Model", "Hardware", "cpu model", "Processor"):
         for line in text.splitlines():
             k, _, v = line.partition(":")
             if k.strip() == key and v.strip():
                 return v.strip()
-    return platform.processor() or None
+    return None
+
+
+def board_model() -> str | None:
+    """The device tree's model ("Raspberry Pi 4 Model B Rev 1.4"), else cpuinfo's Model line."""
+    for path in ("/proc/device-tree/model", "/sys/firmware/devicetree/base/model"):
+        raw = _read(path)
+        if raw:
+            return raw.rstrip("\x00").strip() or None
+    for line in (_read("/proc/cpuinfo") or "").splitlines():
+        k, _, v = line.partition(":")
+        if k.strip() == "Model" and v.strip():
+            return v.strip()
+    return None
+
+
+# vcgencmd get_throttled bits (Raspberry Pi firmware): now (0-3) and since boot (16-19)
+THROTTLE_BITS = {0: "under_voltage", 1: "freq_capped", 2: "throttled", 3: "soft_temp_limit"}
+
+
+def parse_throttled(text: str | None) -> dict | None:
+    """Pure: ``vcgencmd get_throttled``'s "throttled=0x50005" → {"raw", "now": [...],
+    "since_boot": [...]}, or None when the text is not that."""
+    if not text:
+        return None
+    value = text.strip().rpartition("=")[2].strip()
+    try:
+        raw = int(value, 16 if value.lower().startswith("0x") else 10)
+    except ValueError:
+        return None
+    return {"raw": hex(raw),
+            "now": [n for b, n in THROTTLE_BITS.items() if raw >> b & 1],
+            "since_boot": [n for b, n in THROTTLE_BITS.items() if raw >> (b + 16) & 1]}
+
+
+def throttled() -> dict | None:
+    """``vcgencmd get_throttled`` where the board has it (a Pi), else None."""
+    import subprocess
+
+    exe = shutil.which("vcgencmd") or next(
+        (p for p in ("/usr/bin/vcgencmd", "/opt/vc/bin/vcgencmd") if os.path.exists(p)), None)
+    if not exe:
+        return None
+    try:
+        p = subprocess.run([exe, "get_throttled"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return parse_throttled(p.stdout) if p.returncode == 0 else None
+
+
+def cpu_freq_khz() -> int | None:
+    raw = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq")
+    return int(raw) if raw and raw.isdigit() else None
+
+
+def governor() -> str | None:
+    return _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
+
+
+def snapshot() -> dict:
+    """What changes while a benchmark runs: temperature, clock, governor, throttling."""
+    return {"temperature_c": temperature_c(), "freq_khz": cpu_freq_khz(),
+            "governor": governor(), "throttled": throttled()}
+
+
+HOT_C = 80.0  # a Pi 4/5 starts to throttle its clock at 80 °C (soft limit ~ 60 °C on some)
+
+
+def throttle_warnings(before: dict, after: dict) -> list[str]:
+    """Pure: why timings taken between two snapshots may not be the board's usual speed."""
+    out = []
+    tb, ta = before.get("throttled"), after.get("throttled")
+    if ta:
+        new = [n for n in ta["since_boot"] if not tb or n not in tb["since_boot"]]
+        if new or ta["now"]:
+            out.append("the board throttled during the run (vcgencmd get_throttled "
+                       f"{ta['raw']}: {', '.join(sorted(set(new + ta['now'])))}): these "
+                       "timings are slower than the board's; cool it / fix its power supply "
+                       "and bench again")
+        elif ta["since_boot"]:
+            out.append(f"the board has throttled since boot ({', '.join(ta['since_boot'])}; "
+                       f"not during this run)")
+    temps = [t for t in (before.get("temperature_c"), after.get("temperature_c")) if t]
+    if temps and max(temps) >= HOT_C:
+        out.append(f"CPU at {max(temps):.0f} °C (≥ {HOT_C:.0f} °C): a Pi caps its clock "
+                   f"there; timings may be throttled")
+    fb, fa = before.get("freq_khz"), after.get("freq_khz")
+    if fb and fa and fa < 0.9 * fb:
+        out.append(f"the CPU clock fell during the run ({fb // 1000} → {fa // 1000} MHz)")
+    if after.get("governor") == "powersave":
+        out.append("cpufreq governor is powersave: the CPU runs at its lowest clock")
+    return out
 
 
 def temperature_c() -> float | None:
@@ -54,6 +203,12 @@ def edgetpu_devices() -> list[str]:
         if ids in CORAL_USB_IDS:
             found.append(f"usb:{dev.name}")
     return found
+
+
+def emulation_facts() -> dict:
+    """``{"emulated": …, "emulation": {…}}`` for this process (see ``emulation``)."""
+    e = emulation(platform.machine(), _read("/proc/cpuinfo"))
+    return {"emulated": e["emulated"], "emulation": e}
 
 
 def disk(path: Path) -> dict:
@@ -169,9 +324,10 @@ def board_info(store_root: Path, prefer_runtime: str | None = None, *,
         "runtime_error": facts["runtime_error"],
         "delegates": {"xnnpack": {"available": facts["runtime"] is not None},
                       "edgetpu": edgetpu},
-        "cpu": {"model": cpu_model(), "cores": os.cpu_count(),
-                "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
-                "temperature_c": temperature_c()},
+        "cpu": {"model": cpu_model(), "cores": os.cpu_count(), "governor": governor(),
+                "freq_khz": cpu_freq_khz(), "temperature_c": temperature_c()},
+        "board_model": board_model(), "throttled": throttled(),
+        **emulation_facts(),
         "memory": memory(),
         "store": disk(Path(store_root)),
     }

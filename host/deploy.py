@@ -343,13 +343,15 @@ class BoardSession:
     # -- measuring ---------------------------------------------------------------------
     def bench(self, spec: str, *, runs: int = 100, warmup: int = 10, threads: int | None = None,
               delegate: str = "auto", max_seconds: float | None = None,
-              op_profile: bool = False) -> protocol.Bench:
+              op_profile: bool = False, allow_cpu: bool = False) -> protocol.Bench:
         args: list[object] = ["bench", spec, "--runs", runs, "--warmup", warmup, "--threads",
                               threads or self.board.profile.threads, "--delegate", delegate]
         if max_seconds:
             args += ["--max-seconds", max_seconds]
         if op_profile:
             args.append("--op-profile")
+        if allow_cpu:
+            args.append("--allow-cpu")
         return self.link.ask(protocol.Bench.parse, *args)
 
     def eval(self, spec: str, data: Path, reference: Path | None = None,

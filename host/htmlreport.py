@@ -177,8 +177,9 @@ def _results_table(sec: ModelSection) -> str:
     for ln in sec.lines:
         first = ln.version != prev
         prev = ln.version
+        board = ln.board + (" (emulated)" if ln.emulated else "")
         cells = [_td(ln.version[:8], "text", ln.version), _td(ln.label or units.DASH, "text"),
-                 _td(ln.board, "text"), _td(ln.runtime or units.DASH, "text"),
+                 _td(board, "text"), _td(ln.runtime or units.DASH, "text"),
                  _val(units.kib(ln.size))]
         if ln.eval_error:
             cells.append(_td("eval failed: " + _short(ln.eval_error), "failed", ln.eval_error, 3))

@@ -141,6 +141,7 @@ class Line:
     load_ms: float | None = None
     peak_rss_bytes: int | None = None
     delegate: str | None = None
+    emulated: bool | None = None     # the bench ran on an emulated board (qemu): not its speed
     date: str | None = None
     bench_error: str | None = None
     eval_error: str | None = None
@@ -173,6 +174,8 @@ def summary_lines(res: Results, *, model: str | None = None, board: str | None =
             ln.load_ms = bench.payload.get("load_ms")
             ln.peak_rss_bytes = bench.payload.get("peak_rss_bytes")
             ln.delegate = (bench.payload.get("delegate") or {}).get("applied")
+            # an emulated board's timings are not the board's: said beside them
+            ln.emulated = bool(bench.payload.get("emulated"))
         if ev is not None and ev.failed:
             ln.eval_error = ev.payload["error"]
         elif ev is not None:

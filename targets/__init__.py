@@ -59,6 +59,10 @@ class Profile:
     store: str
     threads: int
     port: int = 22
+    os_python: str = ""           # the OS's python3 ("3.11"), "" = ask the board
+    os_glibc: str = ""            # "2.36"; "" = not glibc (Android) or ask the board
+    os_numpy: str = ""            # numpy the OS ships (python3-numpy), "" = none / ask
+    bootstrap: str = "wheelhouse"  # wheelhouse | termux (pkg install) | vendor (Coral apt)
 
     def python_ok(self, version: str) -> bool:
         have = _version_tuple(version)
@@ -96,7 +100,9 @@ def load_profile(name: str) -> Profile:
     return Profile(name=d["name"], description=d["description"], arch=tuple(d["arch"]),
                    python=d["python"], runtimes=tuple(d["runtimes"]), delegate=d["delegate"],
                    model_format=d["model_format"], store=d["store"], threads=int(d["threads"]),
-                   port=int(d.get("port", 22)))
+                   port=int(d.get("port", 22)), os_python=str(d.get("os_python", "")),
+                   os_glibc=str(d.get("os_glibc", "")), os_numpy=str(d.get("os_numpy", "")),
+                   bootstrap=str(d.get("bootstrap", "wheelhouse")))
 
 
 @dataclass

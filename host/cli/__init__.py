@@ -4,6 +4,7 @@
     compile.py   compile, inspect                     (the host: no board)
     board.py     push, bootstrap, targets (and the parsers of the verbs below)
     fleetwide.py bench, eval, status, rollback, targets check: one board or many at once
+    wheelhouse.py wheelhouse                            (the wheels a board needs)
     rollout.py   rollout start | status | cancel | resume
     report.py    report
     render.py    what gets printed (lines, rich tables, JSON)
@@ -22,7 +23,7 @@ import sys
 
 from ... import __version__
 from ...errors import EdgeDeployError
-from . import board, compile, report, rollout
+from . import board, compile, report, rollout, wheelhouse
 from .render import error
 
 EXAMPLES = """examples:
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the traceback of an unexpected error")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in (compile, board, rollout, report):
+    for module in (compile, board, wheelhouse, rollout, report):
         module.register(sub)
     return p
 

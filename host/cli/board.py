@@ -43,7 +43,13 @@ BENCH_EXAMPLES = """examples:
   edgedeploy bench b0                          # every active model on b0, past one that fails
   edgedeploy bench --all digits --parallel 8   # every board, one table
   edgedeploy bench b0 digits --op-profile      # + the op list (and why no per-op times)
+  edgedeploy bench coral-cam digits_edgetpu         # Edge TPU profile: the Edge TPU delegate
+  edgedeploy bench coral-cam digits --allow-cpu     # knowingly time a model the TPU can't take
   edgedeploy bench local                       # every active model on this machine
+
+The first lines say where the ops ran (Edge TPU, XNNPACK, CPU) and warn about an emulated
+board or one that throttled during the timed runs. On a board whose profile has an Edge TPU,
+a run with nothing on the Edge TPU is the error silent_cpu_fallback unless --allow-cpu.
 """ + EXAMPLES
 EVAL_EXAMPLES = """examples:
   edgedeploy eval b0 digits --data test.npz --fleet fleet.toml
@@ -70,9 +76,9 @@ REMOVE_EXAMPLES = """examples:
   edgedeploy remove b0 digits --fleet fleet.toml  # the whole model, the active version too
 """ + EXAMPLES
 BOOTSTRAP_EXAMPLES = """examples:
-  pip download --only-binary=:all: --python-version 3.11 --platform manylinux2014_aarch64 \\
-      ai-edge-litert numpy pip -d wheels/
-  edgedeploy bootstrap pi-kitchen --wheelhouse wheels/
+  edgedeploy wheelhouse --for pi-kitchen -d wheels/pi-kitchen   # the wheels that board needs
+  edgedeploy bootstrap pi-kitchen --wheelhouse wheels/pi-kitchen
+  edgedeploy bootstrap phone                   # android-termux: pkg install, no wheels
 """ + EXAMPLES
 TARGETS_EXAMPLES = """examples:
   edgedeploy targets profiles
@@ -135,8 +141,12 @@ def register(sub: Any) -> None:
     b.add_argument("--runs", type=int, default=100, help="timed invokes (100)")
     b.add_argument("--warmup", type=int, default=10, help="untimed invokes first (10)")
     b.add_argument("--threads", type=int, help="default: the board profile's")
-    b.add_argument("--delegate", default="auto", choices=["auto", "xnnpack", "none", "edgetpu"],
-                   help="auto: the runtime's default (XNNPACK where it applies)")
+    b.add_argument("--delegate", default=None, choices=["auto", "xnnpack", "none", "edgetpu"],
+                   help="default: edgetpu on a board whose profile has an Edge TPU, else auto "
+                        "(the runtime's default: XNNPACK where it applies)")
+    b.add_argument("--allow-cpu", action="store_true",
+                   help="time it even when nothing runs on the Edge TPU (said first; without "
+                        "it that is the error silent_cpu_fallback)")
     b.add_argument("--op-profile", action="store_true",
                    help="also list every op and whether the delegate took it (per-op times: "
                         "see the note it prints)")
@@ -180,8 +190,9 @@ def register(sub: Any) -> None:
                         epilog=BOOTSTRAP_EXAMPLES, formatter_class=RAW)
     add_board_options(bs)
     bs.add_argument("--wheelhouse", type=Path, metavar="DIR",
-                    help="wheels to install from (the board needs no internet); without it "
-                         "the board's pip uses its own index")
+                    help="wheels to install from (the board needs no internet; make them with "
+                         "`edgedeploy wheelhouse --for BOARD -d DIR`); without it the "
+                         "board's pip uses its own index (Termux: pkg)")
     bs.set_defaults(func=run_bootstrap)
 
     t = sub.add_parser("targets", help="board profiles and the fleet: list, show, check",
@@ -300,7 +311,8 @@ def bootstrap_command(name: str, wheelhouse: Path | None, where: Boards, *,
         r["note"] = (f"the inventory sets python = {board.python} for {name}; remove it to "
                      f"use {r['venv']}")
     emit(as_json, r, f"{name}: {r['runtime']} {r['runtimes'].get(r['runtime'])} with numpy "
-                     f"{r['numpy']} in {r['venv']} (Python {r['python']}, {r['arch']}); sent "
+                     f"{r['numpy']} in {r['venv'] or 'the board’s own Python'} (Python "
+                     f"{r['python']}, {r['arch']}); sent "
                      f"{len(r['wheels'])} wheel(s), {r['bytes_sent']} bytes"
                      f"{'; agent installed' if r['agent_uploaded'] else ''}"
                      + (f"\nnote: {r['note']}" if "note" in r else ""))

@@ -69,13 +69,15 @@ def run_bench(a: argparse.Namespace) -> int:
     sel = where.pick(a.targets, every=a.all, group=a.group, tag=a.tag, model="NAME[@VERSION]")
     return bench_command(sel, where, runs=a.runs, warmup=a.warmup, threads=a.threads,
                          delegate=a.delegate, op_profile=a.op_profile, parallel=a.parallel,
-                         as_json=a.json)
+                         as_json=a.json, allow_cpu=a.allow_cpu)
 
 
 def bench_command(sel: Selection, where: Boards, *, runs: int, warmup: int,
-                  threads: int | None, delegate: str, op_profile: bool, parallel: int,
-                  as_json: bool) -> int:
-    """SEL's model on each board, or every active model there; past a model that fails."""
+                  threads: int | None, delegate: str | None, op_profile: bool, parallel: int,
+                  as_json: bool, allow_cpu: bool = False) -> int:
+    """SEL's model on each board, or every active model there; past a model that fails. The
+    delegate: DELEGATE, else the Edge TPU on a board whose profile has one, else auto."""
+    from ..board_facts import bench_delegate, bench_preamble
 
     def work(name: str) -> list[Measured]:
         out = []
@@ -93,8 +95,9 @@ def bench_command(sel: Selection, where: Boards, *, runs: int, warmup: int,
             for spec in specs:
                 try:
                     out.append(Measured(name, spec, s.bench(
-                        spec, runs=runs, warmup=warmup, threads=threads, delegate=delegate,
-                        op_profile=op_profile)))
+                        spec, runs=runs, warmup=warmup, threads=threads,
+                        delegate=bench_delegate(delegate, s.board.profile),
+                        op_profile=op_profile, allow_cpu=allow_cpu)))
                 except EdgeDeployError as exc:
                     out.append(Measured(name, spec, error=exc))
         return out
@@ -123,8 +126,9 @@ def bench_command(sel: Selection, where: Boards, *, runs: int, warmup: int,
     if not sel.many and sel.model and measured and measured[0].error is not None:
         raise measured[0].error          # one board, one model: its error, its exit code
     if not sel.many and len(measured) == 1 and not failed:
-        b = measured[0].answer
-        emit(as_json, b.raw, bench_line(sel.names[0], b)
+        b = measured[0].answer  # where it ran, emulation, throttling: said before the timing
+        emit(as_json, b.raw, "\n".join([f"{sel.names[0]}: {x}" for x in bench_preamble(b)]
+                                       + [bench_line(sel.names[0], b)])
              + (("\n" + op_table(b.raw)) if op_profile else ""))
         return 0
     if as_json:
@@ -134,6 +138,10 @@ def bench_command(sel: Selection, where: Boards, *, runs: int, warmup: int,
         "board", "model", "version", "mode", "runtime", "p50", "p90", "p99", "load",
         "peak RSS"], [_bench_cells(m) for m in measured]
         + [(o.board, o.error) for o in result.outcomes if o.error is not None])
+    for m in measured:  # where it ran, emulation, throttling
+        if m.error is None:
+            for x in bench_preamble(m.answer):
+                print(f"{m.board} {m.spec}: {x}")
     if op_profile:
         for m in measured:
             if m.error is None:
@@ -329,15 +337,19 @@ def rollback_command(sel: Selection, where: Boards, *, parallel: int, as_json: b
 def targets_check(sel: Selection, where: Boards, *, parallel: int, as_json: bool) -> int:
     """Each board's arch, Python, runtime against its profile (installs our agent where it is
     missing or old)."""
+    from ..board_facts import edgetpu_check
     from ..deploy import board_problems
 
     def work(name: str) -> dict[str, Any]:
         board = where.board(name)
         with where.session(name) as s:
             info = s.state().info
-        problems = board_problems(board, info)
+        etpu = edgetpu_check(board.profile, info.raw)
+        problems = board_problems(board, info) + (etpu or {}).get("problems", [])
         return {"board": name, "ok": not problems, "problems": problems, "arch": info.arch,
-                "python": info.python, "runtime": info.runtime, "numpy": info.numpy}
+                "python": info.python, "runtime": info.runtime, "numpy": info.numpy,
+                "emulated": info.emulated, "board_model": info.raw.get("board_model"),
+                "edgetpu": etpu}
 
     result = fan_out(sel.names, work, parallel=parallel)
     out: list[dict[str, Any]] = [
@@ -349,8 +361,10 @@ def targets_check(sel: Selection, where: Boards, *, parallel: int, as_json: bool
         emit(True, out, "")
     else:
         fleet_table(f"targets check of {len(out)} board(s)",
-                    ["board", "arch", "Python", "runtime", "numpy"],
-                    [(r["board"], [r["arch"], r["python"], r["runtime"], r["numpy"]])
+                    ["board", "arch", "Python", "runtime", "numpy", "Edge TPU"],
+                    [(r["board"], [r["arch"] + (" (emulated)" if r.get("emulated") else ""),
+                                   r["python"], r["runtime"], r["numpy"],
+                                   (r.get("edgetpu") or {}).get("line", "–")])
                      if r["ok"] else (r["board"], InputError("; ".join(r["problems"])))
                      for r in out])
         print(f"{len(out) - len(bad)} of {len(out)} boards match their profile"

@@ -142,7 +142,8 @@ def results_table(path: str, lines: list[dict]) -> None:
               "p50", "p99"):
         t.add_column(c, justify="right")
     for ln in lines:
-        t.add_row(ln["board"], ln["model"] or "", ln["label"] or "", ln["version"],
+        t.add_row(ln["board"] + (" (emulated)" if ln.get("emulated") else ""),
+                  ln["model"] or "", ln["label"] or "", ln["version"],
                   ln["runtime"] or "", units.kib(ln["size"]),
                   "[red]eval failed[/red]" if ln.get("eval_error") else units.pct(ln["accuracy"]),
                   "[red]bench failed[/red]" if ln.get("bench_error") else units.ms(ln["p50_ms"]),
@@ -156,6 +157,9 @@ def inspect_table(payload: dict) -> None:
     from rich.table import Table
 
     console = Console(width=max(Console().width, 140))
+    pf = payload.get("edgetpu")
+    if pf:  # said first: what to do about this model on a Coral
+        console.print(f"[bold]{pf['summary']}[/bold]", highlight=False)
     console.print(f"[bold]{payload['file']}[/bold]: {payload['size']:,} B, "
                   f"{len(payload['ops'])} ops, {payload['param_bytes']:,} B of parameters")
     for kind in ("inputs", "outputs"):
@@ -179,13 +183,16 @@ def inspect_table(payload: dict) -> None:
             row += ["[green]yes[/green]" if v["edgetpu"] else "[red]CPU[/red]", v["reason"]]
         table.add_row(*row)
     console.print(table)
-    pf = payload.get("edgetpu")
     if pf:
         mib = 1024 * 1024
+        cpu_params = pf["param_bytes"] - pf["mapped_param_bytes"]
         console.print(f"Edge TPU preflight: {pf['n_edgetpu']} of {len(pf['ops'])} ops map "
-                      f"([bold]{pf['verdict']}[/bold]); parameters {pf['param_bytes'] / mib:.2f} "
-                      f"MiB → on-chip {pf['on_chip_bytes'] / mib:.2f} MiB, off-chip "
-                      f"{pf['off_chip_bytes'] / mib:.2f} MiB (cache ≈ 8 MiB)")
+                      f"([bold]{pf['verdict']}[/bold])")
+        console.print(f"parameters: {pf['param_bytes'] / mib:.2f} MiB in all ops; the mapped "
+                      f"ops' {pf['mapped_param_bytes'] / mib:.2f} MiB → on-chip "
+                      f"{pf['on_chip_bytes'] / mib:.2f}, off-chip "
+                      f"{pf['off_chip_bytes'] / mib:.2f} MiB (cache ≈ 8 MiB); "
+                      f"{cpu_params / mib:.2f} MiB stay on the CPU")
 
 
 def fleet_table(title: str, columns: list[str], rows: list[tuple]) -> None:

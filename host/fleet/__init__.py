@@ -137,7 +137,10 @@ def preflight(boards: list[Board], bundle: Bundle, options: Options,
     """Reach every board (read-only: no agent is installed): {board: problem} for the ones
     that can't take the bundle (the ones that can't be reached also in UNREACHABLE), and
     {board: note} (e.g. the agent will be updated). Problems don't repeat the board's name."""
+    from ..board_facts import emulation_why, latency_gate_refusal, latency_gates
+
     ours = local_agent()["content_hash"]
+    latency = latency_gates(options.parsed_gates(), options.max_latency_increase)
     problems: dict[str, str] = {}
     notes: dict[str, str] = {}
     gone = unreachable if unreachable is not None else {}
@@ -156,6 +159,9 @@ def preflight(boards: list[Board], bundle: Bundle, options: Options,
                 if st.agent.content_hash != ours:
                     notes[b.name] = "agent will be updated"
                 p = plan_push(b, st.info, st.model(bundle.name), bundle, activate=False).problems
+                refusal = latency_gate_refusal(b.name, st.info.emulated, latency,
+                                               emulation_why(st.info))
+                p += [refusal] if refusal else []
                 if p:
                     problems[b.name] = "; ".join(p)
         except EdgeDeployError as exc:

@@ -112,7 +112,8 @@ class Runner:
             if ev.agreement is not None:
                 figures["agreement"] = ev.agreement
         b = s.bench(f"{name}@{version}", runs=self.options.bench_runs, warmup=5)
-        figures.update(p50_ms=b.p50_ms, p90_ms=b.p90_ms, p99_ms=b.p99_ms)
+        figures.update(p50_ms=b.p50_ms, p90_ms=b.p90_ms, p99_ms=b.p99_ms,
+                       emulated=float(bool(b.emulated)))  # 1.0: timings not the board's
         return figures
 
     def stage(self, name: str) -> None:
@@ -184,6 +185,12 @@ class Runner:
             figures = self.with_retries(step)
         except EdgeDeployError as exc:
             self.roll_back(name, f"gate not measured: {exc}")
+            return
+        from ..board_facts import latency_gate_refusal, latency_gates
+        refusal = latency_gate_refusal(name, bool(figures.get("emulated")), latency_gates(
+            self.gates, self.options.max_latency_increase))
+        if refusal:  # a fresh board preflight could not ask: refused here, never judged
+            self.roll_back(name, refusal, figures=figures)
             return
         failed = check_gates(self.gates, figures, old_figures,
                              max_accuracy_drop=self.options.max_accuracy_drop,

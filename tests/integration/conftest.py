@@ -14,9 +14,9 @@ import pytest
 from tests.conftest import REPO, run_cli
 
 
-def fleet_up(d: Path, n: int, *extra: str) -> Path:
+def fleet_up(d: Path, n: int, *extra: str, timeout: float = 900) -> Path:
     p = subprocess.run([sys.executable, str(REPO / "scripts" / "fleet"), "up", str(n), "--dir",
-                        str(d), *extra], capture_output=True, text=True, timeout=900)
+                        str(d), *extra], capture_output=True, text=True, timeout=timeout)
     assert p.returncode == 0, p.stderr
     return d / "fleet.toml"
 

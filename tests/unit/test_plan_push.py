@@ -112,14 +112,20 @@ def test_wheel_choice_for_a_board():
              "pip-26.3-py3-none-any.whl", "README.txt"]
     wheels = [w for w in (parse_wheel(Path(n)) for n in names) if w]
     assert len(wheels) == 7 and wheels[0].name == "ai-edge-litert"
-    rt, fit = choose(wheels, ("litert", "tflite_runtime"), "3.11.2", "aarch64")
-    assert rt == "litert"
+    rt, fit, system = choose(wheels, ("litert", "tflite_runtime"), "3.11.2", "aarch64")
+    assert rt == "litert" and not system
     assert sorted(w.path.name for w in fit) == sorted([names[0], names[2], names[5], names[6]])
     abi3 = parse_wheel(Path(names[5]))
     assert wheel_fits(abi3, "3.12.1", "aarch64") and not wheel_fits(abi3, "3.9.2", "aarch64")
     # armv7 with only tflite-runtime and no numpy for it: refused, saying what to fetch
     with pytest.raises(InputError, match="no runtime for Python 3.11.2 on armv7l"):
         choose(wheels, ("litert", "tflite_runtime"), "3.11.2", "armv7l")
+    # ... unless the board's own Python has a numpy 1.x (Debian's python3-numpy) to serve it
+    rt, fit, system = choose(wheels, ("litert", "tflite_runtime"), "3.11.2", "armv7l",
+                             os_numpy="1.24.2")
+    assert rt == "tflite_runtime" and system and [w.path.name for w in fit][0] == names[4]
+    with pytest.raises(InputError):  # numpy 2 can't serve tflite-runtime 2.14
+        choose(wheels, ("tflite_runtime",), "3.11.2", "armv7l", os_numpy="2.1.0")
 
 
 REQ_FC12 = {"min_runtime": "2.17.0", "ops": {"CONV_2D": 3, "FULLY_CONNECTED": 12},
