@@ -88,13 +88,15 @@ def test_activate_and_rollback_ask_too(agent, models, tmp_path):
 
     v_good, _ = _good(agent, models, tmp_path)
     d, m = _bundle_for_bytes(tmp_path, "crash", CRASHER.read_bytes(), _like(models))
-    with Store(agent.store).locked() as st:
+    st = Store(agent.store)
+    with st.locked():
         st.install(d)
     before = store_state(agent.store)
     err = agent("activate", "digits", m.version, ok=False)
     assert err["code"] == "model_load_failed" and "crashed" in err["message"]
     assert store_state(agent.store) == before
-    with Store(agent.store).locked() as st:   # crash as current, good as previous
+    st = Store(agent.store)
+    with st.locked():   # crash as current, good as previous
         st.activate("digits", m.version)
         st.rollback("digits")                  # back to good, crash now previous
     err = agent("rollback", "digits", ok=False)

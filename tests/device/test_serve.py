@@ -102,7 +102,8 @@ def test_hot_swap_under_concurrent_load(agent, models, served, tmp_path):
     # probe): serve probes it in a child process before the swap and keeps the old one
     crash, m_crash = _bundle_for_bytes(tmp_path, "crash", CRASHER.read_bytes(), like)
     from edgedeploy.device.store import Store
-    with Store(agent.store).locked() as st:
+    st = Store(agent.store)
+    with st.locked():
         st.install(crash)
         st.activate("digits", m_crash.version)
     with Client(socket=sock) as c:

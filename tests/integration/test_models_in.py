@@ -258,7 +258,8 @@ def test_status_says_when_the_current_model_does_not_load(fleet, models, tmp_pat
     ed_json("push", _named(models["int8"], tmp_path / "good"), "b1", "--fleet", fleet, db=db)
     _, _, store = _board(fleet, "b1")
     crash = _named(FIXTURES / "crash-on-load.tflite", tmp_path / "crash")
-    with Store(store).locked() as st:
+    st = Store(store)
+    with st.locked():
         got = st.install(crash)
         st.activate(NAME, got.version)
     try:
