@@ -2,7 +2,9 @@
 in a staging folder, ready for the store to rename into place. Stdlib only.
 
 A bundle holds one manifest (``manifest.json`` or ``*.manifest.json``), the model file it
-names, and any other files listed in its ``files`` map (path → sha256). Anything else — an
+names, any other files listed in its ``files`` map (path → sha256), and the manifest's SSH
+signature ``<manifest>.sig`` when signed (kept as ``manifest.json.sig``; device/trust.py
+checks it). Anything else — an
 absolute path, ``..``, a link, a device or fifo, a file the manifest doesn't list, more than
 MAX_BUNDLE_FILES files, a hash or size that differs — refuses the whole bundle (UnsafeBundle,
 HashMismatch, InputError); the caller discards the staging folder and the store is unchanged.
@@ -21,6 +23,7 @@ from .fsio import checkpoint, fsync_dir
 from .manifest import Manifest, sha256_file
 
 MANIFEST = "manifest.json"
+SIG = ".sig"  # the manifest's SSH signature travels and is kept beside it (device/trust.py)
 MAX_BUNDLE_FILES = 64
 
 
@@ -54,6 +57,8 @@ def stage(bundle: Path, staging: Path, *, move: bool = False) -> Manifest:
     m, manifest_rel = _check_bundle(bundle, staging, files)
     if manifest_rel != MANIFEST:
         os.replace(staging / manifest_rel, staging / MANIFEST)
+        if (staging / (manifest_rel + SIG)).is_file():
+            os.replace(staging / (manifest_rel + SIG), staging / (MANIFEST + SIG))
     return m
 
 
@@ -153,7 +158,7 @@ def _check_bundle(bundle: Path, staging: Path, files: list[str]) -> tuple[Manife
     expected = expected_files(m)
     for rel in expected:
         safe_rel(bundle, rel)
-    extra = sorted(set(files) - set(expected) - {manifests[0]})
+    extra = sorted(set(files) - set(expected) - {manifests[0], manifests[0] + SIG})
     if extra:
         raise UnsafeBundle(f"bundle {bundle}: {extra[0]} is not listed in the manifest",
                            hint="list extra files under \"files\" with their sha256")

@@ -20,7 +20,10 @@ JSON (schema 1)::
      "host_figures": null | {"accuracy": 0.98, "top1_agreement": 1.0, "max_abs_error": 0.01,
                              "latency_ms": {"p50": 0.21, …}, "eval_data": "test.npz"},
      "files": {"gate.npz": "<sha256>"},   # other files that travel in the bundle (optional)
-     "created": "2026-11-24T08:00:00Z"}
+     "created": "2026-11-24T08:00:00Z",
+     "release": null | 1764000000}        # per-model release number, set when it is signed:
+                                          # boards refuse a lower one than they have run
+                                          # (device/trust.py); agents before it ignore it
 
 Stdlib only: the agent reads it on the board.
 """
@@ -68,6 +71,7 @@ class Manifest:
     host_figures: dict[str, Any] | None = None
     files: dict[str, str] = field(default_factory=dict)  # extra bundle files: path → sha256
     created: str = ""
+    release: int | None = None  # set at signing (host/signing.py); anti-downgrade on boards
     schema: int = SCHEMA
 
     def to_dict(self) -> dict:
@@ -93,6 +97,11 @@ class Manifest:
             kw["inputs"] = [TensorSpec(**t) for t in data["inputs"]]
             kw["outputs"] = [TensorSpec(**t) for t in data["outputs"]]
             kw.setdefault("label", data["mode"])
+            if kw.get("release") is not None and (not isinstance(kw["release"], int)
+                                                  or isinstance(kw["release"], bool)
+                                                  or kw["release"] < 0):
+                raise InputError(f"{source}: release {kw['release']!r} is not a whole number "
+                                 f"≥ 0")
             return cls(**kw)
         except TypeError as exc:
             raise InputError(f"{source}: malformed manifest ({exc})") from exc

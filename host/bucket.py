@@ -1,0 +1,168 @@
+"""The controller's side of pull mode: what it writes to, and reads from, the object store.
+It never connects to a board: boards read ``desired/`` and ``bundles/`` and write ``status/``
+(layout and document formats: device/desired.py).
+
+* :meth:`Bucket.publish_bundle` uploads a bundle as one reproducible tar named by its sha256
+  (``bundles/SHA.tar``): nothing is sent when that object is already there.
+* :meth:`Bucket.put_desired` signs a cohort's desired state (namespace ``edgedeploy-desired``)
+  and writes it; :func:`desired_after` (pure) computes the next one: a model's target for some
+  boards (a rollout wave, an abort putting boards back) or for the whole cohort (``"*"``).
+* :meth:`Bucket.statuses` reads every board's status: one LIST, then a GET only for the objects
+  whose ETag changed since the last read.
+
+The S3 client is device/s3.py (standard library, SigV4), the one the boards use; the host's
+credentials come from AWS's usual variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+AWS_SESSION_TOKEN, AWS_REGION) unless given. No boto3: a dependency of ~80 MB for a dozen
+request kinds that the board needs to speak anyway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..device import desired as dz
+from ..device.s3 import Credentials, Location, S3Client
+from ..device.trust import NS_DESIRED
+from ..errors import InputError, ObjectMissing
+from .bundle import Bundle
+from .signing import sign
+
+
+@dataclass(frozen=True)
+class Published:
+    key: str        # relative to the prefix: bundles/SHA.tar
+    sha256: str
+    size: int
+    uploaded: int   # bytes sent now (0: it was there already)
+
+
+def next_serial(old: int | None, now: float) -> int:
+    """Pure: a serial above OLD, in microseconds since the epoch when the clock allows."""
+    return max(int(now * 1_000_000), (old or 0) + 1)
+
+
+def desired_after(doc: dz.Desired | None, cohort: str, target: dz.Target,
+                  boards: list[str] | None, *, now: float) -> dz.Desired:
+    """Pure: DOC with TARGET for BOARDS (None: the whole cohort, "*"). The model's other
+    targets lose those boards (one that names no board any more goes; a "*" one stays the
+    default for the rest)."""
+    old = list(doc.targets) if doc else []
+    out: list[dz.Target] = []
+    if boards is None:
+        out = [t for t in old if t.model != target.model]
+        out.append(replace(target, boards=("*",)))
+    else:
+        moved = set(boards)
+        same = None
+        for t in old:
+            if t.model != target.model:
+                out.append(t)
+                continue
+            if replace(t, boards=()) == replace(target, boards=()) and "*" not in t.boards:
+                same = t
+                continue
+            rest = tuple(b for b in t.boards if b not in moved)
+            if rest:
+                out.append(replace(t, boards=rest))
+        names = sorted(moved | (set(same.boards) if same else set()))
+        if names:
+            out.append(replace(target, boards=tuple(names)))
+    return dz.Desired(cohort, next_serial(doc.serial if doc else None, now), tuple(out),
+                      time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)))
+
+
+def stale(status: dz.Status, now: float, polls: int = 3, default_every: float = 60.0
+          ) -> tuple[float, bool]:
+    """Pure: (age in seconds, whether the board has been silent for more than POLLS polls)."""
+    age = max(0.0, now - float(status.ts))
+    every = status.poll_every or default_every
+    return age, age > polls * every
+
+
+class Bucket:
+    """A pull-mode prefix, as the controller sees it (one thread; open one per thread)."""
+
+    def __init__(self, loc: Location, creds: Credentials | None = None, *,
+                 signing_key: str | os.PathLike | None = None, timeout: float = 30.0) -> None:
+        self.loc = loc
+        self.creds = creds if creds is not None else Credentials.from_env()
+        self.signing_key = signing_key
+        self.client = S3Client(loc.endpoint, self.creds, timeout=timeout)
+        self._status_cache: dict[str, tuple[str, dz.Status]] = {}
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> "Bucket":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def publish_bundle(self, bundle: Bundle) -> Published:
+        with tempfile.TemporaryDirectory(prefix="edgedeploy-publish-") as tmp:
+            tar = bundle.write_tar(Path(tmp) / "bundle.tar")
+            h = hashlib.sha256()
+            with open(tar, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            sha, size = h.hexdigest(), tar.stat().st_size
+            key = dz.bundle_key(sha)
+            there = self.client.head(self.loc.bucket, self.loc.key(key))
+            if there is not None and int(there.headers.get("content-length", -1)) == size:
+                return Published(key, sha, size, 0)
+            with open(tar, "rb") as f:
+                self.client.put(self.loc.bucket, self.loc.key(key), f,
+                                content_type="application/x-tar", payload_sha256=sha)
+            return Published(key, sha, size, size)
+
+    def desired(self, cohort: str) -> dz.Desired | None:
+        """The cohort's desired state as written (the controller trusts its own bucket's
+        document only as far as its format: it was checked when written)."""
+        where = f"{self.loc}/{dz.desired_key(cohort)}"
+        try:
+            r = self.client.get(self.loc.bucket, self.loc.key(dz.desired_key(cohort)))
+        except ObjectMissing:
+            return None
+        doc, _ = dz.open_envelope(r.body, where)
+        return dz.Desired.from_json(doc, where)
+
+    def put_desired(self, doc: dz.Desired) -> str | None:
+        """Sign DOC and write it; its ETag."""
+        if self.signing_key is None:
+            raise InputError("pull mode needs a signing key: boards take only signed desired "
+                             "states", hint="set signing_key in the fleet file")
+        text = doc.to_json()
+        env = dz.envelope(text, sign(text.encode(), self.signing_key, NS_DESIRED))
+        r = self.client.put(self.loc.bucket, self.loc.key(dz.desired_key(doc.cohort)), env,
+                            content_type="application/json")
+        return r.etag
+
+    def statuses(self) -> dict[str, dz.Status]:
+        """board → its last status (one LIST; GETs only for what changed)."""
+        prefix = self.loc.key("status") + "/"
+        out: dict[str, dz.Status] = {}
+        for obj in self.client.list(self.loc.bucket, prefix):
+            rest = obj.key[len(prefix):]
+            board, _, leaf = rest.partition("/")
+            if leaf != "status.json" or not board:
+                continue
+            cached = self._status_cache.get(obj.key)
+            if cached and cached[0] == obj.etag:
+                out[board] = cached[1]
+                continue
+            try:
+                r = self.client.get(self.loc.bucket, obj.key)
+                st = dz.Status.from_json(r.body, f"{self.loc.bucket}/{obj.key}")
+            except (ObjectMissing, InputError):
+                continue  # gone since the listing, or garbage: no status for that board
+            if st.board != board:
+                continue  # a board writes only its own prefix; a mismatch is not its report
+            self._status_cache[obj.key] = (r.etag or obj.etag, st)
+            out[board] = st
+        return out
