@@ -38,6 +38,7 @@ Status (``status/BOARD/status.json``), written by the board after a poll::
      "signers": 1, "models": {"digits": {"current": "3f2a…", "previous": "…" | null,
                                          "release": 1764000000 | null}},
      "results": {"digits": {"version": "3f2a…", "release": …, "sha256": "…",
+                            "target": "<Target.digest()>",
                             "outcome": "committed" | "gate_failed" | "refused" | "failed",
                             "figures": {…} | null, "old_figures": {…} | null,
                             "error": null | "…", "serial": …, "rollout": … | null,
@@ -46,8 +47,8 @@ Status (``status/BOARD/status.json``), written by the board after a poll::
 
 Outcomes: ``committed`` the board runs the target (gates passed, or none asked, or it already
 ran it); ``gate_failed`` the gates failed and the old version stayed active; ``refused`` the
-signature, release number or content was refused (not retried until the target or its rollout
-changes); ``failed`` anything else (retried at the next poll).
+signature, release number or content was refused (not retried while the target stays the same:
+a new rollout, release or ``allow_downgrade`` is a new target); ``failed`` anything else (retried at the next poll).
 """
 
 from __future__ import annotations
@@ -107,6 +108,15 @@ class Target:
         d = asdict(self)
         d["boards"], d["gates"] = list(self.boards), list(self.gates)
         return d
+
+    def digest(self) -> str:
+        """Names what is asked of a board (all but the board list): a result that was final
+        here (gate_failed, refused) is not retried while the digest stays the same."""
+        import hashlib
+
+        d = self.to_dict()
+        d.pop("boards")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
     def from_dict(cls, d: object, where: str) -> "Target":
@@ -222,8 +232,7 @@ def plan_model(t: Target, current: str | None, previous: str | None, installed: 
     versions) and its LAST result for the model."""
     if current == t.version:
         return Step("none", f"runs {t.version}")
-    if last and last.get("version") == t.version and last.get("sha256") == t.sha256 \
-            and last.get("rollout") == t.rollout and last.get("outcome") in FINAL_HERE:
+    if last and last.get("target") == t.digest() and last.get("outcome") in FINAL_HERE:
         return Step("skip", f"{last['outcome']} here before: {last.get('error') or ''}".strip())
     if t.version == previous and t.version in installed:
         return Step("rollback", f"back to the kept previous version {t.version}")

@@ -292,12 +292,12 @@ class Poll:
         last = self.state.results.get(model)
         step = dz.plan_model(t, ptr.current, ptr.previous, installed, last)
         base = {"version": t.version, "release": t.release, "sha256": t.sha256,
-                "serial": serial, "rollout": t.rollout, "figures": None, "old_figures": None,
+                "target": t.digest(), "serial": serial, "rollout": t.rollout, "figures": None, "old_figures": None,
                 "error": None, "downgrade": False}
         if step.action == "skip":
             return f"skip: {step.reason}"
         if step.action == "none":
-            if not last or any(last.get(k) != base[k] for k in ("version", "rollout")) \
+            if not last or last.get("target") != base["target"] \
                     or last.get("outcome") != "committed":
                 self._result(model, base, "committed")
             return "none"

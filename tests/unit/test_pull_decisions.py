@@ -28,17 +28,25 @@ def target(version="v2", **kw) -> dz.Target:
     ("v1", None, {"v1", "v2"}, None, "activate"),                    # installed, not active
     ("v3", "v2", {"v2", "v3"}, None, "rollback"),                    # back to kept previous
     ("v1", None, {"v1", "v2"},                                       # gate failed here before
-     {"version": "v2", "sha256": SHA, "rollout": None, "outcome": "gate_failed"}, "skip"),
+     {"target": target().digest(), "outcome": "gate_failed"}, "skip"),
     ("v1", None, {"v1"},                                             # refused here before
-     {"version": "v2", "sha256": SHA, "rollout": None, "outcome": "refused"}, "skip"),
+     {"target": target().digest(), "outcome": "refused"}, "skip"),
     ("v1", None, {"v1"},                                             # failed: try again
-     {"version": "v2", "sha256": SHA, "rollout": None, "outcome": "failed"}, "install"),
-    ("v1", None, {"v1", "v2"},                                       # a new rollout retries
-     {"version": "v2", "sha256": SHA, "rollout": "r1", "outcome": "gate_failed"}, "activate"),
+     {"target": target().digest(), "outcome": "failed"}, "install"),
+    ("v1", None, {"v1", "v2"},                                       # another rollout retries
+     {"target": target(rollout="r1").digest(), "outcome": "gate_failed"}, "activate"),
+    ("v1", None, {"v1"},                                             # ... so does a downgrade
+     {"target": target().digest(), "outcome": "refused"}, "install"),  # allowed now
 ])
 def test_plan_model(current, previous, installed, last, action):
-    t = target(rollout=None if not last or last.get("rollout") is None else "r2")
+    t = target(allow_downgrade=True) if action == "install" and last and \
+        last["outcome"] == "refused" else target()
     assert dz.plan_model(t, current, previous, installed, last).action == action
+
+
+def test_target_digest_ignores_the_board_list():
+    assert target(boards=("b1",)).digest() == target(boards=("*",)).digest()
+    assert target(gates=("p50_ms<=2",)).digest() != target().digest()
 
 
 @pytest.mark.parametrize("release, highest, previous, allow, ok", [
