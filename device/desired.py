@@ -25,10 +25,12 @@ Desired state (the document)::
                   "boards": ["*"] | ["b0", "b3"],
                   "gates": ["accuracy>=0.9", "p99_ms<=25"], "max_accuracy_drop": null,
                   "max_latency_increase": null, "bench_runs": 50,
-                  "allow_downgrade": false, "rollout": "20261126-101500-ab12" | null}]}
+                  "allow_downgrade": false, "rollout": "20261126-101500-ab12" | null,
+                  "rollback": false}]}
 
 For each model a board takes the target that names it, else the one for ``"*"`` (at most one
-of each per model). ``serial`` only rises: a board refuses a document whose serial is lower
+of each per model). A ``rollback`` target (``sha256`` and ``bundle`` empty, no gates) sends
+boards back to a version they keep (an aborted rollout): no download, no gates. ``serial`` only rises: a board refuses a document whose serial is lower
 than one it has taken (a replayed old document).
 
 Status (``status/BOARD/status.json``), written by the board after a poll::
@@ -98,6 +100,7 @@ class Target:
     bench_runs: int = 50
     allow_downgrade: bool = False
     rollout: str | None = None
+    rollback: bool = False  # back to VERSION, kept on the board: no bundle, no gates
 
     @property
     def measures(self) -> bool:
@@ -134,9 +137,14 @@ class Target:
                     max_latency_increase=_opt_float(d.get("max_latency_increase")),
                     bench_runs=int(d.get("bench_runs", 50)),
                     allow_downgrade=bool(d.get("allow_downgrade", False)),
-                    rollout=None if d.get("rollout") is None else str(d["rollout"]))
+                    rollout=None if d.get("rollout") is None else str(d["rollout"]),
+                    rollback=bool(d.get("rollback", False)))
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{where}: malformed target ({type(exc).__name__}: {exc})") from exc
+        if t.rollback:
+            if t.sha256 or t.bundle or t.measures:
+                raise InputError(f"{where}: a rollback target names no bundle and no gates")
+            return t
         if len(t.sha256) != 64 or any(c not in "0123456789abcdef" for c in t.sha256):
             raise InputError(f"{where}: target sha256 {t.sha256!r} is not a sha256")
         if t.bundle != bundle_key(t.sha256):
@@ -232,6 +240,10 @@ def plan_model(t: Target, current: str | None, previous: str | None, installed: 
     versions) and its LAST result for the model."""
     if current == t.version:
         return Step("none", f"runs {t.version}")
+    if t.rollback:
+        if t.version in installed:
+            return Step("rollback", f"back to {t.version}, kept here")
+        return Step("skip", f"{t.version} is not kept on this board: nothing to go back to")
     if last and last.get("target") == t.digest() and last.get("outcome") in FINAL_HERE:
         return Step("skip", f"{last['outcome']} here before: {last.get('error') or ''}".strip())
     if t.version == previous and t.version in installed:

@@ -295,6 +295,8 @@ class Poll:
                 "target": t.digest(), "serial": serial, "rollout": t.rollout, "figures": None, "old_figures": None,
                 "error": None, "downgrade": False}
         if step.action == "skip":
+            if t.rollback and (not last or last.get("target") != base["target"]):
+                self._result(model, {**base, "error": step.reason}, "refused")
             return f"skip: {step.reason}"
         if step.action == "none":
             if not last or last.get("target") != base["target"] \
@@ -302,7 +304,7 @@ class Poll:
                 self._result(model, base, "committed")
             return "none"
         try:
-            if step.action == "rollback":  # to the version it ran before: no new trust asked
+            if step.action == "rollback":  # to a version it ran before: no new trust asked
                 with self.store.locked():
                     self.store.activate(model, t.version)
                 self._result(model, {**base, "downgrade": True}, "committed")

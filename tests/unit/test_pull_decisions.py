@@ -161,3 +161,56 @@ def test_signer_lines():
         signer_line("ssh-ed25519 AAAA", principal="bad name")
     again = signer_line("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey", principal="bob")
     assert merge_signers([line], [again]) == [again]
+
+
+def test_rollback_targets():
+    back = dz.Target("digits", "v1", "", 0, "", rollback=True)
+    assert dz.plan_model(back, "v2", "v1", {"v1", "v2"}, None).action == "rollback"
+    assert dz.plan_model(back, "v1", None, {"v1"}, None).action == "none"
+    assert dz.plan_model(back, "v2", None, {"v2"}, None).action == "skip"
+    raw = {"schema": 1, "cohort": "all", "serial": 1, "targets": [back.to_dict()]}
+    assert dz.Desired.from_json(json.dumps(raw), "d").targets[0].rollback
+    raw["targets"][0]["gates"] = ["p50_ms<=1"]
+    with pytest.raises(InputError, match="rollback target"):
+        dz.Desired.from_json(json.dumps(raw), "d")
+
+
+def _status(serial, current=None, result=None) -> dz.Status:
+    return dz.Status("b0", "all", "", 0.0, serial=serial,
+                     models={"digits": {"current": current}} if current else {},
+                     results={"digits": result} if result else {})
+
+
+@pytest.mark.parametrize("status, now, state", [
+    (None, 5, "waiting"),
+    (None, 100, "failed"),                                        # silent past the wait
+    (_status(4), 5, "waiting"),                                   # not seen the document yet
+    (_status(5, "v1"), 5, "waiting"),                             # seen it, no result yet
+    (_status(5, "v2"), 5, "committed"),                           # runs it (e.g. pushed)
+    (_status(5, "v2", {"target": target().digest(), "outcome": "committed",
+                       "figures": {"p50_ms": 1}}), 5, "committed"),
+    (_status(5, "v1", {"target": target().digest(), "outcome": "gate_failed",
+                       "error": "gate failed: x"}), 5, "rolled_back"),
+    (_status(5, "v1", {"target": target().digest(), "outcome": "refused",
+                       "error": "bad"}), 5, "failed"),
+    (_status(5, "v1", {"target": target().digest(), "outcome": "failed"}), 5, "waiting"),
+    (_status(5, "v1", {"target": target().digest(), "outcome": "failed"}), 100, "failed"),
+    (_status(5, "v1", {"target": "other", "outcome": "committed"}), 5, "waiting"),
+])
+def test_observe(status, now, state):
+    from edgedeploy.host.pullwatch import observe
+
+    assert observe(status, target(), 5, since=0.0, now=now, wait=60).state == state
+
+
+@pytest.mark.parametrize("status, now, state", [
+    (_status(7, "v1"), 5, "rolled_back"),
+    (_status(6, "v1"), 5, "waiting"),        # an older report, from before the move back
+    (_status(7, "v2"), 5, "waiting"),
+    (_status(7, "v2"), 100, "stranded"),
+    (None, 100, "stranded"),
+])
+def test_observe_back(status, now, state):
+    from edgedeploy.host.pullwatch import observe_back
+
+    assert observe_back(status, "digits", "v1", 7, since=0.0, now=now, wait=60).state == state
