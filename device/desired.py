@@ -45,7 +45,11 @@ Status (``status/BOARD/status.json``), written by the board after a poll::
                             "figures": {…} | null, "old_figures": {…} | null,
                             "error": null | "…", "serial": …, "rollout": … | null,
                             "downgrade": false, "time": "…Z"}},
-     "error": null | "desired state refused: …", "downloaded_bytes": 140800}
+     "error": null | "desired state refused: …", "downloaded_bytes": 140800,
+     "info": {"arch": "aarch64", "python": "3.11.2", "runtime": "litert" | null,
+              "runtime_error": null | "…", "numpy": "1.24.2", "free_bytes": …}}
+
+The controller's preflight checks ``info`` against the board's profile as a push would.
 
 Outcomes: ``committed`` the board runs the target (gates passed, or none asked, or it already
 ran it); ``gate_failed`` the gates failed and the old version stayed active; ``refused`` the
@@ -267,6 +271,7 @@ class Status:
     results: dict[str, dict] = field(default_factory=dict)
     error: str | None = None
     downloaded_bytes: int = 0
+    info: dict = field(default_factory=dict)  # arch, python, runtime, numpy, free_bytes
     schema: int = SCHEMA
 
     def to_json(self) -> bytes:
@@ -279,6 +284,7 @@ class Status:
         d = asdict(self)
         for k in ("time", "ts", "downloaded_bytes"):
             d.pop(k)
+        d["info"] = {k: v for k, v in d["info"].items() if k != "free_bytes"}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod

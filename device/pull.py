@@ -439,8 +439,6 @@ class Poll:
 
     # 3. the report
     def status(self, serial: int | None) -> dz.Status:
-        from .ship import identity
-
         models = {}
         for name in self.store.names():
             ptr = self.store.pointer(name)
@@ -452,10 +450,16 @@ class Poll:
                     pass
             models[name] = {"current": ptr.current, "previous": ptr.previous,
                             "release": release}
+        from .sysinfo import board_info
+
+        bi = board_info(self.store.root, self.cfg.runtime, cached=True)
+        info = {"arch": bi["arch"], "python": bi["python"], "runtime": bi["runtime"],
+                "runtime_error": bi["runtime_error"], "numpy": bi["numpy"],
+                "free_bytes": bi["store"].get("free_bytes")}
         now = self.now()
-        return dz.Status(board=self.cfg.board, cohort=self.cfg.cohort, time=_iso(now), ts=now,
+        return dz.Status(board=self.cfg.board, info=info, cohort=self.cfg.cohort, time=_iso(now), ts=now,
                          poll_every=self.cfg.poll_every, serial=serial,
-                         agent=identity()["content_hash"][:12],
+                         agent=bi["agent"]["content_hash"][:12],
                          signers=len(trust.signer_entries(self.store.root)), models=models,
                          results=dict(self.state.results), error=self.doc_error,
                          downloaded_bytes=self.downloaded)
