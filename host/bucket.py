@@ -143,14 +143,15 @@ class Bucket:
                             content_type="application/json")
         return r.etag
 
-    def statuses(self) -> dict[str, dz.Status]:
-        """board → its last status (one LIST; GETs only for what changed)."""
+    def statuses(self, only: set[str] | None = None) -> dict[str, dz.Status]:
+        """board → its last status (one LIST per 1000 boards; GETs only for what changed, and
+        with ONLY, only for those boards: a rollout reads its wave's)."""
         prefix = self.loc.key("status") + "/"
         out: dict[str, dz.Status] = {}
         for obj in self.client.list(self.loc.bucket, prefix):
             rest = obj.key[len(prefix):]
             board, _, leaf = rest.partition("/")
-            if leaf != "status.json" or not board:
+            if leaf != "status.json" or not board or (only is not None and board not in only):
                 continue
             cached = self._status_cache.get(obj.key)
             if cached and cached[0] == obj.etag:
