@@ -25,6 +25,8 @@ EXAMPLES = """examples:
   edgedeploy-agent eval digits --data test.npz --reference host_outputs.npz
   edgedeploy-agent eval digits@3f2a9c1b0d4e --bundled-data gate.npz --bundled-reference gate.npz
   edgedeploy-agent serve --socket /tmp/edgedeploy.sock
+  edgedeploy-agent pull --source s3://fleet-bucket/prod --endpoint https://s3.example:9000 \
+      --board pi-kitchen --credentials ~/.edgedeploy/s3.json --save
 
 The store defaults to $EDGEDEPLOY_STORE, else ~/.edgedeploy/store."""
 
@@ -114,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--poll", type=float, default=0.1, metavar="S",
                    help="how often to look for an activation (0.1 s)")
     s.add_argument("--models", nargs="*", metavar="NAME", help="serve only these models")
+    from . import pullcmd
+
+    pullcmd.register(sub)
     return p
 
 
@@ -319,7 +324,19 @@ def _prefix(a) -> list[str]:
         (["--runtime", a.runtime] if a.runtime else [])
 
 
-COMMANDS = {"version": cmd_version, "info": cmd_info, "state": cmd_state, "install": cmd_install,
+def cmd_pull(a, store) -> dict:
+    from .pullcmd import cmd_pull as pull
+
+    return pull(a, store)
+
+
+def cmd_trust(a, store) -> dict:
+    from .pullcmd import cmd_trust as trust
+
+    return trust(a, store)
+
+
+COMMANDS = {"pull": cmd_pull, "trust": cmd_trust, "version": cmd_version, "info": cmd_info, "state": cmd_state, "install": cmd_install,
             "activate": cmd_activate, "rollback": cmd_rollback, "list": cmd_list,
             "remove": cmd_remove, "verify": cmd_verify, "bench": cmd_bench, "eval": cmd_eval,
             "serve": cmd_serve, "agentd": cmd_agentd}

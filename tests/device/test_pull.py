@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
-import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,62 +20,41 @@ from edgedeploy.host.bucket import Bucket, desired_after
 from edgedeploy.host.bundle import Bundle, load_bundle
 from edgedeploy.host.signing import sign_bundle
 
-from tests.conftest import board_pythons, stage_device_package
+from tests.conftest import board_pythons
 from tests.objectstore import objectstore_signal
 
 from .conftest import RUNTIMES, store_state
 
 pytestmark = pytest.mark.board
 
-DRIVER = textwrap.dedent("""
-    import json, sys
-    sys.modules["tensorflow"] = None
-    from dataclasses import asdict
-    from edgedeploy.device.pull import PullConfig, poll
-    from edgedeploy.device.s3 import Credentials, parse_location
-    from edgedeploy.device.store import Store
-    from edgedeploy.errors import EdgeDeployError
-    a = json.loads(sys.argv[1])
-    cfg = PullConfig(parse_location(a["source"]), a["board"], a["cohort"],
-                     Credentials(a["ak"], a["sk"]), timeout=a["timeout"], poll_every=5.0,
-                     allow_downgrade=a["allow_downgrade"])
-    try:
-        r = poll(cfg, Store(a["store"]))
-    except EdgeDeployError as e:
-        print(json.dumps({"ok": False, "code": e.code, "message": str(e)}))
-        sys.exit(e.exit_code)
-    print(json.dumps({"ok": True, "actions": r.actions, "reported": r.reported,
-                      "not_modified": r.not_modified, "status": asdict(r.status)}))
-""")
-
-
 @dataclass
 class PullBoard:
+    """A board's store driven by `edgedeploy-agent pull` (the zipapp, in a board env)."""
     python: str
-    pkg: Path
+    pyz: Path
     store: Path
     name: str
-    keys: dict
+    creds: Path
     loc: Location
     cohort: str = "all"
 
-    def poll(self, *, ok: bool = True, timeout: float = 10, allow_downgrade: bool = False,
+    def poll(self, *, ok: bool = True, allow_downgrade: bool = False, timeout: float = 10,
              env: dict | None = None) -> dict:
-        arg = {"source": f"{self.loc.url()}", "board": self.name, "cohort": self.cohort,
-               "ak": self.keys["access_key"], "sk": self.keys["secret_key"], "timeout": timeout,
-               "store": str(self.store), "allow_downgrade": allow_downgrade}
-        p = subprocess.run([self.python, "-c", DRIVER, json.dumps(arg)], capture_output=True,
-                           text=True, timeout=600, cwd=self.pkg,
-                           env={"PYTHONPATH": str(self.pkg), "PATH": "/usr/bin:/bin",
-                                "HOME": str(self.store.parent), **(env or {})})
+        argv = [self.python, str(self.pyz), "--store", str(self.store), "pull",
+                "--source", self.loc.url(), "--board", self.name, "--cohort", self.cohort,
+                "--credentials", str(self.creds), "--timeout", str(timeout)] + \
+            (["--allow-downgrade"] if allow_downgrade else [])
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=600,
+                           env={"PATH": "/usr/bin:/bin", "HOME": str(self.store.parent),
+                                **(env or {})})
         if env and "EDGEDEPLOY_AGENT_CRASH_AT" in env:
             return {"rc": p.returncode}
         try:
             out = json.loads(p.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
-            raise AssertionError(f"poll printed no JSON (rc {p.returncode}):\n{p.stdout}\n"
+            raise AssertionError(f"pull printed no JSON (rc {p.returncode}):\n{p.stdout}\n"
                                  f"{p.stderr}")
-        assert out["ok"] == ok, out
+        assert out["ok"] == ok and (p.returncode == 0) == ok, (p.returncode, out, p.stderr)
         return out
 
     def current(self, model: str = "digits") -> str | None:
@@ -92,7 +70,7 @@ def keygen(path: Path, comment: str) -> Path:
 
 
 @pytest.fixture
-def setup(request, objectstore, tmp_path):
+def setup(request, objectstore, agent_pyz, tmp_path):
     """(a board that trusts alice, the controller's Bucket signing as alice), on a fresh
     prefix of the session's store."""
     runtime = request.param
@@ -104,8 +82,9 @@ def setup(request, objectstore, tmp_path):
                    f"t-{secrets.token_hex(4)}")
     store = tmp_path / "board" / "store"
     trust.write_signers(store, [trust.signer_line(key.with_suffix(".pub").read_text())])
-    board = PullBoard(pythons[runtime], stage_device_package(tmp_path / "pkg"), store, "b0",
-                      objectstore["boards"]["b0"], loc)
+    creds = tmp_path / "board" / "s3.json"
+    creds.write_text(json.dumps(objectstore["boards"]["b0"]))
+    board = PullBoard(pythons[runtime], agent_pyz, store, "b0", creds, loc)
     c = objectstore["controller"]
     with Bucket(loc, Credentials(c["access_key"], c["secret_key"]), signing_key=key) as bucket:
         yield board, bucket
@@ -300,3 +279,28 @@ def test_board_credentials_write_only_their_own_status(objectstore):
     for key in ("t-x/status/b1/status.json", "t-x/desired/all.json", "t-x/bundles/x.tar"):
         with pytest.raises(ObjectStoreError, match="403"):
             c.put(objectstore["bucket"], key, b"{}")
+
+
+@pytest.mark.parametrize("setup", ["litert"], indirect=True)
+def test_saved_config_and_trust_command(setup, agent_pyz):
+    board, bucket = setup
+    run = [board.python, str(agent_pyz), "--store", str(board.store)]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(board.store.parent)}
+    key = Path(bucket.signing_key).with_suffix(".pub").read_text().split()
+    line = f'bob@ci namespaces="anything" {key[0]} {key[1]}'
+    p = subprocess.run([*run, "trust", "--add", line], capture_output=True, text=True, env=env)
+    out = json.loads(p.stdout)
+    assert out["signers"] == [f'bob@ci namespaces="edgedeploy-bundle,edgedeploy-desired" '
+                              f'{key[0]} {key[1]}']  # one line per key; our namespaces only
+    p = subprocess.run([*run, "pull", "--source", board.loc.url(), "--board", "b0",
+                        "--credentials", str(board.creds), "--save"], capture_output=True,
+                       text=True, env=env)
+    assert json.loads(p.stdout)["ok"], p.stdout
+    saved = json.loads((board.store / "pull" / "config.json").read_text())
+    assert saved["board"] == "b0" and saved["credentials"] == str(board.creds)
+    assert (board.store / "pull" / "config.json").stat().st_mode & 0o077 == 0
+    p = subprocess.run([*run, "pull"], capture_output=True, text=True, env=env)
+    assert json.loads(p.stdout)["board"] == "b0"  # the saved settings
+    p = subprocess.run([*run, "pull", "--every", "0.2", "--polls", "3"], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert json.loads(p.stdout)["failing"] == 0 and p.stderr.count('"poll"') == 3
