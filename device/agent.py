@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="start it in the background and answer at once")
     how.add_argument("--stop", action="store_true", help="stop the running one, if any")
     ad.add_argument("--tag", default="", help="said in its hello: what it was started for")
+    ad.add_argument("--pull-every", type=float, metavar="S",
+                    help="pull mode: also poll the object store every S seconds with the "
+                         "settings `pull --save` stored (never idle then)")
     stp = sub.add_parser("state", help="one round trip for a deployer: version, info (runtime "
                                        "facts cached while Python and packages are unchanged) "
                                        "and list")
@@ -315,8 +318,12 @@ def cmd_agentd(a, store) -> dict:
 
     if a.stop:
         return protocol.ok("agentd", **agentd.stop(str(store.root)))
+    if a.pull_every is not None:
+        from .pullcmd import check_saved
+
+        check_saved(store.root, a.pull_every)  # a bad setting is said here, not lost
     return protocol.ok("agentd", **agentd.spawn(str(store.root), sys.argv[0],
-                                                _prefix(a), a.idle, a.tag))
+                                                _prefix(a), a.idle, a.tag, a.pull_every))
 
 
 def _prefix(a) -> list[str]:
@@ -406,7 +413,12 @@ def main(argv: list[str] | None = None) -> int:
         def serve_lines(lines, write, allowed, lock) -> None:
             batch(parser, _prefix(a), store, lines, write, allowed, lock)
 
-        return Daemon(str(store.root), a.idle, serve_lines, a.tag).run()
+        pull = None
+        if a.pull_every:
+            from .pullcmd import daemon_loop
+
+            pull = daemon_loop(store, a.pull_every, a.runtime)
+        return Daemon(str(store.root), a.idle, serve_lines, a.tag, pull).run()
     code, msg = run(a, store)
     sys.stdout.write(json.dumps(msg) + "\n")
     sys.stdout.flush()

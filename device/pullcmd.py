@@ -194,3 +194,48 @@ def cmd_trust(a: argparse.Namespace, store) -> dict:
         trust.write_signers(store.root, merged)
     return protocol.ok("trust", file=str(trust.signers_file(store.root)),
                        signers=trust.signer_entries(store.root))
+
+
+def check_saved(store_root: Path, every: float) -> None:
+    """For ``agentd --pull-every``: the saved settings make a config, EVERY is positive."""
+    if not every > 0:
+        raise InputError(f"--pull-every {every}: expected seconds > 0")
+    s = load_config(store_root)
+    pull_config(s, False, None)
+
+
+def daemon_loop(store, every: float, runtime: str | None):
+    """agentd's pull thread: (should_stop) -> None, polling with the saved settings; what it
+    does goes to STORE/pull/loop.log (the last 200 lines)."""
+    def loop(should_stop) -> None:
+        from .pull import run_loop
+
+        log_path = Path(store.root) / "pull" / "loop.log"
+        lines: list[str] = []
+
+        def log(line: str) -> None:
+            import time
+
+            lines.append(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {line}")
+            del lines[:-200]
+            try:
+                log_path.write_text("\n".join(lines) + "\n")
+            except OSError:
+                pass
+        try:
+            cfg = pull_config(load_config(store.root), False, runtime)
+        except InputError as exc:
+            log(f"pull: {exc}")
+            return
+        cfg.poll_every = every  # said in every status: the controller's staleness
+        run_loop(cfg, store, every, should_stop=should_stop, log=log,
+                 sleep=lambda s: _sleep_until(s, should_stop))
+    return loop
+
+
+def _sleep_until(seconds: float, should_stop) -> None:
+    import time
+
+    end = time.monotonic() + seconds
+    while not should_stop() and time.monotonic() < end:
+        time.sleep(min(0.2, max(0.0, end - time.monotonic())))

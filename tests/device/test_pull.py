@@ -304,3 +304,38 @@ def test_saved_config_and_trust_command(setup, agent_pyz):
     p = subprocess.run([*run, "pull", "--every", "0.2", "--polls", "3"], capture_output=True,
                        text=True, env=env, timeout=120)
     assert json.loads(p.stdout)["failing"] == 0 and p.stderr.count('"poll"') == 3
+
+
+@both
+def test_resident_agent_pulls_every_few_seconds(setup, models, agent_pyz):
+    board, bucket = setup
+    key = Path(bucket.signing_key)
+    run = [board.python, str(agent_pyz), "--store", str(board.store)]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(board.store.parent)}
+    subprocess.run([*run, "pull", "--source", board.loc.url(), "--board", "b0",
+                    "--credentials", str(board.creds), "--timeout", "5", "--save"],
+                   capture_output=True, text=True, env=env, check=True)
+    started = json.loads(subprocess.run([*run, "agentd", "--detach", "--pull-every", "0.5"],
+                                        capture_output=True, text=True, env=env).stdout)
+    assert started["ok"] and started["started"], started
+    try:
+        b = signed(models["int8"], key, 100)
+        publish(bucket, b)
+        deadline = time.monotonic() + 90
+        while board.current() != b.version and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert board.current() == b.version
+        st = bucket.statuses()["b0"]
+        assert st.results["digits"]["outcome"] == "committed" and st.poll_every == 0.5
+        log = (board.store / "pull" / "loop.log").read_text()
+        assert '"digits": "activated"' in log
+    finally:
+        stopped = json.loads(subprocess.run([*run, "agentd", "--stop"], capture_output=True,
+                                            text=True, env=env).stdout)
+    assert stopped["stopped"] == started["pid"]
+
+
+def test_pull_every_needs_saved_settings(agent):
+    agent.store.mkdir(parents=True)
+    r = agent("agentd", "--detach", "--pull-every", 5, ok=False)
+    assert r["code"] == "bad_input" and "no --source" in r["message"]
