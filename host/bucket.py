@@ -76,6 +76,23 @@ def desired_after(doc: dz.Desired | None, cohort: str, target: dz.Target,
                       time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)))
 
 
+def desired_without(doc: dz.Desired | None, cohort: str, model: str, version: str,
+                    boards: list[str], *, now: float) -> dz.Desired:
+    """Pure: DOC with BOARDS taken off MODEL@VERSION's explicit targets (they fall back to the
+    cohort's "*" target, if any; a target that names no board any more goes)."""
+    gone = set(boards)
+    out = []
+    for t in (doc.targets if doc else ()):
+        if t.model == model and t.version == version and "*" not in t.boards:
+            rest = tuple(b for b in t.boards if b not in gone)
+            if rest:
+                out.append(replace(t, boards=rest))
+        else:
+            out.append(t)
+    return dz.Desired(cohort, next_serial(doc.serial if doc else None, now), tuple(out),
+                      time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)))
+
+
 def stale(status: dz.Status, now: float, polls: int = 3, default_every: float = 60.0
           ) -> tuple[float, bool]:
     """Pure: (age in seconds, whether the board has been silent for more than POLLS polls)."""

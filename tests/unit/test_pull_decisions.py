@@ -101,6 +101,16 @@ def test_desired_after_abort_puts_boards_back():
     assert got == {"*": "v1", "b0": "v1", "b1": "v1", "b2": "v2"}
 
 
+def test_desired_without_takes_boards_off():
+    from edgedeploy.host.bucket import desired_without
+
+    before = _doc([target("v1", boards=("*",)), target("v2", boards=("b0", "b1"))])
+    doc = desired_without(before, "all", "digits", "v2", ["b0"], now=10.0)
+    assert {b: t.version for t in doc.targets for b in t.boards} == {"*": "v1", "b1": "v2"}
+    doc = desired_without(doc, "all", "digits", "v2", ["b1"], now=11.0)
+    assert [t.boards for t in doc.targets] == [("*",)]
+
+
 def test_serial_always_rises():
     assert next_serial(None, 1.5) == 1_500_000
     assert next_serial(2_000_000, 1.5) == 2_000_001
