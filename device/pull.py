@@ -534,17 +534,25 @@ def run_loop(cfg: PullConfig, store: Store, every: float, *, max_polls: int | No
              sleep: Callable[[float], None] = time.sleep,
              log: Callable[[str], None] = lambda s: None) -> int:
     """Poll every EVERY seconds (backing off while polls fail) until SHOULD_STOP or MAX_POLLS;
-    the number of polls that failed in a row at the end."""
+    the number of polls that failed in a row at the end. LOG gets a JSON line per poll: what
+    was done, requests made and body bytes in and out (one kept-alive connection)."""
     failures = 0
     done = 0
     rng = random.Random()
     client = S3Client(cfg.source.endpoint, cfg.creds, timeout=cfg.timeout)
     try:
         while not should_stop() and (max_polls is None or done < max_polls):
+            before = (client.counters.requests, client.counters.bytes_in,
+                      client.counters.bytes_out)
             try:
                 r = poll(cfg, store, client=client)
                 failures = 0
-                log(json.dumps({"poll": done, "actions": r.actions, "reported": r.reported}))
+                c = client.counters
+                log(json.dumps({"poll": done, "actions": r.actions, "reported": r.reported,
+                                "not_modified": r.not_modified,
+                                "requests": c.requests - before[0],
+                                "body_in": c.bytes_in - before[1],
+                                "body_out": c.bytes_out - before[2]}))
             except ObjectStoreError as exc:
                 failures += 1
                 log(f"poll {done}: {exc}")
