@@ -410,8 +410,8 @@ class Poll:
                 f.flush()
                 os.fsync(f.fileno())
         h = hashlib.sha256()
-        with open(part, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
+        with open(part, "rb") as rf:
+            for block in iter(lambda: rf.read(1 << 20), b""):
                 h.update(block)
         if h.hexdigest() != t.sha256:
             part.unlink(missing_ok=True)

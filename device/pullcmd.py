@@ -142,7 +142,7 @@ def pull_config(s: dict, allow_downgrade: bool, runtime: str | None):
 
 
 def save_config(store_root: Path, s: dict) -> None:
-    from .store import write_atomic
+    from .fsio import write_atomic
 
     path = config_path(store_root)
     path.parent.mkdir(parents=True, exist_ok=True)

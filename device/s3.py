@@ -32,7 +32,7 @@ import ssl
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import IO, Callable, Iterator
+from typing import IO, Callable, Iterator, Mapping
 from xml.etree import ElementTree
 
 from ..errors import ObjectMissing, ObjectStoreError, ObjectStoreUnreachable
@@ -51,10 +51,10 @@ class Credentials:
     region: str = "us-east-1"
 
     @classmethod
-    def from_env(cls, env: dict | None = None) -> "Credentials | None":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Credentials | None":
         """AWS's usual variables: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
         AWS_REGION / AWS_DEFAULT_REGION. None when no key is set (anonymous requests)."""
-        env = os.environ if env is None else env
+        env: Mapping[str, str] = os.environ if environ is None else environ
         key, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
         if not key or not secret:
             return None

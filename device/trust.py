@@ -223,8 +223,8 @@ def record_activation(store_root: str | os.PathLike, name: str, version: str,
     from .fsio import write_atomic
 
     data = _ledger(store_root)
-    old = data.get(name) if isinstance(data.get(name), dict) else {}
-    if isinstance(old.get("highest"), int) and old["highest"] >= release:
+    highest = highest_release(store_root, name)
+    if highest is not None and highest >= release:
         return
     data[name] = {"highest": release, "version": version,
                   "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
