@@ -71,12 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("install", help="check a bundle's hashes and store it as NAME/VERSION")
     i.add_argument("bundle", metavar="BUNDLE", help="a folder or .tar/.tar.gz with a manifest")
     i.add_argument("--activate", action="store_true", help="activate it after installing")
+    i.add_argument("--allow-downgrade", action="store_true",
+                   help="with --activate: a release lower than this board has run")
     i.add_argument("--keep", type=int, default=3, help="versions to keep per model (3)")
     i.add_argument("--remove-bundle", action="store_true",
                    help="delete the bundle folder afterwards, installed or not (uploads)")
     a = sub.add_parser("activate", help="make VERSION the current one (atomic)")
     a.add_argument("name")
     a.add_argument("version")
+    a.add_argument("--allow-downgrade", action="store_true",
+                   help="a release lower than this board has run (signed bundles)")
     a.add_argument("--keep", type=int, default=3, help="versions to keep per model (3)")
     r = sub.add_parser("rollback", help="switch back to the previous version")
     r.add_argument("name")
@@ -178,7 +182,8 @@ def cmd_install(a, store) -> dict:
                    "files": got.files, "bytes": got.bytes,
                    "already_present": got.already_present}
             if a.activate:
-                ptr, removed = store.activate(got.name, got.version)
+                ptr, removed = store.activate(got.name, got.version,
+                                              allow_downgrade=a.allow_downgrade)
                 out.update(current=ptr.current, previous=ptr.previous, removed=removed)
     finally:
         if a.remove_bundle and os.path.isdir(a.bundle) and not os.path.islink(a.bundle):
@@ -191,7 +196,7 @@ def cmd_install(a, store) -> dict:
 def cmd_activate(a, store) -> dict:
     store.keep = a.keep
     with store.locked():
-        ptr, removed = store.activate(a.name, a.version)
+        ptr, removed = store.activate(a.name, a.version, allow_downgrade=a.allow_downgrade)
     return protocol.ok("activate", name=a.name, current=ptr.current, previous=ptr.previous,
                        removed=removed)
 

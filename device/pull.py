@@ -292,8 +292,8 @@ class Poll:
         last = self.state.results.get(model)
         step = dz.plan_model(t, ptr.current, ptr.previous, installed, last)
         base = {"version": t.version, "release": t.release, "sha256": t.sha256,
-                "target": t.digest(), "serial": serial, "rollout": t.rollout, "figures": None, "old_figures": None,
-                "error": None, "downgrade": False}
+                "target": t.digest(), "serial": serial, "rollout": t.rollout,
+                "figures": None, "old_figures": None, "error": None, "downgrade": False}
         if step.action == "skip":
             if t.rollback and (not last or last.get("target") != base["target"]):
                 self._result(model, {**base, "error": step.reason}, "refused")
@@ -303,16 +303,19 @@ class Poll:
                     or last.get("outcome") != "committed":
                 self._result(model, base, "committed")
             return "none"
+        downgrade = t.allow_downgrade or self.cfg.allow_downgrade
         try:
-            if step.action == "rollback":  # to a version it ran before: no new trust asked
+            if step.action == "rollback":  # to a version it ran before, as the document says
                 with self.store.locked():
-                    self.store.activate(model, t.version)
+                    self.store.activate(model, t.version, allow_downgrade=True)
                 self._result(model, {**base, "downgrade": True}, "committed")
                 return "rolled back"
             if step.action == "install":
-                self._install(t)
-            else:  # installed before, perhaps by a push: its own manifest and signature
-                self._check_stored(t, ptr.previous)
+                self._install(t, ptr.previous, downgrade)
+            else:  # installed before (perhaps by a push): its release, before any measuring
+                m = self.store.manifest(model, t.version)
+                trust.check_release(self.store.root, model, t.version, m.release,
+                                    previous=ptr.previous, allow_downgrade=downgrade)
             figures = old = None
             if t.measures:
                 figures, old, failed = self._gates(t, ptr.current)
@@ -321,9 +324,8 @@ class Poll:
                                          "error": "gate failed: " + "; ".join(failed)},
                                  "gate_failed")
                     return "gate failed"
-            with self.store.locked():
-                self.store.activate(model, t.version)
-                trust.record_activation(self.store.root, model, t.version, t.release)
+            with self.store.locked():  # the store checks the signature and release again
+                self.store.activate(model, t.version, allow_downgrade=downgrade)
             self._result(model, {**base, "figures": figures, "old_figures": old}, "committed")
             return "activated"
         except (SignatureRefused, DowngradeRefused, HashMismatch, UnsafeBundle,
@@ -343,24 +345,16 @@ class Poll:
     def _result(self, model: str, data: dict, outcome: str) -> None:
         self.state.results[model] = {**data, "outcome": outcome, "time": _iso(self.now())}
 
-    def _install(self, t: dz.Target) -> None:
-        tar = self.download(t)
-        what = f"bundle {t.bundle} ({t.model} {t.version})"
-        manifest, sig = bundle_manifest(tar)
-        self._check_manifest(t, manifest, sig, what, previous=None)
-        with self.store.locked():
-            got = self.store.install(tar)
-        if (got.name, got.version) != (t.model, t.version):  # _check_manifest saw to it
-            raise InputError(f"{what}: installed as {got.name} {got.version}")
-        tar.unlink(missing_ok=True)
-
-    def _check_manifest(self, t: dz.Target, manifest: bytes, sig: bytes | None, what: str,
-                        previous: str | None) -> None:
+    def _install(self, t: dz.Target, previous: str | None, downgrade: bool) -> None:
+        """Download, check the manifest against the target and its release, install (the
+        store checks the signature: nothing unsigned is stored)."""
         from .manifest import Manifest
 
-        trust.verify(manifest, sig, self.store.root, trust.NS_BUNDLE, what)
+        tar = self.download(t)
+        what = f"bundle {t.bundle} ({t.model} {t.version})"
+        raw, _ = bundle_manifest(tar)
         try:
-            m = Manifest.from_dict(json.loads(manifest), what)
+            m = Manifest.from_dict(json.loads(raw), what)
         except ValueError as exc:
             raise InputError(f"{what}: manifest is not JSON ({exc})") from exc
         if (m.name, m.version, m.release) != (t.model, t.version, t.release):
@@ -368,15 +362,10 @@ class Poll:
                              f"{m.release}, the desired state {t.model} {t.version} release "
                              f"{t.release}")
         trust.check_release(self.store.root, t.model, t.version, m.release, previous=previous,
-                            allow_downgrade=t.allow_downgrade or self.cfg.allow_downgrade)
-
-    def _check_stored(self, t: dz.Target, previous: str | None) -> None:
-        """The stored version's own manifest and signature (it may have come by push)."""
-        d = self.store.version_dir(t.model, t.version)
-        sig = d / (MANIFEST + SIG)
-        self._check_manifest(t, (d / MANIFEST).read_bytes(),
-                             sig.read_bytes() if sig.is_file() else None,
-                             f"stored {t.model} {t.version}", previous)
+                            allow_downgrade=downgrade)
+        with self.store.locked():
+            self.store.install(tar)
+        tar.unlink(missing_ok=True)
 
     def download(self, t: dz.Target) -> Path:
         """The bundle as a local file whose sha256 is the target's (a cut download resumes)."""

@@ -325,7 +325,11 @@ def test_resident_agent_pulls_every_few_seconds(setup, models, agent_pyz):
         while board.current() != b.version and time.monotonic() < deadline:
             time.sleep(0.2)
         assert board.current() == b.version
-        st = bucket.statuses()["b0"]
+        while time.monotonic() < deadline:  # the report comes at the end of the poll
+            st = bucket.statuses().get("b0")
+            if st and "digits" in st.results:
+                break
+            time.sleep(0.2)
         assert st.results["digits"]["outcome"] == "committed" and st.poll_every == 0.5
         log = (board.store / "pull" / "loop.log").read_text()
         assert '"digits": "activated"' in log
