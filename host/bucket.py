@@ -24,13 +24,46 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..device import desired as dz
-from ..device.s3 import Credentials, Location, S3Client
+from ..device.s3 import Credentials, Location, S3Client, parse_location
 from ..device.trust import NS_DESIRED
 from ..errors import InputError, ObjectMissing
 from .bundle import Bundle
 from .signing import sign
+
+if TYPE_CHECKING:
+    from ..targets import Fleet
+
+
+@dataclass(frozen=True)
+class Via:
+    """Where pull mode's objects go: the prefix, the controller's credentials, the key that
+    signs bundles and desired states."""
+    location: Location
+    signing_key: str | None
+    creds: Credentials | None = None
+
+    @classmethod
+    def resolve(cls, url: str | None, endpoint: str | None, fleet: "Fleet", *,
+                need_key: bool = True) -> "Via":
+        """URL / ENDPOINT, else the fleet file's [pull] store / endpoint; its signing_key
+        (NEED_KEY: an InputError without one); the credentials in AWS's usual variables."""
+        store = url or fleet.pull.store
+        if not store:
+            raise InputError(f"{fleet.path}: no object store named",
+                             hint="pass --via/--store s3://BUCKET/PREFIX, or set [pull] store "
+                                  "in the fleet file")
+        if need_key and not fleet.signing_key:
+            raise InputError(f"{fleet.path}: pull mode needs signing_key (boards take only "
+                             f"signed bundles and desired states)",
+                             hint='signing_key = "~/.ssh/id_ed25519" at the top of the file')
+        return cls(parse_location(store, endpoint or fleet.pull.endpoint), fleet.signing_key,
+                   Credentials.from_env())
+
+    def bucket(self) -> "Bucket":
+        return Bucket(self.location, self.creds, signing_key=self.signing_key)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..device import protocol
 from ..device.manifest import Manifest, sha256_file
-from ..errors import BoardError, Incompatible
+from ..errors import BoardError, Incompatible, SignatureRefused
 from ..targets import Board
 from .agent_link import AgentLink, Progress, local_agent
 from .bundle import Bundle
@@ -147,8 +147,9 @@ class BoardSession:
 
     # -- changing ----------------------------------------------------------------------
     def push(self, bundle: Bundle, *, activate: bool = True, progress: Progress | None = None,
-             state: protocol.State | None = None) -> PushResult:
-        """STATE: what `state(model=bundle.name)` just said, if the caller has it."""
+             state: protocol.State | None = None, allow_downgrade: bool = False) -> PushResult:
+        """STATE: what `state(model=bundle.name)` just said, if the caller has it.
+        ALLOW_DOWNGRADE: the board may take a release lower than it has run."""
         t0 = time.perf_counter()
         st = state or self.state(model=bundle.name)
         entry = st.model(bundle.name)
@@ -159,32 +160,42 @@ class BoardSession:
         current = entry.current if entry else None
         previous = entry.previous if entry else None
         sent = 0
-        if plan.upload_model:
-            sent, installed = self._upload_and_install(st, bundle, progress, activate)
+        upload = plan.upload_model
+        if not upload and activate and current != bundle.version:
+            try:
+                sw = self.activate(bundle.name, bundle.version, allow_downgrade=allow_downgrade)
+                current, previous = sw.current, sw.previous
+            except SignatureRefused:
+                if not bundle.signature:
+                    raise
+                upload = True  # stored unsigned: the signed manifest goes with the files
+        if upload:
+            sent, installed = self._upload_and_install(st, bundle, progress, activate,
+                                                       allow_downgrade)
             if installed.switched:
                 current, previous = installed.switched.current, installed.switched.previous
-        elif activate and current != bundle.version:
-            sw = self.activate(bundle.name, bundle.version)
-            current, previous = sw.current, sw.previous
         return PushResult(self.board.name, bundle.name, bundle.version, bundle.manifest.label,
                           sent, self.link.agent_uploaded, activate, current, previous,
                           time.perf_counter() - t0, self.link.resident)
 
     def _upload_and_install(self, st: protocol.State, bundle: Bundle,
-                            progress: Progress | None, activate: bool
-                            ) -> tuple[int, protocol.Installed]:
+                            progress: Progress | None, activate: bool,
+                            allow_downgrade: bool = False) -> tuple[int, protocol.Installed]:
         """The bundle into a fresh folder in the agent's INCOMING, then one install (which
-        checks every hash, takes the files in and removes the folder)."""
+        checks every hash — and the signature, on a board with signers — takes the files in
+        and removes the folder)."""
         if not st.incoming:
             raise Incompatible(self.board.name, "its agent names no upload folder",
                                hint="`edgedeploy push` installs the current agent")
         folder = f"{st.incoming}/{bundle.version}.{secrets.token_hex(4)}"
-        files: list[tuple[str, Path | bytes]] = [(bundle.manifest_name, bundle.manifest_bytes())]
+        files: list[tuple[str, Path | bytes]] = list(bundle.meta_files().items())
         files += list(bundle.files().items())
+        flags = (["--activate"] + (["--allow-downgrade"] if allow_downgrade else [])) \
+            if activate else []
         try:
             sent = self.link.upload(folder, files, progress)
             installed = self.link.ask(protocol.Installed.parse, "install", folder,
-                                      "--remove-bundle", *(["--activate"] if activate else []))
+                                      "--remove-bundle", *flags)
             return sent, installed
         except BaseException:
             try:
@@ -193,8 +204,17 @@ class BoardSession:
                 pass
             raise
 
-    def activate(self, name: str, version: str) -> protocol.Switched:
-        return self.link.ask(protocol.Switched.parse, "activate", name, version)
+    def activate(self, name: str, version: str, *, allow_downgrade: bool = False
+                 ) -> protocol.Switched:
+        return self.link.ask(protocol.Switched.parse, "activate", name, version,
+                             *(["--allow-downgrade"] if allow_downgrade else []))
+
+    def trust(self, lines: list[str], *, replace: bool = False) -> list[str]:
+        """Add allowed-signers LINES to the board's store (REPLACE: only those); its list."""
+        args: list[object] = ["trust", *[x for ln in lines for x in ("--add", ln)]]
+        if replace:
+            args.append("--replace")
+        return [str(x) for x in self.link.call(*args).get("signers", [])]
 
     def rollback(self, name: str) -> protocol.Switched:
         return self.link.ask(protocol.Switched.parse, "rollback", name)

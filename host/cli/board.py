@@ -25,6 +25,9 @@ PUSH_EXAMPLES = """examples:
   edgedeploy push out/digits.int8.tflite b0 --fleet fleet.toml --no-activate
   edgedeploy push out/digits.int8.tflite --all --parallel 32 --fleet fleet.toml
   edgedeploy push out/digits.int8.tflite --group kitchen --json
+  edgedeploy push out/digits.int8.tflite b0 --allow-downgrade   # an older signed release
+
+Signed when the fleet file names signing_key (boards that trust signers take nothing else).
 """ + EXAMPLES
 BENCH_EXAMPLES = """examples:
   edgedeploy bench b0 digits --runs 1000 --fleet fleet.toml
@@ -38,6 +41,11 @@ EVAL_EXAMPLES = """examples:
 STATUS_EXAMPLES = """examples:
   edgedeploy status b0 --fleet fleet.toml
   edgedeploy status --all --json
+  edgedeploy status --via s3://fleet-bucket/prod     # pull mode: no board is reached
+  edgedeploy status --via -                          # the fleet file's [pull] store
+
+With --via: each board's last status report and its age; STALE past --stale-polls polls
+(exit 1 if any board is stale or has never reported).
 """ + EXAMPLES
 ROLLBACK_EXAMPLES = """examples:
   edgedeploy rollback b0 digits --fleet fleet.toml
@@ -69,6 +77,10 @@ def register(sub: Any) -> None:
     p.add_argument("--tag", help="the boards with this tag")
     p.add_argument("--parallel", type=int, default=16, metavar="N",
                    help="boards pushed at once (16)")
+    p.add_argument("--allow-downgrade", action="store_true",
+                   help="let boards take a release lower than they have run (signed bundles)")
+    p.add_argument("--release", type=int, metavar="N",
+                   help="sign with this release number (default: the manifest's creation time)")
     p.set_defaults(func=run_push)
 
     b = sub.add_parser("bench", help="time a model on a board", epilog=BENCH_EXAMPLES,
@@ -96,6 +108,11 @@ def register(sub: Any) -> None:
                        epilog=STATUS_EXAMPLES, formatter_class=RAW)
     s.add_argument("board", nargs="?", metavar="BOARD")
     s.add_argument("--all", action="store_true", help="every board in the fleet")
+    from .pull import add_via
+
+    add_via(s, "each board's last report and its age, read")
+    s.add_argument("--stale-polls", type=int, default=3, metavar="N",
+                   help="with --via: silent for more than N polls is stale (3)")
     add_board_options(s, board=False)
     s.set_defaults(func=run_status)
 
@@ -129,29 +146,43 @@ def run_push(a: argparse.Namespace) -> int:
         raise InputError("name a BOARD (or several), or pass --all / --group G / --tag T")
     return push_command(Path(a.model), a.boards, Boards.from_args(a), activate=not a.no_activate,
                         many=many, group=a.group, tag=a.tag, parallel=a.parallel,
-                        as_json=a.json)
+                        as_json=a.json, allow_downgrade=a.allow_downgrade, release=a.release)
 
 
 def push_command(model: Path, names: list[str], where: Boards, *, activate: bool, many: bool,
-                 group: str | None, tag: str | None, parallel: int, as_json: bool) -> int:
+                 group: str | None, tag: str | None, parallel: int, as_json: bool,
+                 allow_downgrade: bool = False, release: int | None = None) -> int:
     from ..bundle import load_bundle
 
-    bundle = load_bundle(model)
+    bundle = signed(load_bundle(model), where, release)
     if many:
         return _push_many(bundle, names, where, activate=activate, group=group, tag=tag,
-                          parallel=parallel, as_json=as_json)
+                          parallel=parallel, as_json=as_json, allow_downgrade=allow_downgrade)
     from rich.progress import Progress
 
     with where.session(names[0]) as s:
         if as_json or not sys.stderr.isatty():
-            result = s.push(bundle, activate=activate)
+            result = s.push(bundle, activate=activate, allow_downgrade=allow_downgrade)
         else:
             with Progress(transient=True) as bar:
                 task = bar.add_task(f"{names[0]}: {bundle.name}", total=bundle.size)
-                result = s.push(bundle, activate=activate,
+                result = s.push(bundle, activate=activate, allow_downgrade=allow_downgrade,
                                 progress=lambda done, total: bar.update(task, completed=done))
     emit(as_json, _record_push(where, bundle, result), push_line(result))
     return 0
+
+
+def signed(bundle: Any, where: Boards, release: int | None = None) -> Any:
+    """BUNDLE signed with the fleet file's signing_key, when it names one (a bundle that comes
+    signed, with no key here, goes as it is)."""
+    from ..signing import sign_bundle
+
+    key = where.fleet().signing_key if where.fleet_path.exists() else None
+    if key is None:
+        if release is not None:
+            raise InputError("--release needs a signing key: set signing_key in the fleet file")
+        return bundle
+    return sign_bundle(bundle, key, release)
 
 
 def _record_push(where: Boards, bundle: Any, result: Any) -> dict:
@@ -162,7 +193,8 @@ def _record_push(where: Boards, bundle: Any, result: Any) -> dict:
 
 
 def _push_many(bundle: Any, names: list[str], where: Boards, *, activate: bool,
-               group: str | None, tag: str | None, parallel: int, as_json: bool) -> int:
+               group: str | None, tag: str | None, parallel: int, as_json: bool,
+               allow_downgrade: bool = False) -> int:
     from ..deploy import PushResult
     from ..fleet import push_many
 
@@ -178,7 +210,8 @@ def _push_many(bundle: Any, names: list[str], where: Boards, *, activate: bool,
 
     t0 = time.perf_counter()
     results = push_many(boards, bundle, activate=activate, parallel=parallel,
-                        accept_new_host_key=where.accept_new_host_key, on_done=done)
+                        accept_new_host_key=where.accept_new_host_key, on_done=done,
+                        allow_downgrade=allow_downgrade)
     rows = []
     for name in results.order:
         if name in results.succeeded:
@@ -239,6 +272,11 @@ def eval_command(board: str, spec: str, data: Path, reference: Path | None, wher
 
 # -- the store -----------------------------------------------------------------------------
 def run_status(a: argparse.Namespace) -> int:
+    if a.via:
+        from .pull import status_via_command
+
+        return status_via_command(a.via, a.endpoint, Boards.from_args(a),
+                                  stale_polls=a.stale_polls, as_json=a.json)
     if not a.all and not a.board:
         raise InputError("name a BOARD or pass --all")
     return status_command(a.board, Boards.from_args(a), every=a.all, as_json=a.json)
