@@ -20,10 +20,10 @@ One poll:
 A poll never leaves the board without a working model: the store's switch is atomic, nothing is
 activated before it verified and passed its gates, and an error in one model's step is recorded
 in that model's result (``failed``: tried again next poll; ``refused`` / ``gate_failed``: not
-retried for the same target and rollout). When the object store can't be reached the poll
-raises ObjectStoreUnreachable after saving what it learnt; :func:`run_loop` then waits longer
-each time (:func:`next_delay`: doubling, capped, with jitter), and the board keeps running what
-it runs.
+retried for the same target). When the object store can't be reached the poll raises
+ObjectStoreUnreachable after saving what it learnt; :func:`run_loop` then waits longer each time
+(:func:`next_delay`: doubling up to 32 polls' time, 10 min at most, with jitter), and the board
+keeps running what it runs.
 
 A board pulls only with allowed signers (STORE/trust/allowed_signers): what it reads from the
 bucket needs no trust beyond the signatures.
@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import (Conflict, DowngradeRefused, EdgeDeployError, HashMismatch, InputError,
-                      ObjectMissing, ObjectStoreError, ObjectStoreUnreachable, RunFailure,
+                      ObjectMissing, ObjectStoreUnreachable, RunFailure,
                       SignatureRefused, StoreError, UnsafeBundle)
 from . import desired as dz
 from . import trust
@@ -124,11 +124,13 @@ class PullState:
 # -- pure -----------------------------------------------------------------------------------
 def next_delay(every: float, failures: int, rand: float) -> float:
     """Pure: seconds to the next poll after FAILURES polls in a row failed (RAND in [0, 1)):
-    EVERY when all is well; else doubling from EVERY, capped at max(EVERY, 600 s), with
-    ±25 % jitter so a fleet that lost its store doesn't come back in step."""
+    EVERY when all is well; else doubling from EVERY up to 32 x EVERY (at most 10 min, never
+    less than EVERY), with ±25 % jitter so a fleet that lost its store doesn't come back in
+    step."""
     if failures <= 0:
         return every
-    base = min(every * (2 ** min(failures, 16)), max(every, MAX_BACKOFF))
+    cap = max(every, min(32 * every, MAX_BACKOFF))
+    base = min(every * (2 ** min(failures, 16)), cap)
     return base * (0.75 + 0.5 * rand)
 
 
@@ -542,12 +544,10 @@ def run_loop(cfg: PullConfig, store: Store, every: float, *, max_polls: int | No
                                 "requests": c.requests - before[0],
                                 "body_in": c.bytes_in - before[1],
                                 "body_out": c.bytes_out - before[2]}))
-            except ObjectStoreError as exc:
+            except EdgeDeployError as exc:  # the store down, another poll running, …
                 failures += 1
-                log(f"poll {done}: {exc}")
-            except EdgeDeployError as exc:
-                failures += 1
-                log(f"poll {done}: {exc}")
+                log(json.dumps({"poll": done, "error": str(exc), "failing": failures,
+                                "next_in": round(next_delay(every, failures, 0.5), 2)}))
             done += 1
             if max_polls is not None and done >= max_polls:
                 break

@@ -5,12 +5,13 @@
     edgedeploy-agent pull [--source URL] [--endpoint URL] [--board NAME] [--cohort C]
                           [--credentials FILE] [--report-every N] [--timeout S]
                           [--allow-downgrade]
-                          [--save] [--every S [--polls N]]
+                          [--save [--save-only]] [--every S [--polls N]]
     edgedeploy-agent trust [--add LINE]… [--replace]
 
 ``pull`` runs one poll (device/pull.py), or with ``--every S`` polls until stopped (``--polls
 N``: N polls), backing off while the store is down. Flags not given come from the saved config
-(``--save`` writes the flags given over it)::
+(``--save`` writes the flags given over it, and copies the credentials file into the store;
+``--save-only``: and no poll)::
 
     STORE/pull/config.json   (owner-only)
     {"source": "s3://BUCKET/PREFIX" | "http(s)://HOST:PORT/BUCKET/PREFIX",
@@ -70,7 +71,10 @@ def register(sub) -> None:
     p.add_argument("--allow-downgrade", action="store_true",
                    help="take a lower release than this board has run")
     p.add_argument("--save", action="store_true",
-                   help="remember these settings in STORE/pull/config.json")
+                   help="remember these settings in STORE/pull/config.json (the credentials "
+                        "file is copied to STORE/pull/credentials.json, owner-only)")
+    p.add_argument("--save-only", action="store_true",
+                   help="with --save: check and remember the settings, don't poll")
     p.add_argument("--every", type=float, metavar="S",
                    help="keep polling every S seconds (backing off while the store is down)")
     p.add_argument("--polls", type=int, metavar="N", help="with --every: stop after N polls")
@@ -141,6 +145,32 @@ def pull_config(s: dict, allow_downgrade: bool, runtime: str | None):
                       allow_downgrade=allow_downgrade, runtime=runtime)
 
 
+def keep_credentials(store_root: Path, s: dict) -> dict:
+    """S with its credentials file copied to STORE/pull/credentials.json (owner-only); a copy
+    that came through the store's upload folder is removed (the deployer sent it there)."""
+    from .fsio import write_atomic
+    from .store import INCOMING
+
+    src = s.get("credentials")
+    if not src:
+        return s
+    dest = Path(store_root) / "pull" / "credentials.json"
+    if Path(src).resolve() == dest.resolve():
+        return s
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    old = os.umask(0o077)
+    try:
+        write_atomic(dest, Path(src).read_bytes())
+    finally:
+        os.umask(old)
+    incoming = (Path(store_root) / INCOMING).resolve()
+    if incoming in Path(src).resolve().parents:
+        import shutil
+
+        shutil.rmtree(Path(src).resolve().parent, ignore_errors=True)
+    return {**s, "credentials": str(dest)}
+
+
 def save_config(store_root: Path, s: dict) -> None:
     from .fsio import write_atomic
 
@@ -160,7 +190,11 @@ def cmd_pull(a: argparse.Namespace, store) -> dict:
     s = settings(a, store.root)
     cfg = pull_config(s, a.allow_downgrade, a.runtime)
     if a.save:
+        s = keep_credentials(store.root, s)
         save_config(store.root, s)
+        if a.save_only:
+            return protocol.ok("pull", board=cfg.board, cohort=cfg.cohort, saved=True,
+                               source=str(cfg.source), config=str(config_path(store.root)))
     if a.every is not None:
         if a.every <= 0:
             raise InputError(f"--every {a.every}: expected seconds > 0")

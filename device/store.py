@@ -20,15 +20,15 @@ Invariants, kept through a kill -9 at any instant:
 * the version named ``current`` (and the one named ``previous``) is never removed or pruned.
 
 What a bundle may hold, and how it is checked, is intake.py's; file-system helpers (atomic
-writes, fsyncs, the kill -9 checkpoints) are fsio.py's.
+writes, fsyncs, the kill -9 checkpoints) are fsio.py's. The agent reports INCOMING and DATA in
+its ``state`` answer: the deployer never builds these paths itself.
 
 Trust (device/trust.py: ROOT/trust/allowed_signers, ROOT/trust/releases.json): a store with
 allowed signers installs only a bundle whose manifest a listed key signed, and activates only a
 version whose stored manifest still verifies — the version kept as ``previous`` excepted (it
 ran here). Activation refuses a release lower than the highest the model has been activated at
 (``allow_downgrade`` lets it, the ``previous`` version is let anyway); the highest release is
-recorded before the switch. ``rollback`` asks nothing: it goes back to what ran before. The agent reports INCOMING and DATA in
-its ``state`` answer: the deployer never builds these paths itself.
+recorded before the switch. ``rollback`` asks nothing: it goes back to what ran before.
 """
 
 from __future__ import annotations

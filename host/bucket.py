@@ -144,6 +144,7 @@ class Bucket:
         self.signing_key = signing_key
         self.client = S3Client(loc.endpoint, self.creds, timeout=timeout)
         self._status_cache: dict[str, tuple[str, dz.Status]] = {}
+        self.warnings: list[str] = []
 
     def close(self) -> None:
         self.client.close()
@@ -172,15 +173,26 @@ class Bucket:
             return Published(key, sha, size, size)
 
     def desired(self, cohort: str) -> dz.Desired | None:
-        """The cohort's desired state as written (the controller trusts its own bucket's
-        document only as far as its format: it was checked when written)."""
+        """The cohort's desired state, to build the next one on — when its signature is the
+        signing key's (or the key's public half isn't at hand to tell). One that doesn't
+        verify (changed in the bucket: every board refuses it too) or doesn't parse is not
+        built on: None, and a line in ``warnings``."""
+        from .signing import signed_by
+
         where = f"{self.loc}/{dz.desired_key(cohort)}"
         try:
             r = self.client.get(self.loc.bucket, self.loc.key(dz.desired_key(cohort)))
         except ObjectMissing:
             return None
-        doc, _ = dz.open_envelope(r.body, where)
-        return dz.Desired.from_json(doc, where)
+        try:
+            doc, sig = dz.open_envelope(r.body, where)
+            if self.signing_key and signed_by(doc, sig, self.signing_key, NS_DESIRED) is False:
+                raise InputError(f"{where}: not signed by {self.signing_key} (changed in the "
+                                 f"bucket?)")
+            return dz.Desired.from_json(doc, where)
+        except InputError as exc:
+            self.warnings.append(f"{exc}; writing a new one from scratch")
+            return None
 
     def put_desired(self, doc: dz.Desired) -> str | None:
         """Sign DOC and write it; its ETag."""

@@ -86,3 +86,34 @@ def sign_bundle(bundle: Bundle, key: str | os.PathLike, release: int | None = No
                 release=release_for(bundle.manifest.created, bundle.manifest.release, release))
     signed = replace(bundle, manifest=m, signature=None)
     return replace(signed, signature=sign(signed.manifest_bytes(), key, NS_BUNDLE))
+
+
+def public_key(key: str | os.PathLike) -> Path | None:
+    """The .pub of a signing key (the key itself when it is one), if it is there."""
+    path = Path(key).expanduser()
+    pub = path if path.suffix == ".pub" else path.with_name(path.name + ".pub")
+    return pub if pub.is_file() else None
+
+
+def signed_by(data: bytes, signature: str | None, key: str | os.PathLike,
+              namespace: str) -> bool | None:
+    """Whether SIGNATURE over DATA is KEY's (None: KEY's public half is not at hand to tell).
+    The controller checks a document it wrote before building on it."""
+    import tempfile
+
+    pub = public_key(key)
+    exe = shutil.which("ssh-keygen")
+    if pub is None or exe is None:
+        return None
+    if not signature:
+        return False
+    parts = pub.read_text().split()
+    with tempfile.TemporaryDirectory(prefix="edgedeploy-verify-") as tmp:
+        allowed = Path(tmp) / "allowed_signers"
+        allowed.write_text(f'controller namespaces="{namespace}" {parts[0]} {parts[1]}\n')
+        sig = Path(tmp) / "doc.sig"
+        sig.write_text(signature)
+        p = subprocess.run([exe, "-Y", "verify", "-f", str(allowed), "-I", "controller", "-n",
+                            namespace, "-s", str(sig)], input=data, capture_output=True,
+                           timeout=SIGN_TIMEOUT, start_new_session=True)
+    return p.returncode == 0

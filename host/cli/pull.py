@@ -1,4 +1,4 @@
-"""Signed bundles and pull mode: ``edgedeploy trust``, ``edgedeploy publish``, and the
+"""Signed bundles and pull mode: ``edgedeploy trust``, ``publish``, ``pull-setup``, and the
 ``--via`` halves of ``status`` and ``rollout start`` (which register themselves in board.py and
 rollout.py and call the functions here). The object store's layout and documents are
 device/desired.py's; what the controller does there is host/bucket.py's."""
@@ -6,6 +6,7 @@ device/desired.py's; what the controller does there is host/bucket.py's."""
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,7 @@ AWS_SECRET_ACCESS_KEY (/ AWS_SESSION_TOKEN)."""
 
 
 def register(sub: Any) -> None:
+    register_setup(sub)
     t = sub.add_parser("trust", help="the keys whose signatures boards take (allowed signers)",
                        epilog=TRUST_EXAMPLES, formatter_class=RAW)
     t.add_argument("boards", nargs="*", metavar="BOARD")
@@ -186,6 +188,8 @@ def publish_command(model: Path, where: Boards, *, store: str | None, endpoint: 
                                 None if whole else sorted(boards), now=time.time())
             bucket.put_desired(doc)
             written[cohort] = {"serial": doc.serial, "boards": "*" if whole else sorted(boards)}
+        for w in bucket.warnings:
+            print(f"edgedeploy publish: warning: {w}", file=sys.stderr)
     out = {"model": bundle.name, "version": bundle.version, "release": bundle.manifest.release,
            "store": str(via.location), "bundle": pub.key, "sha256": pub.sha256,
            "size": pub.size, "uploaded": pub.uploaded, "cohorts": written}
@@ -252,3 +256,85 @@ def status_via_command(url: str | None, endpoint: str | None, where: Boards, *,
     rows = status_rows(via, list(fleet.boards), stale_polls, fleet.pull.poll_every)
     emit(as_json, rows, status_text(rows, str(via.location)))
     return 1 if any(r["stale"] for r in rows) else 0
+
+
+# -- pull-setup ----------------------------------------------------------------------------
+SETUP_EXAMPLES = """examples:
+  edgedeploy pull-setup --all --credentials creds.json --every 60      # [pull] store
+  edgedeploy pull-setup pi-kitchen --source s3://fleet-bucket/prod \\
+      --endpoint https://s3.example:9000 --credentials pi-kitchen.json --cohort kitchen
+
+Over SSH, once: the current agent, the fleet file's signing key as the boards' allowed signer
+(with --signer KEY.pub: that key instead), the store's settings and the board's credentials
+(a JSON file {"access_key": …, "secret_key": …}, or one such object per board name), then the
+resident agent polling every --every seconds. Give each board credentials that may write only
+STATUS/BOARD/* under the prefix (README: Pull mode)."""
+
+
+def register_setup(sub: Any) -> None:
+    p = sub.add_parser("pull-setup", help="set boards up for pull mode (over SSH, once)",
+                       epilog=SETUP_EXAMPLES, formatter_class=RAW)
+    p.add_argument("boards", nargs="*", metavar="BOARD")
+    p.add_argument("--source", metavar="URL", help="the store as the boards reach it "
+                                                    "(default: the fleet file's [pull] store)")
+    p.add_argument("--endpoint", metavar="URL", help="the S3 endpoint for an s3:// source")
+    p.add_argument("--credentials", type=Path, metavar="FILE", help="JSON, see below")
+    p.add_argument("--signer", action="append", type=Path, metavar="KEY.pub",
+                   help="allowed signer (default: signing_key's .pub)")
+    p.add_argument("--every", type=float, metavar="S", help="poll interval (the fleet file's "
+                                                             "[pull] poll_every, else 60)")
+    p.add_argument("--report-every", type=int, default=1, metavar="N",
+                   help="status at least every N polls (1)")
+    p.add_argument("--all", action="store_true", help="every board in the fleet")
+    p.add_argument("--group", help="the boards in this group")
+    p.add_argument("--tag", help="the boards with this tag")
+    add_board_options(p, board=False, results=False)
+    p.set_defaults(func=run_setup)
+
+
+def run_setup(a: argparse.Namespace) -> int:
+    import json
+
+    from ..deploy import BoardSession
+    from ..pullsetup import PullSetup, setup_pull
+
+    where = Boards.from_args(a)
+    fleet = where.fleet()
+    if not (a.boards or a.all or a.group or a.tag):
+        raise InputError("name a BOARD (or several), or pass --all / --group G / --tag T")
+    source = a.source or fleet.pull.store
+    if not source:
+        raise InputError("no --source, and the fleet file has no [pull] store")
+    pubs = [p.expanduser().read_text() for p in (a.signer or [])]
+    if not pubs:
+        if not fleet.signing_key:
+            raise InputError("no --signer, and the fleet file has no signing_key")
+        key = Path(fleet.signing_key)
+        pub = key if key.suffix == ".pub" else key.with_name(key.name + ".pub")
+        try:
+            pubs = [pub.read_text()]
+        except OSError as exc:
+            raise InputError(f"{pub}: {exc.strerror or exc}",
+                             hint="pass --signer KEY.pub") from exc
+    creds: dict | None = None
+    if a.credentials:
+        try:
+            creds = json.loads(a.credentials.read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{a.credentials}: not a JSON credentials file ({exc})") from exc
+    boards = fleet.select(a.boards or None, group=a.group, tag=a.tag)
+    out, failed = [], 0
+    for b in boards:
+        mine = creds.get(b.name) if creds and "access_key" not in creds else creds
+        setup = PullSetup(source, a.endpoint or fleet.pull.endpoint, b.cohort,
+                          a.every or fleet.pull.poll_every, a.report_every)
+        try:
+            with BoardSession(b, accept_new_host_key=where.accept_new_host_key) as s:
+                out.append(setup_pull(s, setup, pubs, mine))
+        except EdgeDeployError as exc:
+            failed += 1
+            out.append({"board": b.name, "error": str(exc)})
+    emit(a.json, out, "\n".join(f"{r['board']}: pulling every {a.every or fleet.pull.poll_every:g} s"
+                                if "error" not in r else f"{r['board']}: FAILED: {r['error']}"
+                                for r in out))
+    return 1 if failed else 0

@@ -94,7 +94,13 @@ class PullRunner:
                                 now=self.clock())
             self.bucket.put_desired(doc)
             serial = max(serial, doc.serial)
+        self.warn()
         return serial
+
+    def warn(self) -> None:
+        for w in self.bucket.warnings:
+            self.emit({"warning": w})
+        self.bucket.warnings.clear()
 
     def move_back(self, rows: list[BoardRow]) -> tuple[int, list[str]]:
         """Every board in ROWS back to its old version (a rollback target), or, with none,
@@ -121,6 +127,7 @@ class PullRunner:
                                   now=now)
             self.bucket.put_desired(doc)
             serial = max(serial, doc.serial)
+        self.warn()
         return serial, orphans
 
     # -- waiting for the boards -------------------------------------------------------------

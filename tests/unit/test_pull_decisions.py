@@ -118,7 +118,8 @@ def test_serial_always_rises():
 
 @pytest.mark.parametrize("every, failures, rand, lo, hi", [
     (5, 0, 0.9, 5, 5), (5, 1, 0.0, 7.5, 7.5), (5, 1, 0.999, 12.4, 12.5),
-    (5, 3, 0.5, 40, 40), (5, 50, 0.5, 600, 600), (900, 2, 0.5, 900, 900),
+    (5, 3, 0.5, 40, 40), (5, 50, 0.5, 160, 160), (60, 50, 0.5, 600, 600),
+    (1, 50, 0.5, 32, 32), (900, 2, 0.5, 900, 900),
 ])
 def test_backoff(every, failures, rand, lo, hi):
     assert lo <= next_delay(every, failures, rand) <= hi
