@@ -48,5 +48,6 @@ def setup_pull(s: BoardSession, setup: PullSetup, signer_pubs: list[str],
     saved = s.link.call(*args)
     started = s.link.call("agentd", "--detach", "--idle", 0, "--tag", board.python,
                           "--pull-every", setup.every)
+    s.link.keep_resident()  # the session's end must not replace it with a plain one
     return {"board": board.name, "config": saved.get("config"), "source": saved.get("source"),
             "agentd": started}

@@ -188,7 +188,7 @@ def run_start(a: argparse.Namespace) -> int:
                       skip_incompatible=a.skip_incompatible,
                       accept_new_host_key=a.accept_new_host_key,
                       gate_data=str(a.gate_data.resolve()) if a.gate_data else None,
-                      via=a.via, via_endpoint=a.endpoint)
+                      **_via_options(a.via, a.endpoint, Boards.from_args(a)))
     return start_command(Path(a.model), options, Boards.from_args(a), a.journal, group=a.group,
                          tag=a.tag, dry_run=a.dry_run, as_json=a.json)
 
@@ -256,6 +256,21 @@ def resume_command(rollout_id: str, model: Path | None, journal: Path | None, *,
     bundle = signed(fleet.rollout_bundle(model or row.bundle, row.options.gate_data), where)
     return _show(fleet.resume(j, rollout_id, boards, bundle, _events(as_json),
                               via=_via(row.options, where)), as_json)
+
+
+def _via_options(url: str | None, endpoint: str | None, where: Boards) -> dict:
+    """--via / --endpoint as the journal keeps them: '-' and a missing endpoint filled in from
+    the fleet file's [pull] table (a resume then needs nothing else)."""
+    if not url:
+        return {"via": None, "via_endpoint": None}
+    pull = where.fleet().pull if where.fleet_path.exists() else None
+    if url == "-":
+        if pull is None or not pull.store:
+            raise InputError(f"--via -: {where.fleet_path} has no [pull] store")
+        url = pull.store
+    if endpoint is None and pull is not None and url.startswith("s3://"):
+        endpoint = pull.endpoint
+    return {"via": url, "via_endpoint": endpoint}
 
 
 def _via(options: "Options", where: Boards) -> Any:

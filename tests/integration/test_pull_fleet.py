@@ -73,6 +73,10 @@ def pf(tmp_path_factory):
                            [key.with_suffix(".pub").read_text()], info["boards"][name])
         env = {"AWS_ACCESS_KEY_ID": info["controller"]["access_key"],
                "AWS_SECRET_ACCESS_KEY": info["controller"]["secret_key"]}
+        b = Bucket(Location(info["endpoint"], info["bucket"], "fleet"),
+                   Credentials(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]))
+        wait_for(lambda: set(b.statuses()) >= set(BOARDS), "every board's first report", 60)
+        b.close()
         yield {"dir": d, "fleet": d / "fleet.toml", "os": os_dir, "info": info, "env": env,
                "key": key, "state": state}
     finally:
@@ -81,7 +85,8 @@ def pf(tmp_path_factory):
 
 
 def cli(pf, *args, check=True, db=None):
-    p = ed(*args, "--fleet", pf["fleet"], db=db or pf["dir"] / "results.db",
+    fleet = () if args[:2] == ("rollout", "resume") else ("--fleet", pf["fleet"])
+    p = ed(*args, *fleet, db=db or pf["dir"] / "results.db",
            env={**pf["env"], "EDGEDEPLOY_ROLLOUTS": str(pf["dir"] / "rollouts.db")})
     if check:
         assert p.returncode == 0, f"edgedeploy {args}: {p.stdout}\n{p.stderr}"
@@ -313,7 +318,12 @@ def test_8_controller_killed_mid_rollout_resumes(pf, variants):
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         def canary_done():
+            if not journal.exists():
+                return None
             with sqlite3.connect(journal) as c:
+                if not c.execute("SELECT name FROM sqlite_master WHERE name = 'rollouts'"
+                                 ).fetchone():
+                    return None
                 row = c.execute("SELECT id FROM rollouts WHERE state = 'running' ORDER BY "
                                 "created DESC LIMIT 1").fetchone()
                 if not row:
