@@ -37,6 +37,9 @@ if TYPE_CHECKING:
     from ..targets import Fleet
 
 
+DIRECT_READS = 50  # statuses(only=…) of at most this many boards: a GET each, no LIST
+
+
 @dataclass(frozen=True)
 class Via:
     """Where pull mode's objects go: the prefix, the controller's credentials, the key that
@@ -206,8 +209,11 @@ class Bucket:
         return r.etag
 
     def statuses(self, only: set[str] | None = None) -> dict[str, dz.Status]:
-        """board → its last status (one LIST per 1000 boards; GETs only for what changed, and
-        with ONLY, only for those boards: a rollout reads its wave's)."""
+        """board → its last status. With ONLY (a rollout reads its wave's) and a few boards: a
+        conditional GET each (304 while unchanged); else one LIST per 1000 boards and a GET
+        only for the objects whose ETag changed."""
+        if only is not None and len(only) <= DIRECT_READS:
+            return {b: st for b in sorted(only) if (st := self._status_of(b)) is not None}
         prefix = self.loc.key("status") + "/"
         out: dict[str, dz.Status] = {}
         for obj in self.client.list(self.loc.bucket, prefix):
@@ -219,13 +225,23 @@ class Bucket:
             if cached and cached[0] == obj.etag:
                 out[board] = cached[1]
                 continue
-            try:
-                r = self.client.get(self.loc.bucket, obj.key)
-                st = dz.Status.from_json(r.body, f"{self.loc.bucket}/{obj.key}")
-            except (ObjectMissing, InputError):
-                continue  # gone since the listing, or garbage: no status for that board
-            if st.board != board:
-                continue  # a board writes only its own prefix; a mismatch is not its report
-            self._status_cache[obj.key] = (r.etag or obj.etag, st)
-            out[board] = st
+            st = self._status_of(board)
+            if st is not None:
+                out[board] = st
         return out
+
+    def _status_of(self, board: str) -> dz.Status | None:
+        key = self.loc.key(dz.status_key(board))
+        cached = self._status_cache.get(key)
+        try:
+            r = self.client.get(self.loc.bucket, key,
+                                if_none_match=cached[0] if cached else None)
+            if r.status == 304 and cached:
+                return cached[1]
+            st = dz.Status.from_json(r.body, f"{self.loc.bucket}/{key}")
+        except (ObjectMissing, InputError):
+            return None  # none yet, gone, or garbage: no status for that board
+        if st.board != board:
+            return None  # a board writes only its own prefix; a mismatch is not its report
+        self._status_cache[key] = (r.etag or "", st)
+        return st
