@@ -9,11 +9,13 @@ One poll:
    than one taken before is a replay: refused). A refused document is remembered by its ETag
    and the board goes on with the last one it took.
 2. For each model the document gives this board (pure: ``desired.plan_model``): download the
-   bundle into ``STORE/pull/downloads/SHA.part`` (a cut download resumes with a Range GET),
-   check its sha256 against the document, check the manifest's signature and release number
-   (anti-downgrade), install it into the store (hash-checked, not active), run the target's
-   gates on the board (``eval`` on the bundle's gate data and ``bench``, each in an agent
-   process of its own), then activate it — or keep the old version when a gate fails.
+   bundle into ``STORE/pull/downloads/SHA.part`` (device/fetch.py: a cut download resumes with
+   a Range GET) and check its sha256 against the document; check its manifest against the
+   target and its release number (anti-downgrade); install it into the store (which checks
+   the signature; hash-checked, not active); run the target's gates on the board
+   (device/measure.py: ``eval`` on the bundle's gate data and ``bench``, each in an agent
+   process of its own); then activate it (the store checks signature and release again) — or
+   keep the old version when a gate fails.
 3. PUT ``status/BOARD/status.json`` (device/desired.py: Status) when anything changed, and at
    least every REPORT_EVERY polls, so the controller can tell a silent board.
 
@@ -40,38 +42,29 @@ Files (STORE/pull/)::
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import random
-import shutil
-import subprocess
-import sys
-import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from ..errors import (Conflict, DowngradeRefused, EdgeDeployError, HashMismatch, InputError,
-                      ObjectMissing, ObjectStoreUnreachable, RunFailure,
-                      SignatureRefused, StoreError, UnsafeBundle)
+                      ObjectMissing, ObjectStoreUnreachable, SignatureRefused, StoreError,
+                      UnsafeBundle)
 from . import desired as dz
 from . import trust
-from .fsio import checkpoint, write_atomic
+from .fetch import bundle_manifest, fetch_bundle
+from .fsio import write_atomic
 from .gates import GATE_FILE, check_gates, parse_gate
-from .intake import MANIFEST, SIG
+from .measure import Measure, agent_measure
 from .s3 import Credentials, Location, S3Client
 from .store import Store
 
 PULL_DIR = "pull"
 STATE = "state.json"
-MAX_MANIFEST = 1 << 20
-MEASURE_TIMEOUT = 900.0
 MAX_BACKOFF = 600.0
-
-# figures of NAME@VERSION: (name, version, gate data path | None, has reference outputs, runs)
-Measure = Callable[[str, str, "Path | None", bool, int], dict]
 
 
 @dataclass
@@ -134,88 +127,11 @@ def next_delay(every: float, failures: int, rand: float) -> float:
     return base * (0.75 + 0.5 * rand)
 
 
-def bundle_manifest(tar_path: Path) -> tuple[bytes, bytes | None]:
-    """(manifest bytes, signature bytes or None) read from a bundle tar, trusting nothing:
-    both must be regular members, the manifest one only."""
-    try:
-        tf = tarfile.open(tar_path, "r:*")
-    except (tarfile.TarError, OSError) as exc:
-        raise UnsafeBundle(f"bundle {tar_path.name}: not a tar ({exc})") from exc
-    with tf:
-        members = {m.name: m for m in tf.getmembers()}
-        names = [n for n in members if n == MANIFEST or n.endswith(".manifest.json")]
-        if len(names) != 1:
-            raise UnsafeBundle(f"bundle {tar_path.name}: {len(names)} manifests, expected one")
-
-        def read(name: str) -> bytes | None:
-            m = members.get(name)
-            if m is None:
-                return None
-            if not m.isreg() or m.size > MAX_MANIFEST:
-                raise UnsafeBundle(f"bundle {tar_path.name}: {name} is not a small regular file")
-            f = tf.extractfile(m)
-            assert f is not None
-            return f.read()
-        data = read(names[0])
-        assert data is not None
-        return data, read(names[0] + SIG)
-
-
 def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 # -- acting ---------------------------------------------------------------------------------
-def agent_argv(store_root: Path, runtime: str | None) -> list[str]:
-    """How to run this agent in a process of its own (the zipapp, or the installed package)."""
-    argv0 = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    if argv0.endswith(".pyz") or os.path.isdir(argv0):
-        base = [sys.executable, argv0]
-    else:
-        base = [sys.executable, "-m", "edgedeploy.device.agent"]
-    return base + ["--store", str(store_root)] + (["--runtime", runtime] if runtime else [])
-
-
-def agent_measure(store_root: Path, runtime: str | None) -> Measure:
-    """The gates' figures from the agent's own ``eval`` and ``bench``, each in a process of its
-    own (its timings and memory are its own; a model that crashes the runtime fails its gate
-    and not this poll)."""
-    base = agent_argv(store_root, runtime)
-
-    def call(*args: str) -> dict:
-        try:
-            p = subprocess.run([*base, *args], capture_output=True, text=True,
-                               timeout=MEASURE_TIMEOUT)
-        except subprocess.TimeoutExpired as exc:
-            raise RunFailure(f"`{' '.join(args[:2])}` took over {MEASURE_TIMEOUT:.0f} s") \
-                from exc
-        try:
-            msg = json.loads(p.stdout.strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            msg = None
-        if not isinstance(msg, dict) or not msg.get("ok"):
-            why = msg.get("message") if isinstance(msg, dict) else \
-                (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]
-            raise RunFailure(f"`{' '.join(args[:2])}`: {why}")
-        return msg
-
-    def measure(name: str, version: str, data: Path | None, reference: bool, runs: int
-                ) -> dict:
-        figures: dict = {}
-        if data is not None:
-            args = ["eval", f"{name}@{version}", "--data", str(data)]
-            ev = call(*args, *(["--reference", str(data)] if reference else []))
-            figures["accuracy"] = ev["top1"]
-            if ev.get("agreement"):
-                figures["agreement"] = ev["agreement"]["top1_agreement"]
-        b = call("bench", f"{name}@{version}", "--runs", str(runs), "--warmup", "5",
-                 "--no-samples")
-        t = b["timing"]
-        figures.update(p50_ms=t["p50_ms"], p90_ms=t["p90_ms"], p99_ms=t["p99_ms"])
-        return figures
-    return measure
-
-
 class _PollLock:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -352,7 +268,8 @@ class Poll:
         store checks the signature: nothing unsigned is stored)."""
         from .manifest import Manifest
 
-        tar = self.download(t)
+        tar = fetch_bundle(self.client, self.cfg.source, t, self.dir / "downloads",
+                           self.store.root, self._counted)
         what = f"bundle {t.bundle} ({t.model} {t.version})"
         raw, _ = bundle_manifest(tar)
         try:
@@ -369,47 +286,8 @@ class Poll:
             self.store.install(tar)
         tar.unlink(missing_ok=True)
 
-    def download(self, t: dz.Target) -> Path:
-        """The bundle as a local file whose sha256 is the target's (a cut download resumes)."""
-        d = self.dir / "downloads"
-        d.mkdir(parents=True, exist_ok=True)
-        for p in d.iterdir():  # an older target's leftovers
-            if not p.name.startswith(t.sha256):
-                p.unlink(missing_ok=True)
-        part = d / f"{t.sha256}.part"
-        have = part.stat().st_size if part.exists() else 0
-        if have > t.size:
-            part.unlink()
-            have = 0
-        free = shutil.disk_usage(self.store.root).free
-        if free < 2 * (t.size - have) + (1 << 20):
-            raise StoreError(f"bundle {t.bundle}: {free} bytes free under {self.store.root}, "
-                             f"it needs 2 x {t.size}", hint="free some space on the board")
-        if have < t.size:
-            with open(part, "ab") as f:
-                pos = f.tell()
-
-                def counted(chunk: bytes) -> None:
-                    f.write(chunk)
-                    self.downloaded += len(chunk)
-                    checkpoint("pull:chunk")
-
-                loc = self.cfg.source
-                self.client.request("GET", loc.bucket, loc.key(t.bundle),
-                                    headers={"range": f"bytes={have}-"} if have else {},
-                                    sink=counted, on_start=lambda s: _restart(f, s, pos))
-                f.flush()
-                os.fsync(f.fileno())
-        h = hashlib.sha256()
-        with open(part, "rb") as rf:
-            for block in iter(lambda: rf.read(1 << 20), b""):
-                h.update(block)
-        if h.hexdigest() != t.sha256:
-            part.unlink(missing_ok=True)
-            raise HashMismatch(f"bundle {t.bundle}: its sha256 is {h.hexdigest()[:12]}…, the "
-                               f"desired state says {t.sha256[:12]}…",
-                               hint="the object in the bucket is not what was published")
-        return part
+    def _counted(self, n: int) -> None:
+        self.downloaded += n
 
     def _gates(self, t: dz.Target, current: str | None
                ) -> tuple[dict | None, dict | None, list[str]]:
@@ -486,12 +364,6 @@ class Poll:
         finally:
             self.state.save(self.dir / STATE)
         return PollResult(status, reported, actions, not_modified)
-
-
-def _restart(f, status: int, pos: int) -> None:
-    if pos and status == 200:  # the server ignored the range: the whole object comes
-        f.seek(0)
-        f.truncate()
 
 
 def _has_outputs(path: Path) -> bool:

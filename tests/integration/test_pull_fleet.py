@@ -22,7 +22,6 @@ from edgedeploy.host.bucket import Bucket, desired_after
 from edgedeploy.host.bundle import load_bundle
 from edgedeploy.host.signing import sign_bundle
 
-from tests.conftest import REPO
 from tests.integration.conftest import ed, fleet_down, fleet_up
 from tests.integration.test_rollout import board_state
 from tests.objectstore import objectstore_down, objectstore_signal, objectstore_up
