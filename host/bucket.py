@@ -37,7 +37,8 @@ if TYPE_CHECKING:
     from ..targets import Fleet
 
 
-DIRECT_READS = 50  # statuses(only=…) of at most this many boards: a GET each, no LIST
+DIRECT_READS = 400  # statuses(only=…) of at most this many boards: a GET each, no LIST
+READERS = 8         # … that many at a time
 
 
 @dataclass(frozen=True)
@@ -209,11 +210,12 @@ class Bucket:
         return r.etag
 
     def statuses(self, only: set[str] | None = None) -> dict[str, dz.Status]:
-        """board → its last status. With ONLY (a rollout reads its wave's) and a few boards: a
-        conditional GET each (304 while unchanged); else one LIST per 1000 boards and a GET
-        only for the objects whose ETag changed."""
+        """board → its last status. With ONLY (a rollout reads its wave's) of at most
+        DIRECT_READS boards: a conditional GET each, READERS at a time (304 while unchanged;
+        a LIST would page through every board of the prefix); else one LIST per 1000 boards
+        and a GET only for the objects whose ETag changed."""
         if only is not None and len(only) <= DIRECT_READS:
-            return {b: st for b in sorted(only) if (st := self._status_of(b)) is not None}
+            return self._read_each(sorted(only))
         prefix = self.loc.key("status") + "/"
         out: dict[str, dz.Status] = {}
         for obj in self.client.list(self.loc.bucket, prefix):
@@ -230,12 +232,36 @@ class Bucket:
                 out[board] = st
         return out
 
-    def _status_of(self, board: str) -> dz.Status | None:
+    def _read_each(self, boards: list[str]) -> dict[str, dz.Status]:
+        """A conditional GET per board, READERS at a time (a kept-alive client each)."""
+        if len(boards) <= 1:
+            return {b: st for b in boards if (st := self._status_of(b)) is not None}
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        local = threading.local()
+        made: list[S3Client] = []
+
+        def one(board: str) -> tuple[str, dz.Status | None]:
+            c = getattr(local, "c", None)
+            if c is None:
+                c = local.c = S3Client(self.loc.endpoint, self.creds,
+                                       timeout=self.client.timeout)
+                made.append(c)
+            return board, self._status_of(board, c)
+        try:
+            with ThreadPoolExecutor(max_workers=min(READERS, len(boards))) as pool:
+                return {b: st for b, st in pool.map(one, boards) if st is not None}
+        finally:
+            for c in made:
+                c.close()
+
+    def _status_of(self, board: str, client: S3Client | None = None) -> dz.Status | None:
         key = self.loc.key(dz.status_key(board))
         cached = self._status_cache.get(key)
         try:
-            r = self.client.get(self.loc.bucket, key,
-                                if_none_match=cached[0] if cached else None)
+            r = (client or self.client).get(self.loc.bucket, key,
+                                            if_none_match=cached[0] if cached else None)
             if r.status == 304 and cached:
                 return cached[1]
             st = dz.Status.from_json(r.body, f"{self.loc.bucket}/{key}")

@@ -3,8 +3,10 @@
 Rig: N real boards (scripts/fleet: netns, sshd, both board envs; 200 by default), each set up
 once over SSH for pull mode (`pull-setup`: signer, credentials that may write only its own
 status, the resident agent polling every EVERY s) against one SeaweedFS (scripts/objectstore);
-plus scripts/pull_loadgen.py standing in for LOAD more boards' polls (10,000 by default, each
-every EVERY s) against the same store. Measured:
+plus scripts/pull_loadgen.py standing in for LOAD more boards' polls (10,000 by default)
+against the same store, in one trial per --load-every interval (5 s: more than this machine's
+store serves — the generator runs flat out and says what it got; 60 s: the README's case).
+Measured:
 
 * idle polls: object-store requests per board per poll and HTTP body bytes (the agents' loop
   logs), bytes on the wire per poll (each board's link counters: TCP/IP and HTTP headers
@@ -12,7 +14,7 @@ every EVERY s) against the same store. Measured:
 * `edgedeploy rollout start --via` of a new version (a model already active at the old one;
   waves canary 1, then --waves; no gates, as bench_rollout): wall time from the command to
   every board committed, controller CPU (the CLI process and its children) per board — alone,
-  then with the load generator running;
+  then with the load generator running (started first, stopped when the rollout ends);
 * `edgedeploy rollout start` over SSH of the same boards, same waves, --parallel P, in the same
   run (a fresh model name: the pull loops leave it alone; the resident agents serve it).
 
@@ -99,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--boards", type=int, default=200)
     ap.add_argument("--every", type=float, default=5.0, help="boards' poll interval (5 s)")
     ap.add_argument("--load", type=int, default=10000, help="simulated boards (10000)")
+    ap.add_argument("--load-every", default="5,60",
+                    help="the simulated boards' poll intervals, a trial each (5,60 s)")
     ap.add_argument("--load-procs", type=int, default=2)
     ap.add_argument("--load-threads", type=int, default=32)
     ap.add_argument("--parallel", type=int, default=20, help="SSH rollout's parallelism")
@@ -172,12 +176,14 @@ def main(argv: list[str] | None = None) -> int:
             st = bucket.statuses()
             return all((st[n].models.get(name) or {}).get("current") == version for n in names)
 
-        trials: dict[str, list[dict]] = {"pull": [], "pull_with_load": [], "ssh": []}
-        loads: list[dict] = []
+        load_every = [float(x) for x in a.load_every.split(",") if x]
+        ways = ["pull"] + [f"pull_load{x:g}" for x in load_every] + ["ssh"]
+        trials: dict[str, list[dict]] = {w: [] for w in ways}
+        loads: dict[str, dict] = {}
         idle: dict = {}
         for rep in range(a.reps):
-            for way in ("pull", "pull_with_load", "ssh"):
-                name = f"{way.replace('_', '')}{rep}"
+            for way in ways:
+                name = f"{way.replace('_', '').replace('.', '')}{rep}"
                 old = fresh(name)
                 new = Bundle(replace(old.manifest, version="b" + old.version[1:]),
                              old.model_path)
@@ -204,28 +210,34 @@ def main(argv: list[str] | None = None) -> int:
                            str(d / "fleet.toml"), "--waves", a.waves, "--timeout", "300",
                            "--json", "--max-failures", "0"]
                 loader = None
-                if way == "pull_with_load":
+                stop = work / f"stop-{name}"
+                if way.startswith("pull_load"):
                     box: dict = {}
-                    seconds = 30 + 20 * a.every
+                    every = float(way[len("pull_load"):])
 
-                    def run_load() -> None:
+                    def run_load(every: float = every) -> None:
                         box["r"] = pull_loadgen.run(
                             info["endpoint"], info["bucket"], "fleet/desired/all.json",
-                            "fleet/status/", info["boards"]["loadgen"], a.load, a.every,
-                            seconds, procs=a.load_procs, threads=a.load_threads,
-                            status_template=sample_status(bucket, names[0]))
+                            "fleet/status/", info["boards"]["loadgen"], a.load, every,
+                            900, procs=a.load_procs, threads=a.load_threads,
+                            status_template=sample_status(bucket, names[0]),
+                            stop_path=str(stop))
                     loader = threading.Thread(target=run_load)
                     loader.start()
-                    time.sleep(a.every + 2)  # the load is on before the rollout starts
+                    time.sleep(max(a.every, min(every, 15)) + 2)  # the load is on first
                 log(f"rep {rep}: {way} rollout of {a.boards} boards")
-                r = run_timed(cmd, env=env, what="bench_pull")
+                try:
+                    r = run_timed(cmd, env=env, what="bench_pull")
+                finally:
+                    stop.touch()
+                    if loader is not None:
+                        loader.join()
                 out = json.loads(r.pop("stdout"))
                 if out["state"] != "succeeded":
                     raise SystemExit(f"bench_pull: {way} rollout {out['state']}: "
                                      f"{out.get('message')}")
                 if loader is not None:
-                    loader.join()
-                    loads.append(box["r"])
+                    loads[way] = box["r"]
                     r["load"] = box["r"]
                 if way != "ssh":
                     assert committed(name, new.version)
@@ -243,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                          "machine_cpu_s_median": round(statistics.median(
                              r["machine_cpu_s"] for r in rs), 1),
                          "wall_s": [round(r["wall_s"], 2) for r in rs]}
-        result.update(idle_poll=idle, rollout=rows, load=loads[-1] if loads else None,
+        result.update(idle_poll=idle, rollout=rows, load=loads,
                       model_bytes=base.size,
                       note="boards, sshd, agents, SeaweedFS, the load generator and the "
                            "controller share this machine's cores")
@@ -300,12 +312,11 @@ def print_table(r: dict) -> None:
     for way, row in r["rollout"].items():
         print(f"{way:<16}{row['wall_s_median']:>10.2f}{row['controller_cpu_ms_per_board']:>26.2f}"
               f"{row['machine_cpu_s_median']:>16.1f}")
-    if r.get("load"):
-        L = r["load"]
-        print(f"load generator: {L['boards']} boards every {L['every_s']:g} s asked "
-              f"{L['polls_per_s_asked']} polls/s, got {L['polls_per_s']} polls/s "
-              f"(latency p50 {L['latency_ms']['p50']} ms, p99 {L['latency_ms']['p99']} ms, "
-              f"{L['errors']} errors)")
+    for way, L in (r.get("load") or {}).items():
+        print(f"{way}: load generator, {L['boards']} boards every {L['every_s']:g} s, asked "
+              f"{L['polls_per_s_asked']} polls/s, got {L['polls_per_s']} polls/s over "
+              f"{L['seconds']} s (latency p50 {L['latency_ms']['p50']} ms, p99 "
+              f"{L['latency_ms']['p99']} ms, {L['errors']} errors)")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import statistics
 import sys
 import threading
@@ -43,6 +44,7 @@ def _worker(args: dict, out: "mp.Queue") -> None:
     t_start = args["t_start"]
     creds = Credentials(args["access_key"], args["secret_key"])
     desired_key = args["desired_key"]
+    stop_path = args.get("stop_path")
     status_body = json.dumps(args["status_template"]).encode()
     lock = threading.Lock()
     agg = {"polls": 0, "requests": 0, "errors": 0, "lat_ms": [], "late_ms": [],
@@ -61,6 +63,8 @@ def _worker(args: dict, out: "mp.Queue") -> None:
                     due = t_start + phase + k * every
                     if due > t_start + seconds or time.time() > t_start + seconds:
                         return  # bounded: a generator that fell behind stops on time too
+                    if stop_path and os.path.exists(stop_path):
+                        return
                     wait = due - time.time()
                     if wait > 0:
                         time.sleep(wait)
@@ -107,8 +111,10 @@ def _worker(args: dict, out: "mp.Queue") -> None:
 
 def run(endpoint: str, bucket: str, desired_key: str, status_prefix: str, creds: dict,
         boards: int, every: float, seconds: float, *, procs: int = 2, threads: int = 32,
-        report_every: int = 1, status_template: dict | None = None) -> dict:
-    """Simulate BOARDS boards polling every EVERY s for SECONDS s (module docstring)."""
+        report_every: int = 1, status_template: dict | None = None,
+        stop_path: str | None = None) -> dict:
+    """Simulate BOARDS boards polling every EVERY s for SECONDS s, or until STOP_PATH exists
+    (module docstring)."""
     names = [f"sim{i:05d}" for i in range(boards)]
     phases = [every * i / boards for i in range(boards)]
     t_start = time.time() + 1.0
@@ -120,7 +126,8 @@ def run(endpoint: str, bucket: str, desired_key: str, status_prefix: str, creds:
                 "endpoint": endpoint, "bucket": bucket, "desired_key": desired_key,
                 "status_prefix": status_prefix, "access_key": creds["access_key"],
                 "secret_key": creds["secret_key"], "report_every": report_every,
-                "status_template": status_template or {"board": "BOARD"}}
+                "status_template": status_template or {"board": "BOARD"},
+                "stop_path": stop_path}
         p = mp.get_context("fork").Process(target=_worker, args=(args, q), daemon=True)
         p.start()
         ps.append(p)
@@ -129,17 +136,18 @@ def run(endpoint: str, bucket: str, desired_key: str, status_prefix: str, creds:
         parts.append(q.get(timeout=seconds + 120))
     for p in ps:
         p.join(30)
+    elapsed = max(1e-3, min(time.time(), t_start + seconds) - t_start)
     lat = sorted(x for a in parts for x in a["lat_ms"])
     late = sorted(x for a in parts for x in a["late_ms"])
     polls = sum(a["polls"] for a in parts)
-    scheduled = boards * max(1, int(seconds / every))
+    scheduled = int(boards * elapsed / every)
 
     def pct(xs: list[float], q: float) -> float | None:
         return round(xs[min(len(xs) - 1, int(q * len(xs)))], 2) if xs else None
-    return {"boards": boards, "every_s": every, "seconds": seconds, "procs": procs,
+    return {"boards": boards, "every_s": every, "seconds": round(elapsed, 1), "procs": procs,
             "threads": threads, "report_every": report_every,
             "polls": polls, "polls_scheduled": scheduled,
-            "polls_per_s": round(polls / seconds, 1),
+            "polls_per_s": round(polls / elapsed, 1),
             "polls_per_s_asked": round(boards / every, 1),
             "requests": sum(a["requests"] for a in parts),
             "errors": sum(a["errors"] for a in parts),

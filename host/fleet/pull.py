@@ -30,11 +30,11 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable
+from typing import Callable, TypeVar
 
 from ...device import desired as dz
 from ...device import protocol
-from ...errors import InputError
+from ...errors import InputError, ObjectStoreUnreachable
 from ...targets import Board
 from ..bucket import Published, Via, desired_after, desired_without, stale
 from ..bundle import Bundle
@@ -45,8 +45,10 @@ from .journal import BAD, FINAL, BoardRow, BoardState, Journal, RolloutState
 from .policy import Options, too_many_failures
 
 S = BoardState
+T = TypeVar("T")
 Emit = Callable[[dict], None]
-READ_EVERY = 1.0  # seconds between two reads of the wave's statuses
+READ_EVERY = 1.0    # seconds between two reads of the wave's statuses
+WRITE_RETRIES = 5   # a write or read the rollout can't go on without: 1+2+4+8+16 s of retries
 
 
 def cohort_of(board: Board) -> str:
@@ -90,10 +92,12 @@ class PullRunner:
         for n in names:
             by_cohort.setdefault(cohort_of(self.boards[n]), []).append(n)
         for cohort, members in sorted(by_cohort.items()):
-            doc = desired_after(self.bucket.desired(cohort), cohort, target, sorted(members),
-                                now=self.clock())
-            self.bucket.put_desired(doc)
-            serial = max(serial, doc.serial)
+            def write() -> dz.Desired:
+                doc = desired_after(self.bucket.desired(cohort), cohort, target,
+                                    sorted(members), now=self.clock())
+                self.bucket.put_desired(doc)
+                return doc
+            serial = max(serial, self.retried(write, f"writing desired/{cohort}.json").serial)
         self.warn()
         return serial
 
@@ -110,7 +114,7 @@ class PullRunner:
             by_cohort.setdefault(cohort_of(self.boards[r.board]), []).append(r)
         serial, orphans = 0, []
         for cohort, members in sorted(by_cohort.items()):
-            doc = self.bucket.desired(cohort)
+            doc = self.retried(lambda: self.bucket.desired(cohort), f"reading desired/{cohort}")
             olds: dict[str, list[str]] = {}
             for r in members:
                 if r.old:
@@ -125,17 +129,45 @@ class PullRunner:
             doc = desired_without(doc, cohort, self.bundle.name, self.bundle.version,
                                   [n for n in orphans if n in {m.board for m in members}],
                                   now=now)
-            self.bucket.put_desired(doc)
+            final = doc
+            self.retried(lambda: self.bucket.put_desired(final), f"writing desired/{cohort}")
             serial = max(serial, doc.serial)
         self.warn()
         return serial, orphans
 
     # -- waiting for the boards -------------------------------------------------------------
+    def read(self, names: set[str]) -> dict[str, dz.Status] | None:
+        """The statuses of NAMES; None when the store did not answer (said as a warning: the
+        time lost is not counted against the boards)."""
+        try:
+            return self.bucket.statuses(only=names)
+        except ObjectStoreUnreachable as exc:
+            self.emit({"warning": f"reading statuses: {exc}; trying again"})
+            return None
+
+    def retried(self, step: Callable[[], T], what: str) -> T:
+        """STEP, again while the store does not answer (RETRIES times, backing off); then the
+        error (the journal has every board's state: `rollout resume` goes on)."""
+        for attempt in range(WRITE_RETRIES + 1):
+            try:
+                return step()
+            except ObjectStoreUnreachable as exc:
+                if attempt == WRITE_RETRIES:
+                    raise
+                self.emit({"warning": f"{what}: {exc}; trying again"})
+                self.sleep(min(2 ** attempt, 16))
+        raise AssertionError("unreachable")
+
     def watch(self, names: list[str], serial: int, since: float) -> None:
         """Read the boards' statuses until each has told what it did, or --timeout passed."""
         waiting = set(names)
         while waiting:
-            statuses = self.bucket.statuses(only=waiting)
+            t0 = self.clock()
+            statuses = self.read(waiting)
+            if statuses is None:
+                since += self.clock() - t0 + READ_EVERY  # the store's silence, not theirs
+                self.sleep(READ_EVERY)
+                continue
             now = self.clock()
             for n in sorted(waiting):
                 obs = observe(statuses.get(n), self.target, serial, since=since, now=now,
@@ -158,7 +190,12 @@ class PullRunner:
                    since: float) -> None:
         waiting = set(names)
         while waiting:
-            statuses = self.bucket.statuses(only=waiting)
+            t0 = self.clock()
+            statuses = self.read(waiting)
+            if statuses is None:
+                since += self.clock() - t0 + READ_EVERY
+                self.sleep(READ_EVERY)
+                continue
             now = self.clock()
             for n in sorted(waiting):
                 obs = observe_back(statuses.get(n), self.bundle.name, old[n], serial,
@@ -197,7 +234,8 @@ class PullRunner:
                 if self.cancelled():
                     return self.finish(RolloutState.CANCELLED, "cancelled before wave "
                                        f"{wave}{' (canary)' if wave == 0 else ''}")
-                statuses = self.bucket.statuses(only=set(todo))
+                statuses = self.retried(lambda: self.bucket.statuses(only=set(todo)),
+                                        "reading statuses")
                 for n in todo:
                     if rows[n].state == S.PENDING:
                         st = statuses.get(n)

@@ -297,8 +297,11 @@ def test_saved_config_and_trust_command(setup, agent_pyz):
                        text=True, env=env)
     assert json.loads(p.stdout)["ok"], p.stdout
     saved = json.loads((board.store / "pull" / "config.json").read_text())
-    assert saved["board"] == "b0" and saved["credentials"] == str(board.creds)
-    assert (board.store / "pull" / "config.json").stat().st_mode & 0o077 == 0
+    kept = board.store / "pull" / "credentials.json"  # copied into the store, owner-only
+    assert saved["board"] == "b0" and saved["credentials"] == str(kept)
+    assert kept.read_bytes() == board.creds.read_bytes()
+    for f in (kept, board.store / "pull" / "config.json"):
+        assert f.stat().st_mode & 0o077 == 0, f
     p = subprocess.run([*run, "pull"], capture_output=True, text=True, env=env)
     assert json.loads(p.stdout)["board"] == "b0"  # the saved settings
     p = subprocess.run([*run, "pull", "--every", "0.2", "--polls", "3"], capture_output=True,
