@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                     loader.start()
                     time.sleep(max(a.every, min(every, 15)) + 2)  # the load is on first
                 log(f"rep {rep}: {way} rollout of {a.boards} boards")
+                load_before = os.getloadavg()[0]
                 try:
                     r = run_timed(cmd, env=env, what="bench_pull")
                 finally:
@@ -242,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                 if way != "ssh":
                     assert committed(name, new.version)
                 r["controller_cpu_ms_per_board"] = r["host_cpu_s"] / a.boards * 1000
+                r["loadavg_1min"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
                 trials[way].append(r)
                 log(f"  {r['wall_s']:.1f} s, controller CPU "
                     f"{r['controller_cpu_ms_per_board']:.1f} ms/board, machine CPU "
@@ -254,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
                              r["controller_cpu_ms_per_board"] for r in rs), 2),
                          "machine_cpu_s_median": round(statistics.median(
                              r["machine_cpu_s"] for r in rs), 1),
-                         "wall_s": [round(r["wall_s"], 2) for r in rs]}
+                         "wall_s": [round(r["wall_s"], 2) for r in rs],
+                         "loadavg_1min_before_after": [r["loadavg_1min"] for r in rs]}
         result.update(idle_poll=idle, rollout=rows, load=loads,
                       model_bytes=base.size,
                       note="boards, sshd, agents, SeaweedFS, the load generator and the "
