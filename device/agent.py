@@ -28,6 +28,8 @@ EXAMPLES = """examples:
   edgedeploy-agent probe digits           # does it load and run here? (child process)
   edgedeploy-agent serve --socket /tmp/edgedeploy.sock
   edgedeploy-agent serve --socket /tmp/edgedeploy.sock --http-port 8000   # + KServe v2 REST
+  edgedeploy-agent pull --source s3://fleet-bucket/prod --endpoint https://s3.example:9000 \
+      --board pi-kitchen --credentials ~/.edgedeploy/s3.json --save
 
 The store defaults to $EDGEDEPLOY_STORE, else ~/.edgedeploy/store."""
 
@@ -66,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="start it in the background and answer at once")
     how.add_argument("--stop", action="store_true", help="stop the running one, if any")
     ad.add_argument("--tag", default="", help="said in its hello: what it was started for")
+    ad.add_argument("--pull-every", type=float, metavar="S",
+                    help="pull mode: also poll the object store every S seconds with the "
+                         "settings `pull --save` stored (never idle then)")
     stp = sub.add_parser("state", help="one round trip for a deployer: version, info (runtime "
                                        "facts cached while Python and packages are unchanged) "
                                        "and list")
@@ -76,12 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("install", help="check a bundle's hashes and store it as NAME/VERSION")
     i.add_argument("bundle", metavar="BUNDLE", help="a folder or .tar/.tar.gz with a manifest")
     i.add_argument("--activate", action="store_true", help="activate it after installing")
+    i.add_argument("--allow-downgrade", action="store_true",
+                   help="with --activate: a release lower than this board has run")
     i.add_argument("--keep", type=int, default=3, help="versions to keep per model (3)")
     i.add_argument("--remove-bundle", action="store_true",
                    help="delete the bundle folder afterwards, installed or not (uploads)")
     a = sub.add_parser("activate", help="make VERSION the current one (atomic)")
     a.add_argument("name")
     a.add_argument("version")
+    a.add_argument("--allow-downgrade", action="store_true",
+                   help="a release lower than this board has run (signed bundles)")
     a.add_argument("--keep", type=int, default=3, help="versions to keep per model (3)")
     r = sub.add_parser("rollback", help="switch back to the previous version")
     r.add_argument("name")
@@ -150,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--poll", type=float, default=0.1, metavar="S",
                    help="how often to look for an activation (0.1 s)")
     s.add_argument("--models", nargs="*", metavar="NAME", help="serve only these models")
+    from . import pullcmd
+
+    pullcmd.register(sub)
     return p
 
 
@@ -210,7 +222,8 @@ def cmd_install(a, store) -> dict:
                    "files": got.files, "bytes": got.bytes,
                    "already_present": got.already_present}
             if a.activate:
-                ptr, removed = store.activate(got.name, got.version)
+                ptr, removed = store.activate(got.name, got.version,
+                                              allow_downgrade=a.allow_downgrade)
                 out.update(current=ptr.current, previous=ptr.previous, removed=removed)
     finally:
         if a.remove_bundle and os.path.isdir(a.bundle) and not os.path.islink(a.bundle):
@@ -223,7 +236,7 @@ def cmd_install(a, store) -> dict:
 def cmd_activate(a, store) -> dict:
     store.keep = a.keep
     with store.locked():
-        ptr, removed = store.activate(a.name, a.version)
+        ptr, removed = store.activate(a.name, a.version, allow_downgrade=a.allow_downgrade)
     return protocol.ok("activate", name=a.name, current=ptr.current, previous=ptr.previous,
                        removed=removed)
 
@@ -401,8 +414,12 @@ def cmd_agentd(a, store) -> dict:
 
     if a.stop:
         return protocol.ok("agentd", **agentd.stop(str(store.root)))
+    if a.pull_every is not None:
+        from .pullcmd import check_saved
+
+        check_saved(store.root, a.pull_every)  # a bad setting is said here, not lost
     return protocol.ok("agentd", **agentd.spawn(str(store.root), sys.argv[0],
-                                                _prefix(a), a.idle, a.tag))
+                                                _prefix(a), a.idle, a.tag, a.pull_every))
 
 
 def _prefix(a) -> list[str]:
@@ -410,7 +427,20 @@ def _prefix(a) -> list[str]:
         (["--runtime", a.runtime] if a.runtime else [])
 
 
-COMMANDS = {"version": cmd_version, "info": cmd_info, "state": cmd_state, "install": cmd_install,
+def cmd_pull(a, store) -> dict:
+    from .pullcmd import cmd_pull as pull
+
+    return pull(a, store)
+
+
+def cmd_trust(a, store) -> dict:
+    from .pullcmd import cmd_trust as trust
+
+    return trust(a, store)
+
+
+COMMANDS = {"pull": cmd_pull, "trust": cmd_trust, "version": cmd_version, "info": cmd_info,
+            "state": cmd_state, "install": cmd_install,
             "activate": cmd_activate, "rollback": cmd_rollback, "list": cmd_list,
             "remove": cmd_remove, "verify": cmd_verify, "bench": cmd_bench, "eval": cmd_eval,
             "probe": cmd_probe, "serve": cmd_serve, "agentd": cmd_agentd}
@@ -446,7 +476,12 @@ def main(argv: list[str] | None = None) -> int:
         def serve_lines(lines, write, allowed, lock, gone) -> None:
             batch(parser, _prefix(a), store, lines, write, allowed, lock, gone)
 
-        return Daemon(str(store.root), a.idle, serve_lines, a.tag).run()
+        pull = None
+        if a.pull_every:
+            from .pullcmd import daemon_loop
+
+            pull = daemon_loop(store, a.pull_every, a.runtime)
+        return Daemon(str(store.root), a.idle, serve_lines, a.tag, pull).run()
     if a.within:
         from .lock import Guard
 

@@ -1,7 +1,7 @@
 """The resident agent: one long-lived agent process per store, so a deployer's session costs the
 board no Python start-up (~50 ms of CPU on a Pi-class core, most of a small push's board work).
 
-    edgedeploy-agent agentd [--idle S] [--detach]
+    edgedeploy-agent agentd [--idle S] [--detach] [--pull-every S]
 
 Files (in the store folder, for the owner only)::
 
@@ -34,6 +34,11 @@ SIGTERM (after the command under way), when a new one is started for the store, 
 folder changed (a new agent or a new runtime was installed): the client then gets no hello
 and falls back to starting an agent process. The store folder must exist; the daemon never
 creates it.
+
+Pull mode (``--pull-every S``): the daemon also polls the object store every S seconds with
+the settings ``edgedeploy-agent pull … --save`` stored (device/pull.py's ``run_loop``, in a
+thread: it backs off while the store is down); it then never ends for being idle. A poll cut
+short by the daemon's end leaves the store as after a kill -9: whole.
 """
 
 from __future__ import annotations
@@ -64,7 +69,8 @@ def _stamp() -> list:
     return out
 
 
-def spawn(store_root: str, argv0: str, prefix: list[str], idle: float, tag: str) -> dict:
+def spawn(store_root: str, argv0: str, prefix: list[str], idle: float, tag: str,
+          pull_every: float | None = None) -> dict:
     """Start a detached daemon (its own session, no inherited descriptors); don't wait. One
     already running is stopped first: a deployer asks for a new one only when the old one
     didn't serve it (gone, stale, or started for another Python — TAG)."""
@@ -78,7 +84,8 @@ def spawn(store_root: str, argv0: str, prefix: list[str], idle: float, tag: str)
         cmd = [sys.executable, argv0]
     else:
         cmd = [sys.executable, "-m", "edgedeploy.device.agent"]
-    p = subprocess.Popen([*cmd, *prefix, "agentd", "--idle", str(idle), "--tag", tag],
+    extra = ["--pull-every", str(pull_every)] if pull_every else []
+    p = subprocess.Popen([*cmd, *prefix, "agentd", "--idle", str(idle), "--tag", tag, *extra],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
     return {"started": True, "pid": p.pid, "replaced": replaced}
@@ -127,9 +134,12 @@ def stop(store_root: str) -> dict:
 
 
 class Daemon:
-    def __init__(self, store_root: str, idle: float, serve_lines, tag: str = "") -> None:
+    def __init__(self, store_root: str, idle: float, serve_lines, tag: str = "",
+                 pull=None) -> None:
         self.root = store_root
-        self.idle = idle
+        self.pull = pull  # (should_stop) -> None: pull mode's loop, run in a thread
+        self.stopping = False
+        self.idle = 0 if pull else idle
         self.tag = tag  # what the deployer started it for (its `python`), said in the hello
         self.serve_lines = serve_lines  # (lines, write, allowed, lock, gone) -> None: batch
         self.path = os.path.join(store_root, SOCKET)
@@ -183,6 +193,11 @@ class Daemon:
         hello = json.dumps({HELLO_KEY: HELLO_VERSION, "pid": os.getpid(), "tag": self.tag,
                             "content_hash": identity()["content_hash"]}) + "\n"
         ino = os.stat(self.path).st_ino
+        puller = None
+        if self.pull is not None:
+            puller = threading.Thread(target=self.pull, args=(lambda: self.stopping,),
+                                      name="pull", daemon=True)
+            puller.start()
         try:
             while True:
                 srv.settimeout(self.idle or None)
@@ -200,7 +215,10 @@ class Daemon:
                     self.active += 1
                 threading.Thread(target=self._serve, args=(conn, hello), daemon=True).start()
         finally:
+            self.stopping = True
             srv.close()
+            if puller is not None:
+                puller.join(10)  # a poll mid-way is cut (its steps are atomic)
             self.lock.acquire(timeout=300)  # a command under way finishes first
             try:
                 if os.stat(self.path).st_ino == ino:

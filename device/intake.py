@@ -2,7 +2,9 @@
 in a staging folder, ready for the store to rename into place. Stdlib only.
 
 A bundle holds one manifest (``manifest.json`` or ``*.manifest.json``), the model file it
-names, and any other files listed in its ``files`` map (path → sha256). Anything else — an
+names, any other files listed in its ``files`` map (path → sha256), and the manifest's SSH
+signature ``<manifest>.sig`` when signed (kept as ``manifest.json.sig``; device/trust.py
+checks it). Anything else — an
 absolute path, ``..``, a link, a device or fifo, a file the manifest doesn't list, more than
 MAX_BUNDLE_FILES files, a hash or size that differs — refuses the whole bundle (UnsafeBundle,
 HashMismatch, InputError); the caller discards the staging folder and the store is unchanged.
@@ -21,6 +23,7 @@ from .fsio import checkpoint, fsync_dir
 from .manifest import Manifest, sha256_file
 
 MANIFEST = "manifest.json"
+SIG = ".sig"  # the manifest's SSH signature travels and is kept beside it (device/trust.py)
 MAX_BUNDLE_FILES = 64
 
 
@@ -54,6 +57,8 @@ def stage(bundle: Path, staging: Path, *, move: bool = False) -> Manifest:
     m, manifest_rel = _check_bundle(bundle, staging, files)
     if manifest_rel != MANIFEST:
         os.replace(staging / manifest_rel, staging / MANIFEST)
+        if (staging / (manifest_rel + SIG)).is_file():
+            os.replace(staging / (manifest_rel + SIG), staging / (MANIFEST + SIG))
     return m
 
 
@@ -150,6 +155,7 @@ def _extract_tar(bundle: Path, staging: Path) -> list[str]:
 
 
 MAX_MANIFEST = 1 << 20  # a manifest is a few KB of JSON
+MAX_SIG = 1 << 16       # an SSH signature (armored) is under 1 KB
 
 
 def _scan_tar(tf, bundle: Path, free: int) -> tuple[Manifest, str]:
@@ -206,7 +212,8 @@ def _scan_tar(tf, bundle: Path, free: int) -> tuple[Manifest, str]:
 def _member_limits(m: Manifest, bundle: Path, free: int, manifest_rel: str) -> dict[str, int]:
     """The most bytes each member may have: the model its manifest ``size``, an extra file
     its declared size (``sizes``; without one, the free staging space), the manifest
-    (MANIFEST_REL) MAX_MANIFEST. A member not named here is not the bundle's."""
+    (MANIFEST_REL) MAX_MANIFEST, its signature (MANIFEST_REL + SIG) MAX_SIG. A member not
+    named here is not the bundle's."""
     sizes = m.sizes or {}
     if not isinstance(sizes, dict) or not all(isinstance(v, int) and v >= 0
                                               for v in sizes.values()):
@@ -215,6 +222,7 @@ def _member_limits(m: Manifest, bundle: Path, free: int, manifest_rel: str) -> d
     limits = {rel: sizes.get(rel, free) for rel in (m.files or {})}
     limits[m.file] = m.size
     limits[manifest_rel] = MAX_MANIFEST
+    limits[manifest_rel + SIG] = MAX_SIG
     return limits
 
 
@@ -257,7 +265,7 @@ def _check_bundle(bundle: Path, staging: Path, files: list[str]) -> tuple[Manife
     expected = expected_files(m)
     for rel in expected:
         safe_rel(bundle, rel)
-    extra = sorted(set(files) - set(expected) - {manifests[0]})
+    extra = sorted(set(files) - set(expected) - {manifests[0], manifests[0] + SIG})
     if extra:
         raise UnsafeBundle(f"bundle {bundle}: {extra[0]} is not listed in the manifest",
                            hint="list extra files under \"files\" with their sha256")

@@ -28,7 +28,10 @@ JSON (schema 1)::
                          "custom_ops": ["edgetpu-custom-op"]},
      "sizes": {"gate.npz": 20480},        # their sizes in bytes (optional; a board takes no
                                           # more of a file in than its size says)
-     "created": "2026-11-24T08:00:00Z"}
+     "created": "2026-11-24T08:00:00Z",
+     "release": null | 1764000000}        # per-model release number, set when it is signed:
+                                          # boards refuse a lower one than they have run
+                                          # (device/trust.py); agents before it ignore it
 
 Stdlib only: the agent reads it on the board.
 """
@@ -84,6 +87,7 @@ class Manifest:
     requires: dict[str, Any] | None = None
     sizes: dict[str, int] = field(default_factory=dict)  # … and their sizes: path → bytes
     created: str = ""
+    release: int | None = None  # set at signing (host/signing.py); anti-downgrade on boards
     schema: int = SCHEMA
 
     def to_dict(self) -> dict:
@@ -109,6 +113,11 @@ class Manifest:
             kw["inputs"] = [TensorSpec.from_dict(t) for t in data["inputs"]]
             kw["outputs"] = [TensorSpec.from_dict(t) for t in data["outputs"]]
             kw.setdefault("label", data["mode"])
+            if kw.get("release") is not None and (not isinstance(kw["release"], int)
+                                                  or isinstance(kw["release"], bool)
+                                                  or kw["release"] < 0):
+                raise InputError(f"{source}: release {kw['release']!r} is not a whole number "
+                                 f"≥ 0")
             return cls(**kw)
         except (TypeError, AttributeError) as exc:
             raise InputError(f"{source}: malformed manifest ({exc})") from exc

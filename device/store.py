@@ -38,6 +38,13 @@ taken and before anything changes — so a command the host gave up on never act
 What a bundle may hold, and how it is checked, is intake.py's; file-system helpers (atomic
 writes, fsyncs, the kill -9 checkpoints) are fsio.py's. The agent reports INCOMING and DATA in
 its ``state`` answer: the deployer never builds these paths itself.
+
+Trust (device/trust.py: ROOT/trust/allowed_signers, ROOT/trust/releases.json): a store with
+allowed signers installs only a bundle whose manifest a listed key signed, and activates only a
+version whose stored manifest still verifies — the version kept as ``previous`` excepted (it
+ran here). Activation refuses a release lower than the highest the model has been activated at
+(``allow_downgrade`` lets it, the ``previous`` version is let anyway); the highest release is
+recorded before the switch. ``rollback`` asks nothing: it goes back to what ran before.
 """
 
 from __future__ import annotations
@@ -53,7 +60,8 @@ from typing import Callable
 
 from ..errors import Conflict, Expired, HashMismatch, InputError, NotFound, StoreError
 from .fsio import checkpoint, fsync_dir, write_atomic
-from .intake import MANIFEST, expected_files, fsync_tree
+from . import trust
+from .intake import MANIFEST, SIG, expected_files, fsync_tree
 from .intake import stage as stage_bundle
 from .lock import Guard, StoreLock
 from .manifest import Manifest, sha256_file
@@ -256,6 +264,7 @@ class Store:
             m = stage_bundle(bundle, staging, move=move)
             name = check_name("model name", m.name)
             version = check_name("version", m.version)
+            signed = self._check_signature(staging, f"bundle {bundle} ({name} {version})")
             expected = expected_files(m)
             total = sum((staging / r).stat().st_size for r in expected)
             dest = self.version_dir(name, version)
@@ -267,6 +276,8 @@ class Store:
                     raise Conflict(f"model {name} version {version} is already in the store "
                                    f"with other content",
                                    hint="a version names one content; compile a new version")
+                if signed:
+                    self._take_signed_manifest(staging, dest)
                 return Installed(name, version, dest, len(expected) + 1, total, True)
             self._runs(staging / m.file, m, f"model {name} version {version}")
             fsync_tree(staging)
@@ -280,7 +291,33 @@ class Store:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
 
-    def activate(self, name: str, version: str) -> tuple[Pointer, list[str]]:
+    def _check_signature(self, folder: Path, what: str) -> bool:
+        """FOLDER's manifest.json against its signature, when this store has signers
+        (SignatureRefused otherwise); whether it was checked."""
+        if not trust.requires_signature(self.root):
+            return False
+        sig = folder / (MANIFEST + SIG)
+        trust.verify((folder / MANIFEST).read_bytes(),
+                     sig.read_bytes() if sig.is_file() else None, self.root, trust.NS_BUNDLE,
+                     what)
+        return True
+
+    def _take_signed_manifest(self, staging: Path, dest: Path) -> None:
+        """A version already here, now sent signed (the same files; its manifest may have
+        gained a release number): keep the signed manifest. Signature first: a crash between
+        the two writes leaves a pair that doesn't verify — refused, never trusted — until the
+        bundle is sent again."""
+        new_m, new_s = (staging / MANIFEST).read_bytes(), (staging / (MANIFEST + SIG)).read_bytes()
+        old_s = dest / (MANIFEST + SIG)
+        if (dest / MANIFEST).read_bytes() == new_m and old_s.is_file() and \
+                old_s.read_bytes() == new_s:
+            return
+        write_atomic(old_s, new_s)
+        write_atomic(dest / MANIFEST, new_m)
+
+    def activate(self, name: str, version: str, *, allow_downgrade: bool = False
+                 ) -> tuple[Pointer, list[str]]:
+        """VERSION becomes current (see the module docstring for what trust asks first)."""
         self._sweep_pointer(name)
         problems = self.verify(name, version) if self.version_dir(name, version).is_dir() \
             else None
@@ -293,8 +330,14 @@ class Store:
         old = self.pointer(name)
         if old.current == version:
             return old, []
+        if version != old.previous:
+            self._check_signature(self.version_dir(name, version), f"model {name} version "
+                                                                   f"{version} (stored)")
         m = self.manifest(name, version)
+        trust.check_release(self.root, name, version, m.release, previous=old.previous,
+                            allow_downgrade=allow_downgrade)
         self._runs(self.version_dir(name, version) / m.file, m, f"model {name} version {version}")
+        trust.record_activation(self.root, name, version, m.release)
         new = Pointer(version, old.current or old.previous)
         self._write_pointer(name, new)
         checkpoint("activate:switched")

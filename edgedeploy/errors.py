@@ -16,17 +16,22 @@
     │   ├── Expired                 exit 1   the host gave up on the command (deadline, hung up)
     │   │                                    before the agent could act: nothing was done
     │   ├── HashMismatch            exit 1   a file's sha256 differs from its manifest
-    │   └── UnsafeBundle            exit 2   absolute path, "..", a link or special file in a bundle
+    │   ├── UnsafeBundle            exit 2   absolute path, "..", a link or special file in a bundle
+    │   ├── SignatureRefused        exit 1   unsigned, badly signed or unknown signer (board has signers)
+    │   └── DowngradeRefused        exit 1   a release lower than the board has activated
     ├── RunFailure                  exit 1   the model loaded but could not be measured as asked
     │   └── SilentCpuFallback       exit 1   an Edge TPU model whose delegate took no op
     ├── JournalError                exit 1   the rollout journal refused a write or a file
-    └── BoardError                  exit 1   something on or on the way to a board (names it)
-        ├── Unreachable             exit 5   connect refused / timed out / link cut
-        ├── HostKeyRefused          exit 6   unknown or changed SSH host key
-        ├── AuthFailed              exit 6   the board refused our key
-        ├── RemoteFailure           exit 1   a command on the board failed (command, code, stderr)
-        ├── Incompatible            exit 1   the model or agent does not fit the board
-        └── AgentError              exit *   the agent answered with an error (its own code)
+    ├── BoardError                  exit 1   something on or on the way to a board (names it)
+    │   ├── Unreachable             exit 5   connect refused / timed out / link cut
+    │   ├── HostKeyRefused          exit 6   unknown or changed SSH host key
+    │   ├── AuthFailed              exit 6   the board refused our key
+    │   ├── RemoteFailure           exit 1   a command on the board failed (command, code, stderr)
+    │   ├── Incompatible            exit 1   the model or agent does not fit the board
+    │   └── AgentError              exit *   the agent answered with an error (its own code)
+    └── ObjectStoreError            exit 1   an S3 request failed (names bucket, key, HTTP status)
+        ├── ObjectStoreUnreachable  exit 5   connect refused / timed out / HTTP 5xx or 429
+        └── ObjectMissing           exit 2   no such object or bucket
 
 Errors from TensorFlow, the TFLite runtime and the file system are translated into these at the
 boundary, so the CLI maps any of them to an exit code without knowing where they came from.
@@ -129,6 +134,19 @@ class UnsafeBundle(StoreError):
     code = "unsafe_bundle"
 
 
+class SignatureRefused(StoreError):
+    """A board with allowed signers refused a bundle or desired state: unsigned, a signature
+    that does not verify, or a signer it does not trust. Nothing changed."""
+
+    code = "signature_refused"
+
+
+class DowngradeRefused(StoreError):
+    """A release number lower than the highest this board has activated for the model."""
+
+    code = "downgrade_refused"
+
+
 class RunFailure(EdgeDeployError):
     """A model loaded but the measurement asked for cannot be made truthfully."""
 
@@ -197,6 +215,22 @@ class AgentError(BoardError):
         super().__init__(board, message)
         self.code = code
         self.exit_code = exit_code if exit_code and exit_code > 0 else 1
+
+
+class ObjectStoreError(EdgeDeployError):
+    """An S3 request failed; the message names the bucket, the key and the HTTP status."""
+
+    code = "object_store"
+
+
+class ObjectStoreUnreachable(ObjectStoreError):
+    exit_code = 5
+    code = "object_store_unreachable"
+
+
+class ObjectMissing(ObjectStoreError):
+    exit_code = 2
+    code = "object_missing"
 
 
 def _all_subclasses(cls: type[EdgeDeployError]) -> list[type[EdgeDeployError]]:

@@ -404,6 +404,11 @@ class AgentLink:
         self._resident_tried = False
         self.call("agentd", "--stop")
 
+    def keep_resident(self) -> None:
+        """A resident agent was started on purpose in this session (e.g. one that also pulls,
+        host/pullsetup.py): don't leave another one behind at the end."""
+        self._resident_tried = False
+
     def _leave_resident(self) -> None:
         """At the end of a session that had to start an agent process: leave a resident
         agent behind for the next one (started detached by that process; errors ignored —

@@ -1,6 +1,9 @@
 """What travels to a board: a model file and its manifest (plus any extra files the manifest
-lists under ``files``, e.g. a gate dataset). A bundle is a folder or a tar of those files; the
-agent checks every sha256 against the manifest before anything becomes visible on the board.
+lists under ``files``, e.g. a gate dataset, and the manifest's SSH signature when signed:
+``NAME.MODE.manifest.json.sig``, see host/signing.py). A bundle is a folder or a tar of those
+files; the agent checks every sha256 against the manifest before anything becomes visible on
+the board. Tars are written reproducibly (sorted, no times or owners), so the same bundle gives
+the same bytes — pull mode names bundle objects by their sha256.
 
 The host checks a bundle before it connects to any board (nothing is read from outside the
 bundle, nothing is sent, when a check fails):
@@ -67,6 +70,7 @@ class Bundle:
     manifest: Manifest
     model_path: Path
     extra: dict[str, Path] = field(default_factory=dict)  # relpath in bundle → local file
+    signature: str | None = None  # SSH signature of manifest_bytes() (host/signing.py)
 
     def __post_init__(self) -> None:
         """The checks that need no file (see the module docstring): names, relative paths."""
@@ -99,8 +103,20 @@ class Bundle:
         return self.manifest.to_json().encode()
 
     @property
+    def signature_name(self) -> str:
+        return self.manifest_name + ".sig"
+
+    def meta_files(self) -> dict[str, bytes]:
+        """relpath → bytes of the files made here: the manifest, and its signature if any."""
+        out = {self.manifest_name: self.manifest_bytes()}
+        if self.signature:
+            out[self.signature_name] = self.signature.encode()
+        return out
+
+    @property
     def size(self) -> int:
-        return sum(p.stat().st_size for p in self.files().values()) + len(self.manifest_bytes())
+        return sum(p.stat().st_size for p in self.files().values()) + \
+            sum(len(b) for b in self.meta_files().values())
 
     def requires(self) -> dict | None:
         """The ops (highest version of each), custom ops and TensorFlow-numbered runtime the
@@ -121,27 +137,43 @@ class Bundle:
         for rel in sorted(files):
             h.update(f"\0{rel}\0{files[rel]}".encode())
         m = replace(self.manifest, files=files, sizes=sizes, version=h.hexdigest()[:12])
-        return Bundle(m, self.model_path, {**self.extra, **extra})
+        return Bundle(m, self.model_path, {**self.extra, **extra})  # a new manifest: unsigned
 
     def write_folder(self, dest: Path) -> Path:
         dest.mkdir(parents=True, exist_ok=True)
         for rel, src in self.files().items():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dest / rel)
-        (dest / self.manifest_name).write_bytes(self.manifest_bytes())
+        for rel, data in self.meta_files().items():
+            (dest / rel).write_bytes(data)
         return dest
 
     def write_tar(self, dest: Path) -> Path:
-        """The bundle as a tar (.tar.gz/.tgz: gzipped), the manifest first: a board then
-        knows every member's size before it reads the member's bytes."""
-        with tarfile.open(dest, "w:gz" if dest.name.endswith("gz") else "w") as tf:
-            data = self.manifest_bytes()
-            ti = tarfile.TarInfo(self.manifest_name)
-            ti.size = len(data)
-            ti.mode = 0o644
-            tf.addfile(ti, io.BytesIO(data))
-            for rel, src in sorted(self.files().items()):
-                tf.add(str(src), arcname=rel, recursive=False)
+        """A reproducible tar (gzip'd if DEST ends in gz): the manifest (and its signature)
+        first — a board then knows every member's size before it reads the member's bytes —
+        then the files sorted; regular files only, mode 0644, no owner, time 0."""
+        entries: list[tuple[str, Path | bytes]] = [
+            *self.meta_files().items(), *sorted(self.files().items(), key=lambda e: e[0])]
+        with open(dest, "wb") as raw:
+            gz = None
+            if dest.name.endswith("gz"):
+                import gzip
+
+                gz = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0)
+            with tarfile.open(fileobj=gz or raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
+                for rel, src in entries:
+                    ti = tarfile.TarInfo(rel)
+                    ti.mode, ti.mtime, ti.uid, ti.gid, ti.uname, ti.gname = \
+                        0o644, 0, 0, 0, "", ""
+                    if isinstance(src, bytes):
+                        ti.size = len(src)
+                        tf.addfile(ti, io.BytesIO(src))
+                    else:
+                        ti.size = src.stat().st_size
+                        with open(src, "rb") as f:
+                            tf.addfile(ti, f)
+            if gz is not None:
+                gz.close()
         return dest
 
 
@@ -157,7 +189,8 @@ def load_bundle(path: str | Path) -> Bundle:
         m = Manifest.load(manifests[0])
         _names(m, manifests[0])
         extra = {rel: path / rel for rel in (m.files or {})}
-        return _checked(Bundle(m, path / m.file, extra), path, path)
+        return _checked(Bundle(m, path / m.file, extra, _signature(manifests[0], m)), path,
+                        path)
     if not path.is_file():
         raise InputError(f"{path}: no such model file or bundle folder")
     if path.suffix != ".tflite":
@@ -171,15 +204,27 @@ def load_bundle(path: str | Path) -> Bundle:
     _names(m, mpath)
     if m.file != path.name:
         m = replace(m, file=path.name)
-    return _checked(Bundle(m, path, {rel: path.parent / rel for rel in (m.files or {})}), path,
-                    path.parent)
+    return _checked(Bundle(m, path, {rel: path.parent / rel for rel in (m.files or {})},
+                           _signature(mpath, m)), path, path.parent)
+
+
+def _signature(manifest_path: Path, m: Manifest) -> str | None:
+    """The signature beside a manifest, kept only if the bytes the host sends (the manifest
+    as M re-serializes it) are the bytes on disk it signed."""
+    sig = manifest_path.with_name(manifest_path.name + ".sig")
+    try:
+        if not sig.is_file() or manifest_path.read_bytes() != m.to_json().encode():
+            return None
+        return sig.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _with_requirements(b: Bundle) -> Bundle:
     """A manifest written before ``requires`` existed gets it from the model file (the push
     preflight checks it against the board's runtime)."""
-    if b.manifest.requires is not None:
-        return b
+    if b.manifest.requires is not None or b.signature:
+        return b  # (a signed manifest stays as it was signed)
     from .compiler.importer import requirements
     from .compiler.tflite_reader import read_model
 

@@ -24,7 +24,8 @@ from typing import Callable, TypeVar
 
 from ..device import protocol
 from ..device.manifest import Manifest, sha256_file
-from ..errors import BoardError, EdgeDeployError, Incompatible, RemoteFailure, Unreachable
+from ..errors import (BoardError, EdgeDeployError, Incompatible, RemoteFailure,
+                      SignatureRefused, Unreachable)
 from ..targets import Board
 from .agent_link import AgentLink, Progress, local_agent
 from .bundle import Bundle
@@ -183,8 +184,9 @@ class BoardSession:
 
     # -- changing ----------------------------------------------------------------------
     def push(self, bundle: Bundle, *, activate: bool = True, progress: Progress | None = None,
-             state: protocol.State | None = None) -> PushResult:
-        """STATE: what `state(model=bundle.name)` just said, if the caller has it."""
+             state: protocol.State | None = None, allow_downgrade: bool = False) -> PushResult:
+        """STATE: what `state(model=bundle.name)` just said, if the caller has it.
+        ALLOW_DOWNGRADE: the board may take a release lower than it has run."""
         t0 = time.perf_counter()
         self.note = None
         st = state or self.state(model=bundle.name)
@@ -196,28 +198,38 @@ class BoardSession:
         current = entry.current if entry else None
         previous = entry.previous if entry else None
         sent = 0
-        if plan.upload_model:
-            sent, installed = self._upload_and_install(st, bundle, progress, activate)
+        upload = plan.upload_model
+        if not upload and activate and current != bundle.version:
+            try:
+                sw = self.activate(bundle.name, bundle.version, allow_downgrade=allow_downgrade)
+                current, previous = sw.current, sw.previous
+            except SignatureRefused:
+                if not bundle.signature:
+                    raise
+                upload = True  # stored unsigned: the signed manifest goes with the files
+        if upload:
+            sent, installed = self._upload_and_install(st, bundle, progress, activate,
+                                                       allow_downgrade)
             if installed.switched:
                 current, previous = installed.switched.current, installed.switched.previous
-        elif activate and current != bundle.version:
-            sw = self.activate(bundle.name, bundle.version)
-            current, previous = sw.current, sw.previous
         return PushResult(self.board.name, bundle.name, bundle.version, bundle.manifest.label,
                           sent, self.link.agent_uploaded, activate, current, previous,
                           time.perf_counter() - t0, self.link.resident, self.note)
 
     def _upload_and_install(self, st: protocol.State, bundle: Bundle,
-                            progress: Progress | None, activate: bool
-                            ) -> tuple[int, protocol.Installed]:
+                            progress: Progress | None, activate: bool,
+                            allow_downgrade: bool = False) -> tuple[int, protocol.Installed]:
         """The bundle into a fresh folder in the agent's INCOMING, then one install (which
-        checks every hash, takes the files in and removes the folder)."""
+        checks every hash — and the signature, on a board with signers — takes the files in
+        and removes the folder)."""
         if not st.incoming:
             raise Incompatible(self.board.name, "its agent names no upload folder",
                                hint="`edgedeploy push` installs the current agent")
         folder = f"{st.incoming}/{bundle.version}.{secrets.token_hex(4)}"
-        files: list[tuple[str, Path | bytes]] = [(bundle.manifest_name, bundle.manifest_bytes())]
+        files: list[tuple[str, Path | bytes]] = list(bundle.meta_files().items())
         files += list(bundle.files().items())
+        flags = (["--activate"] + (["--allow-downgrade"] if allow_downgrade else [])) \
+            if activate else []
         try:
             sent = self.link.upload(folder, files, progress)
         except BaseException:
@@ -236,7 +248,7 @@ class BoardSession:
             installed = self._changed(
                 bundle.name, "install" + (" and activate" if activate else ""), last,
                 lambda: self.link.ask(protocol.Installed.parse, "install", folder,
-                                      "--remove-bundle", *(["--activate"] if activate else [])),
+                                      "--remove-bundle", *flags),
                 judge)
         except BaseException:
             self._remove(folder)  # (an install that ran has removed it itself)
@@ -250,13 +262,22 @@ class BoardSession:
         except BoardError:
             pass
 
-    def activate(self, name: str, version: str) -> protocol.Switched:
+    def activate(self, name: str, version: str, *, allow_downgrade: bool = False
+                 ) -> protocol.Switched:
         before = self.link.last_state.model(name) if self.link.last_state else None
         return self._changed(
             name, f"activate {version}", before.current if before else None,
-            lambda: self.link.ask(protocol.Switched.parse, "activate", name, version),
+            lambda: self.link.ask(protocol.Switched.parse, "activate", name, version,
+                                  *(["--allow-downgrade"] if allow_downgrade else [])),
             lambda e: protocol.Switched(name, e.current, e.previous)
             if e is not None and e.current == version else None)
+
+    def trust(self, lines: list[str], *, replace: bool = False) -> list[str]:
+        """Add allowed-signers LINES to the board's store (REPLACE: only those); its list."""
+        args: list[object] = ["trust", *[x for ln in lines for x in ("--add", ln)]]
+        if replace:
+            args.append("--replace")
+        return [str(x) for x in self.link.call(*args).get("signers", [])]
 
     def rollback(self, name: str) -> protocol.Switched:
         """Back to NAME's previous version (the model's entry is read first: what a lost

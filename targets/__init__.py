@@ -5,6 +5,13 @@ format it needs (``edgetpu`` for Coral), where the store lives and default threa
 
 ``fleet.toml``::
 
+    signing_key = "~/.ssh/id_ed25519"   # sign bundles (push, publish) and desired states;
+                                  # a .pub when ssh-agent holds the private key (optional)
+    [pull]                        # pull mode (optional)
+    store = "s3://fleet-bucket/prod"
+    endpoint = "https://s3.example:9000"  # default: AWS (or $AWS_ENDPOINT_URL)
+    poll_every = 60               # what the boards poll at: status --via's staleness
+
     [defaults]                    # any board field; boards override
     user = "pi"
     key = "~/.ssh/id_ed25519"
@@ -20,6 +27,7 @@ format it needs (``edgetpu`` for Coral), where the store lives and default threa
     root = "~/.edgedeploy"        # agent + store on the board (default: the profile's)
     resident_agent = true         # keep an agent on the board between sessions (see below)
     resident_idle = 900           # seconds it waits for the next session before quitting
+    cohort = "kitchen"            # pull mode: the desired-state document it follows ("all")
 
 The resident agent (``edgedeploy-agent agentd``, started detached by the first session that
 needs it) saves every later session the board-side Python start-up: the deployer reaches it
@@ -124,6 +132,7 @@ class Board:
     command_timeout: float = 300.0
     resident_agent: bool = True     # keep an agent process on the board between sessions
     resident_idle: float = 900.0    # ... that quits after this many idle seconds (0: never)
+    cohort: str = "all"             # pull mode: the desired-state document it follows
 
     @property
     def address(self) -> str:
@@ -134,13 +143,23 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {"host": str, "user": str, "port":
            "ssh_config": str, "python": str, "root": str, "transport": str, "profile": str,
            "tags": list, "groups": list, "connect_timeout": (int, float),
            "command_timeout": (int, float), "resident_agent": bool,
-           "resident_idle": (int, float)}
+           "resident_idle": (int, float), "cohort": str}
+
+
+@dataclass(frozen=True)
+class PullSettings:
+    """The fleet file's ``[pull]`` table: where pull mode's object store is."""
+    store: str | None = None        # s3://BUCKET/PREFIX (or http(s)://HOST:PORT/BUCKET/PREFIX)
+    endpoint: str | None = None     # the S3 endpoint for an s3:// store (default: AWS)
+    poll_every: float = 60.0        # what the boards were set up with (staleness)
 
 
 @dataclass
 class Fleet:
     path: Path | None
     boards: dict[str, Board]
+    signing_key: str | None = None  # top-level `signing_key`: bundles and desired states
+    pull: PullSettings = field(default_factory=PullSettings)
 
     def select(self, names: list[str] | None = None, group: str | None = None,
                tag: str | None = None) -> list[Board]:
@@ -187,10 +206,14 @@ def load_fleet(path: str | Path) -> Fleet:
                          f"here too") from exc
     defaults = data.get("defaults", {})
     boards_raw = data.get("boards")
-    unknown_top = set(data) - {"defaults", "boards"}
+    unknown_top = set(data) - {"defaults", "boards", "signing_key", "pull"}
     if unknown_top:
         raise InputError(f"{path}: unknown section(s) {', '.join(sorted(unknown_top))}",
-                         hint="use [defaults] and [boards.NAME]")
+                         hint="use signing_key, [pull], [defaults] and [boards.NAME]")
+    signing_key = data.get("signing_key")
+    if signing_key is not None and (not isinstance(signing_key, str) or not signing_key):
+        raise InputError(f"{path}: signing_key = {signing_key!r}: expected a key file's path")
+    pull = _pull_settings(path, data.get("pull", {}))
     if not isinstance(boards_raw, dict) or not boards_raw:
         raise InputError(f"{path}: no [boards.NAME] sections")
     boards: dict[str, Board] = {}
@@ -206,6 +229,10 @@ def load_fleet(path: str | Path) -> Fleet:
                                  hint=f"fields: {', '.join(sorted(_FIELDS))}")
             if not isinstance(v, _FIELDS[k]):
                 raise InputError(f"{where}: {k} = {v!r} has the wrong type")
+        cohort = merged.get("cohort", "all")
+        if not cohort or not all(c.isalnum() or c in "._-" for c in cohort) \
+                or cohort.startswith("."):
+            raise InputError(f"{where}: cohort {cohort!r}: use letters, digits, '.', '_', '-'")
         if "host" not in merged and merged.get("transport", "ssh") == "ssh":
             raise InputError(f"{where}: no host")
         try:
@@ -223,7 +250,25 @@ def load_fleet(path: str | Path) -> Fleet:
         if board.port is None and profile.port != 22:
             board.port = profile.port
         boards[name] = board
-    return Fleet(path, boards)
+    signer = str((path.parent / Path(signing_key).expanduser())) if signing_key else None
+    return Fleet(path, boards, signer, pull)
+
+
+def _pull_settings(path: Path, raw: object) -> PullSettings:
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: [pull] must be a table")
+    kinds: dict[str, type | tuple[type, ...]] = {"store": str, "endpoint": str,
+                                                 "poll_every": (int, float)}
+    for k, v in raw.items():
+        if k not in kinds:
+            raise InputError(f"{path}: [pull] unknown field {k!r}",
+                             hint=f"fields: {', '.join(kinds)}")
+        if not isinstance(v, kinds[k]) or isinstance(v, bool):
+            raise InputError(f"{path}: [pull] {k} = {v!r} has the wrong type")
+    every = float(raw.get("poll_every", 60.0))
+    if not every > 0:
+        raise InputError(f"{path}: [pull] poll_every = {every}: expected seconds > 0")
+    return PullSettings(raw.get("store"), raw.get("endpoint"), every)
 
 
 def this_arch() -> str:

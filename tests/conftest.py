@@ -114,3 +114,6 @@ def assert_top1_as_host(ev: dict, host_accuracy: float, runtime: str) -> None:
     sample: allow 2 samples there, no more."""
     tol = 1e-12 if runtime == "litert" else 2.0 / ev["samples"] + 1e-12
     assert abs(ev["top1"] - host_accuracy) <= tol, (runtime, ev["top1"], host_accuracy)
+
+
+from tests.objectstore import objectstore  # noqa: E402,F401  (session fixture: SeaweedFS)

@@ -6,6 +6,7 @@
     fleetwide.py bench, eval, status, rollback, targets check: one board or many at once
     wheelhouse.py wheelhouse                            (the wheels a board needs)
     rollout.py   rollout start | status | cancel | resume
+    pull.py      trust, publish; the --via halves of status and rollout start
     report.py    report
     render.py    what gets printed (lines, rich tables, JSON)
 
@@ -23,7 +24,7 @@ import sys
 
 from ... import __version__
 from ...errors import EdgeDeployError
-from . import board, compile, report, rollout, wheelhouse
+from . import board, compile, pull, report, rollout, wheelhouse
 from .render import error
 
 EXAMPLES = """examples:
@@ -33,6 +34,8 @@ EXAMPLES = """examples:
   edgedeploy rollout start out/digits.int8.tflite --group kitchen --gate-data gate.npz \\
       --gate "accuracy>=0.97"
   edgedeploy report --model digits --html report.html
+  edgedeploy publish out/digits.int8.tflite --store s3://fleet-bucket/prod --all
+  edgedeploy status --via s3://fleet-bucket/prod
 
 `edgedeploy COMMAND --help` shows each command's options and examples."""
 
@@ -47,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the traceback of an unexpected error")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in (compile, board, wheelhouse, rollout, report):
+    for module in (compile, board, wheelhouse, rollout, pull, report):
         module.register(sub)
     return p
 

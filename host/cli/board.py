@@ -32,10 +32,12 @@ PUSH_EXAMPLES = """examples:
   edgedeploy push out/digits.int8.tflite --all --parallel 32 --fleet fleet.toml
   edgedeploy push out/digits.int8.tflite --group kitchen --json
   edgedeploy push out/digits.int8.tflite b0 --force     # b0 is in an unfinished rollout
+  edgedeploy push out/digits.int8.tflite b0 --allow-downgrade   # an older signed release
 
 A board an unfinished rollout covers (its journal: --journal, $EDGEDEPLOY_ROLLOUTS) is refused
 (exit 4) unless --force, which that rollout's journal records; the rollout then leaves the
 board as the push left it (superseded).
+Signed when the fleet file names signing_key (boards that trust signers take nothing else).
 """ + EXAMPLES
 BENCH_EXAMPLES = """examples:
   edgedeploy bench b0 digits --runs 1000 --fleet fleet.toml
@@ -66,6 +68,11 @@ STATUS_EXAMPLES = """examples:
   edgedeploy status b0 --fleet fleet.toml
   edgedeploy status --all --json
   edgedeploy status --tag camera --parallel 32
+  edgedeploy status --via s3://fleet-bucket/prod     # pull mode: no board is reached
+  edgedeploy status --via -                          # the fleet file's [pull] store
+
+With --via: each board's last status report and its age; STALE past --stale-polls polls
+(exit 1 if any board is stale or has never reported).
 """ + EXAMPLES
 ROLLBACK_EXAMPLES = """examples:
   edgedeploy rollback b0 digits --fleet fleet.toml
@@ -129,6 +136,10 @@ def register(sub: Any) -> None:
     p.add_argument("--journal", type=Path, metavar="FILE",
                    help="the rollout journal to check (default $EDGEDEPLOY_ROLLOUTS or "
                         "~/.local/share/edgedeploy/rollouts.db)")
+    p.add_argument("--allow-downgrade", action="store_true",
+                   help="let boards take a release lower than they have run (signed bundles)")
+    p.add_argument("--release", type=int, metavar="N",
+                   help="sign with this release number (default: the manifest's creation time)")
     p.set_defaults(func=run_push)
 
     from . import fleetwide
@@ -168,6 +179,11 @@ def register(sub: Any) -> None:
                                       "health of one board or many",
                        epilog=STATUS_EXAMPLES, formatter_class=RAW)
     add_selection_options(s)
+    from .pull import add_via
+
+    add_via(s, "each board's last report and its age, read")
+    s.add_argument("--stale-polls", type=int, default=3, metavar="N",
+                   help="with --via: silent for more than N polls is stale (3)")
     s.set_defaults(func=fleetwide.run_status)
 
     r = sub.add_parser("rollback", help="switch boards back to a model's previous version",
@@ -209,34 +225,49 @@ def run_push(a: argparse.Namespace) -> int:
         raise InputError("name a BOARD (or several), or pass --all / --group G / --tag T")
     return push_command(Path(a.model), a.boards, Boards.from_args(a), activate=not a.no_activate,
                         many=many, group=a.group, tag=a.tag, parallel=a.parallel,
-                        as_json=a.json, force=a.force, journal=a.journal)
+                        as_json=a.json, force=a.force, journal=a.journal,
+                        allow_downgrade=a.allow_downgrade, release=a.release)
 
 
 def push_command(model: Path, names: list[str], where: Boards, *, activate: bool, many: bool,
                  group: str | None, tag: str | None, parallel: int, as_json: bool,
-                 force: bool = False, journal: Path | None = None) -> int:
+                 force: bool = False, journal: Path | None = None,
+                 allow_downgrade: bool = False, release: int | None = None) -> int:
     from ..bundle import load_bundle
     from ..fleet import guard_push
 
-    bundle = load_bundle(model)
+    bundle = signed(load_bundle(model), where, release)
     if many:
         boards = where.fleet().select(names or None, group=group, tag=tag)
         guard_push(journal, [b.name for b in boards], bundle.version, force=force)
         return _push_many(bundle, names, where, activate=activate, group=group, tag=tag,
-                          parallel=parallel, as_json=as_json)
+                          parallel=parallel, as_json=as_json, allow_downgrade=allow_downgrade)
     guard_push(journal, names[:1], bundle.version, force=force)
     from rich.progress import Progress
 
     with where.session(names[0]) as s:
         if as_json or not sys.stderr.isatty():
-            result = s.push(bundle, activate=activate)
+            result = s.push(bundle, activate=activate, allow_downgrade=allow_downgrade)
         else:
             with Progress(transient=True) as bar:
                 task = bar.add_task(f"{names[0]}: {bundle.name}", total=bundle.size)
-                result = s.push(bundle, activate=activate,
+                result = s.push(bundle, activate=activate, allow_downgrade=allow_downgrade,
                                 progress=lambda done, total: bar.update(task, completed=done))
     emit(as_json, _record_push(where, bundle, result), push_line(result))
     return 0
+
+
+def signed(bundle: Any, where: Boards, release: int | None = None) -> Any:
+    """BUNDLE signed with the fleet file's signing_key, when it names one (a bundle that comes
+    signed, with no key here, goes as it is)."""
+    from ..signing import sign_bundle
+
+    key = where.fleet().signing_key if where.fleet_path.exists() else None
+    if key is None:
+        if release is not None:
+            raise InputError("--release needs a signing key: set signing_key in the fleet file")
+        return bundle
+    return sign_bundle(bundle, key, release)
 
 
 def _record_push(where: Boards, bundle: Any, result: Any) -> dict:
@@ -247,7 +278,8 @@ def _record_push(where: Boards, bundle: Any, result: Any) -> dict:
 
 
 def _push_many(bundle: Any, names: list[str], where: Boards, *, activate: bool,
-               group: str | None, tag: str | None, parallel: int, as_json: bool) -> int:
+               group: str | None, tag: str | None, parallel: int, as_json: bool,
+               allow_downgrade: bool = False) -> int:
     from ..deploy import PushResult
     from ..fleet import push_many
 
@@ -263,7 +295,8 @@ def _push_many(bundle: Any, names: list[str], where: Boards, *, activate: bool,
 
     t0 = time.perf_counter()
     results = push_many(boards, bundle, activate=activate, parallel=parallel,
-                        accept_new_host_key=where.accept_new_host_key, on_done=done)
+                        accept_new_host_key=where.accept_new_host_key, on_done=done,
+                        allow_downgrade=allow_downgrade)
     rows = []
     for name in results.order:
         if name in results.succeeded:

@@ -230,6 +230,11 @@ def eval_command(sel: Selection, data: Path, reference: Path | None, where: Boar
 # -- status ------------------------------------------------------------------------------
 def run_status(a: argparse.Namespace) -> int:
     where = Boards.from_args(a)
+    if a.via:  # pull mode: the boards' last reports, read from the store; no board is reached
+        from .pull import status_via_command
+
+        return status_via_command(a.via, a.endpoint, where, stale_polls=a.stale_polls,
+                                  as_json=a.json)
     sel = where.pick(a.targets, every=a.all, group=a.group, tag=a.tag)
     return status_command(sel, where, parallel=a.parallel, as_json=a.json)
 

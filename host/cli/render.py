@@ -123,7 +123,9 @@ def dry_run_text(r: dict) -> str:
 
 def rollout_event(ev: dict) -> None:
     """A rollout's progress on stderr: a line per wave and per board state change."""
-    if "wave" in ev:
+    if "warning" in ev:
+        print(f"warning: {ev['warning']}", file=sys.stderr, flush=True)
+    elif "wave" in ev:
         print(f"wave {ev['wave']}{' (canary)' if ev['wave'] == 0 else ''}: "
               f"{ev['todo']} of {ev['boards']} board(s) to do", file=sys.stderr, flush=True)
     else:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import InputError
+from .board import signed
 from .common import RAW, Boards, add_board_options
 from .render import dry_run_text, emit, rollout_event, rollout_table
 
@@ -27,6 +28,13 @@ START_EXAMPLES = """examples:
   edgedeploy rollout start out/digits.int8.tflite --group kitchen --gate-data gate.npz \\
       --gate "accuracy>=0.97" --gate "p99_ms<=25" --max-accuracy-drop 0.5
   edgedeploy rollout start out/digits.int8.tflite --canary 5% --waves exp --max-failures 3
+  edgedeploy rollout start out/digits.int8.tflite --via s3://fleet-bucket/prod --timeout 600
+
+With --via (pull mode) the controller never connects to a board: each wave's boards are moved
+in their cohort's signed desired state and their status objects are read until each says what
+it did (its gates run on the board before it activates), or --timeout passes (give it a few
+poll intervals). A gate failed on a board leaves its old version active; an abort moves every
+board back to its old version in the desired state.
 
 """ + ABOUT
 STATUS_EXAMPLES = """examples:
@@ -92,6 +100,9 @@ def register(sub: Any) -> None:
                    help="leave out boards the model doesn't fit (listed as skipped)")
     s.add_argument("--dry-run", action="store_true", help="preflight and print the plan only")
     s.add_argument("--journal", type=Path, metavar="FILE", help=JOURNAL_HELP)
+    from .pull import add_via
+
+    add_via(s, "the same plan, carried out")
     add_board_options(s, board=False)
     s.set_defaults(func=run_start)
 
@@ -177,7 +188,8 @@ def run_start(a: argparse.Namespace) -> int:
                       timeout=a.timeout, retries=a.retries, bench_runs=a.bench_runs,
                       skip_incompatible=a.skip_incompatible,
                       accept_new_host_key=a.accept_new_host_key,
-                      gate_data=str(a.gate_data.resolve()) if a.gate_data else None)
+                      gate_data=str(a.gate_data.resolve()) if a.gate_data else None,
+                      **_via_options(a.via, a.endpoint, Boards.from_args(a)))
     return start_command(Path(a.model), options, Boards.from_args(a), a.journal, group=a.group,
                          tag=a.tag, dry_run=a.dry_run, as_json=a.json)
 
@@ -191,10 +203,11 @@ def start_command(model: Path, options: "Options", where: Boards, journal: Path 
     if not boards:
         raise InputError(f"{where.fleet_path}: no board matches",
                          hint="see `edgedeploy targets list`")
-    bundle = fleet.rollout_bundle(model, options.gate_data)
+    via = _via(options, where)
+    bundle = signed(fleet.rollout_bundle(model, options.gate_data), where)
     out = fleet.start(_journal(journal), boards, bundle, str(model.resolve()),
                       str(where.fleet_path.resolve()), options, dry_run=dry_run,
-                      emit=_events(as_json))
+                      emit=_events(as_json), via=via)
     if isinstance(out, fleet.DryRun):
         r = out.to_dict()
         emit(as_json, r, dry_run_text(r))
@@ -239,7 +252,33 @@ def resume_command(rollout_id: str, model: Path | None, journal: Path | None, *,
 
     j = _journal(journal)
     row = j.rollout(rollout_id)
+    where = Boards(Path(row.fleet))
     boards = load_fleet(Path(row.fleet)).boards
-    bundle = fleet.rollout_bundle(model or row.bundle, row.options.gate_data)
-    return _show(fleet.resume(j, rollout_id, boards, bundle, _events(as_json)), as_json)
+    bundle = signed(fleet.rollout_bundle(model or row.bundle, row.options.gate_data), where)
+    return _show(fleet.resume(j, rollout_id, boards, bundle, _events(as_json),
+                              via=_via(row.options, where)), as_json)
+
+
+def _via_options(url: str | None, endpoint: str | None, where: Boards) -> dict:
+    """--via / --endpoint as the journal keeps them: '-' and a missing endpoint filled in from
+    the fleet file's [pull] table (a resume then needs nothing else)."""
+    if not url:
+        return {"via": None, "via_endpoint": None}
+    pull = where.fleet().pull if where.fleet_path.exists() else None
+    if url == "-":
+        if pull is None or not pull.store:
+            raise InputError(f"--via -: {where.fleet_path} has no [pull] store")
+        url = pull.store
+    if endpoint is None and pull is not None and url.startswith("s3://"):
+        endpoint = pull.endpoint
+    return {"via": url, "via_endpoint": endpoint}
+
+
+def _via(options: "Options", where: Boards) -> Any:
+    """The object store of a pull-mode rollout (None: SSH)."""
+    if not options.via:
+        return None
+    from .pull import via_of
+
+    return via_of(options.via, options.via_endpoint, where)
 

@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...errors import (AuthFailed, Conflict, EdgeDeployError, HostKeyRefused, InputError,
                        JournalError, Unreachable)
@@ -31,7 +31,11 @@ from .journal import (BoardRow, BoardState, Busy, Forced, Journal, RolloutRow, R
 from .policy import (GATE_FILE, Gate, Options, check_gates, count_of, parse_gate, plan_waves,
                      too_many_failures)
 from .push import FleetResult, push_many
+from . import pull
 from .runner import Emit, Runner, SessionFactory, open_session
+
+if TYPE_CHECKING:
+    from ..bucket import Via
 
 __all__ = ["BoardRow", "BoardState", "Busy", "DryRun", "FleetResult", "Forced", "GATE_FILE",
            "Gate", "Journal", "guard_push",
@@ -178,9 +182,14 @@ def preflight(boards: list[Board], bundle: Bundle, options: Options,
 
 def start(journal: Journal, boards: list[Board], bundle: Bundle, bundle_path: str,
           fleet_path: str, options: Options, *, dry_run: bool = False, emit: Emit | None = None,
-          connect: SessionFactory = open_session) -> Report | DryRun:
+          connect: SessionFactory = open_session, via: "Via | None" = None) -> Report | DryRun:
     """Check, plan and run a rollout (DRY_RUN: only check and plan). Bad options, a busy
-    board or a board that can't take the model stop it before anything is pushed."""
+    board or a board that can't take the model stop it before anything is pushed. VIA: pull
+    mode (fleet/pull.py) — the same plan, carried out through the object store; BUNDLE is
+    then signed (boards take nothing else) and preflight reads the boards' status objects."""
+    if via is not None and not bundle.signature:
+        raise InputError("a rollout through an object store sends signed bundles only",
+                         hint="set signing_key in the fleet file")
     options.validate()
     if options.gate_data and GATE_FILE not in bundle.extra:
         raise InputError(f"the bundle lacks the gate data ({GATE_FILE})",
@@ -189,7 +198,8 @@ def start(journal: Journal, boards: list[Board], bundle: Bundle, bundle_path: st
     if busy:  # early, before the preflight; create() checks again, atomically
         raise busy_conflict(busy[0])
     unreachable: dict[str, str] = {}
-    problems, notes = preflight(boards, bundle, options, connect, unreachable)
+    problems, notes = pull.preflight(boards, bundle, via) if via is not None else \
+        preflight(boards, bundle, options, connect, unreachable)
     if problems and not options.skip_incompatible:
         lines = "; ".join(f"{k}: {v}" for k, v in sorted(problems.items()))
         hint = "nothing was pushed; fix them, or pass --skip-incompatible"
@@ -211,16 +221,25 @@ def start(journal: Journal, boards: list[Board], bundle: Bundle, bundle_path: st
     if not plan:
         raise InputError("no board to roll out to")
     rollout_id = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
-    journal.create(rollout_id, bundle, bundle_path, fleet_path, options, plan, problems)
     by_name = {b.name: b for b in boards}
+    if via is not None:
+        with via.bucket() as store:
+            published = store.publish_bundle(bundle)  # before the journal: nothing to undo
+        journal.create(rollout_id, bundle, bundle_path, fleet_path, options, plan, problems)
+        pull.PullRunner(journal, rollout_id, by_name, bundle, options, via, published,
+                        emit).run()
+        return report(journal, rollout_id)
+    journal.create(rollout_id, bundle, bundle_path, fleet_path, options, plan, problems)
     Runner(journal, rollout_id, by_name, bundle, options, emit, connect).run()
     return report(journal, rollout_id)
 
 
 def resume(journal: Journal, rollout_id: str, boards: dict[str, Board], bundle: Bundle,
-           emit: Emit | None = None, connect: SessionFactory = open_session) -> Report:
+           emit: Emit | None = None, connect: SessionFactory = open_session,
+           via: "Via | None" = None) -> Report:
     """Go on with a rollout whose process died, from where each board really is; or, for one
-    that ended with stranded boards, retry their rollbacks."""
+    that ended with stranded boards, retry their rollbacks. A pull-mode rollout (its options
+    name ``via``) needs VIA and the bundle signed as it was."""
     r = journal.rollout(rollout_id)
     r.options.validate()  # as journalled: a bad one stops here, before any board is touched
     stranded = any(b.state == BoardState.STRANDED for b in journal.boards(rollout_id))
@@ -237,6 +256,16 @@ def resume(journal: Journal, rollout_id: str, boards: dict[str, Board], bundle: 
     if missing:
         raise InputError(f"rollout {rollout_id}: boards no longer in the fleet: "
                          f"{', '.join(missing)}")
+    if r.options.via:
+        if via is None or not bundle.signature:
+            raise InputError(f"rollout {rollout_id} went through {r.options.via}: resuming it "
+                             f"needs the fleet file's signing_key")
+        with via.bucket() as store:
+            published = store.publish_bundle(bundle)  # there already: 0 bytes
+        pr = pull.PullRunner(journal, rollout_id, boards, bundle, r.options, via, published,
+                             emit)
+        pr.run() if r.state == RolloutState.RUNNING else pr.repair()
+        return report(journal, rollout_id)
     runner = Runner(journal, rollout_id, boards, bundle, r.options, emit, connect)
     runner.run() if r.state == RolloutState.RUNNING else runner.repair()
     return report(journal, rollout_id)

@@ -24,7 +24,9 @@ Board states and the only moves between them (TRANSITIONS, enforced by ``set_boa
               `rollout resume ID` retries the rollback once the board is back)
 
 A self-move (staging → staging …) is a step retried after a crash; activating/activated →
-staged is a recovery that found the board still on its old version.
+staged is a recovery that found the board still on its old version. A pull-mode rollout
+(fleet/pull.py) moves a board from staging straight to what the board reported: committed, or
+rolled_back (a gate failed on the board, which kept its old version).
 
 Exclusivity: ``create`` checks that no unfinished rollout covers the boards and inserts the
 new one in one ``BEGIN IMMEDIATE`` transaction, so of two rollouts started at once on the same
@@ -85,7 +87,9 @@ class RolloutState(str, Enum):
 S = BoardState
 TRANSITIONS: dict[BoardState, frozenset[BoardState]] = {
     S.PENDING: frozenset({S.STAGING}),
-    S.STAGING: frozenset({S.STAGING, S.STAGED, S.FAILED}),
+    # pull mode (fleet/pull.py): the board stages, gates and activates by itself, so a board
+    # the desired state moved goes from staging to what it reported
+    S.STAGING: frozenset({S.STAGING, S.STAGED, S.FAILED, S.COMMITTED, S.ROLLED_BACK}),
     S.STAGED: frozenset({S.ACTIVATING}),
     S.ACTIVATING: frozenset({S.ACTIVATING, S.ACTIVATED, S.STAGED, S.ROLLING_BACK}),
     S.ACTIVATED: frozenset({S.COMMITTED, S.STAGED, S.ROLLING_BACK, S.SUPERSEDED}),

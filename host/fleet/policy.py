@@ -180,6 +180,8 @@ class Options:
     skip_incompatible: bool = False
     accept_new_host_key: bool = False
     gate_data: str | None = None                   # travels in the bundle as gate.npz
+    via: str | None = None                         # pull mode: s3://BUCKET/PREFIX
+    via_endpoint: str | None = None                # ... its S3 endpoint (None: AWS)
 
     def parsed_gates(self) -> list[Gate]:
         return [parse_gate(g) for g in self.gates]
@@ -208,6 +210,10 @@ class Options:
         if not isinstance(self.gates, list) or not all(isinstance(g, str) for g in self.gates):
             raise InputError(f"--gate {self.gates!r}: expected gate expressions")
         count_of(self.canary, 100, "--canary")
+        if self.via is not None:
+            from ...device.s3 import parse_location
+
+            parse_location(self.via, self.via_endpoint)
         if self.waves.strip() != "exp":
             for part in self.waves.split(","):
                 count_of(part, 100, "--waves")

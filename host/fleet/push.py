@@ -33,8 +33,8 @@ OnDone = Callable[[str, "PushResult | EdgeDeployError"], None]
 
 
 def push_many(boards: list[Board], bundle: Bundle, *, activate: bool = True, parallel: int = 16,
-              accept_new_host_key: bool = False, on_done: OnDone | None = None
-              ) -> FleetResult:
+              accept_new_host_key: bool = False, on_done: OnDone | None = None,
+              allow_downgrade: bool = False) -> FleetResult:
     """Push one bundle to many boards, PARALLEL at a time (a thread each: the work is waiting
     on links and boards). ON_DONE is told about each board as it finishes."""
 
@@ -42,7 +42,7 @@ def push_many(boards: list[Board], bundle: Bundle, *, activate: bool = True, par
         out: PushResult | EdgeDeployError
         try:
             with BoardSession(board, accept_new_host_key=accept_new_host_key) as s:
-                out = s.push(bundle, activate=activate)
+                out = s.push(bundle, activate=activate, allow_downgrade=allow_downgrade)
         except BoardError as exc:
             out = exc
         except EdgeDeployError as exc:  # a store error on the board: its message names it
