@@ -13,6 +13,8 @@
     │   ├── NotFound                exit 2   no such model / version in the store
     │   ├── Conflict                exit 4   a version that exists with other content; the active one
     │   ├── HashMismatch            exit 1   a file's sha256 differs from its manifest
+    │   ├── DeltaRefused            exit 1   a delta cannot rebuild the model here (corrupt, a base
+    │   │                                    the board lacks, a result whose sha256 differs)
     │   └── UnsafeBundle            exit 2   absolute path, "..", a link or special file in a bundle
     ├── RunFailure                  exit 1   the model loaded but could not be measured as asked
     │   └── SilentCpuFallback       exit 1   an Edge TPU model whose delegate took no op
@@ -112,6 +114,13 @@ class Conflict(StoreError):
 
 class HashMismatch(StoreError):
     code = "hash_mismatch"
+
+
+class DeltaRefused(StoreError):
+    """A delta was refused on the board (damaged, built against a version the board doesn't
+    hold, or its result's sha256 differs): nothing was installed; send the full file."""
+
+    code = "delta_refused"
 
 
 class UnsafeBundle(StoreError):
