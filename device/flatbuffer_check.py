@@ -170,6 +170,7 @@ class TensorRef:
     shape: tuple[int, ...]
     scales: tuple[float, ...]    # quantization scales (one per channel, or one, or none)
     quantized_dimension: int
+    scale_span: tuple[int, int] = (0, 0)   # where the scales' float32 bytes lie in the file
 
 
 @dataclass(frozen=True)
@@ -204,9 +205,11 @@ def layout(data: bytes) -> Layout:
             if k <= 0:
                 continue
             q = tensor.table_at(4, "quantization")
+            start, n = q.vector(2, "scale", 4) if q is not None else (0, 0)
             tensors.append(TensorRef(
                 g, tensor.string(3, "name"), k, tensor.u8(1, "type"),
                 tuple(tensor.ints(0, "shape")),
                 tuple(q.floats(2, "scale")) if q is not None else (),
-                q.u32(6, "quantized_dimension") if q is not None else 0))
+                q.u32(6, "quantized_dimension") if q is not None else 0,
+                (start, 4 * n) if n else (0, 0)))
     return Layout(b.n, spans, tensors)

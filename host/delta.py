@@ -6,24 +6,27 @@ How a patch is built, for a new model NEW and bases B0, B1, … (the board's sto
 most preferred first — its current one):
 
 1. Parse every file's flatbuffer (``device.flatbuffer_check.layout``: any .tflite, whoever
-   converted it): where each buffer's bytes lie, which tensor names it, with what type, shape
-   and quantization scales.
-2. Each buffer of NEW of at least ``MIN_BUFFER`` bytes whose sha256 equals a buffer of any base
-   is a COPY of that base's bytes, wherever the buffer moved to, whatever its index.
-3. A buffer found in no base whose tensor (same subgraph and name, same byte length) had a
-   buffer in a base is sent the cheapest of three ways (each tried, zlib-sized):
-   ADD — the bytewise difference from the old bytes (fine-tuned weights move a little);
-   SCALE — for an integer tensor whose quantization scales changed (every fine-tune of int8
-   weights changes max|w|, so every value is re-scaled): the old values times old/new scale per
-   channel, rounded, plus the residual; or the bytes themselves (LIT). Multi-byte elements go
-   byte-plane by byte-plane (``shuffle``) when that compresses better.
-4. Everything else — the flatbuffer's tables, tensor names, quantization parameters, padding,
-   small buffers — is matched against the bases' bytes outside their big buffers by a greedy
-   matcher on 8-byte grams (position-independent: the layout may shift) that first tries to
-   continue the previous run: COPY for runs found, literal bytes for the rest.
-5. Fewer, longer ops (``_merge``): a short literal between two runs of one base in step (a
-   changed scale inside a table) becomes an ADD, short runs beside it join it, and runs that
-   continue each other become one COPY — an unchanged layout is a handful of ops.
+   converted it) into regions: each buffer of at least ``MIN_BUFFER`` bytes (a tensor's data)
+   and each tensor's quantization scales (float32, per channel), keyed by subgraph, tensor name
+   and part, with the tensor's type, shape and scales.
+2. A region of NEW whose sha256 equals a region of any base is a COPY of that base's bytes,
+   wherever it moved to, whatever its index.
+3. A region found in no base whose key had a region of the same length in a base is sent the
+   cheapest of these (each tried, sized with zlib): ADD — the bytewise difference from the old
+   bytes (fine-tuned weights move a little); SCALE — for integer tensor data whose quantization
+   scales changed (a fine-tune of int8 weights changes max|w|, so every value is re-scaled): the
+   old values times old/new scale per channel, rounded, plus the residual; FSCALE — float32
+   values that moved by one factor (a bias's scales after its input's scale changed: a
+   re-calibration); or its bytes (LIT). Multi-byte elements go byte-plane by byte-plane
+   (``shuffle``) when that compresses better.
+4. Everything else — the flatbuffer's tables, tensor names, small buffers, padding — is matched
+   (``delta_tables.match_tables``) against the bases' bytes outside their regions by a greedy
+   matcher on 8-byte grams
+   (position-independent: the layout may shift) that first tries to continue the previous run:
+   COPY for runs found, literal bytes for the rest.
+5. Fewer, longer ops (``delta_tables.merge``): a short literal between two runs of one base in step (a
+   changed value inside a table) becomes an ADD, short runs beside it join it, and runs that
+   continue each other become one COPY: an unchanged layout is a handful of ops.
 6. The op, literal and difference streams are compressed each with whichever of lzma / zlib /
    none is smallest.
 
@@ -39,17 +42,12 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ..device import delta as wire
+from ..device import delta_format as wire
 from ..device.flatbuffer_check import TYPE_SIZES, FlatbufferError, Layout, TensorRef, layout
 from ..errors import InputError
+from .delta_tables import Index, Seg, diff, emit, match_tables, merge
 
 MIN_BUFFER = 64      # smaller buffers are matched with the tables around them
-GRAM = 8             # bytes per indexed gram of the table matcher
-STRIDE = 4           # a base is indexed every STRIDE bytes: runs of ≥ GRAM + STRIDE - 1 found
-MIN_COPY = 12        # a run found through the index shorter than this is sent as bytes
-MIN_CONTINUE = 4     # … a run that continues the previous one may be this short
-MERGE_LIT = 64       # a literal this short between two runs of one base in step becomes ADD
-MERGE_COPY = 1024    # a run this short beside an ADD of the same base in step joins the ADD
 SIGNED_INTS = {9: 1, 7: 2, 2: 4}   # TensorType INT8, INT16, INT32 → bytes: what SCALE takes
 
 
@@ -68,14 +66,16 @@ class Base:
 
 @dataclass
 class DeltaStats:
+    """What a patch is made of. Regions: tensor buffers and quantization scales (step 1)."""
+
     target_size: int
     patch_size: int = 0
-    copied_buffers: int = 0
-    copied_buffer_bytes: int = 0
-    added_buffers: int = 0
-    scaled_buffers: int = 0
-    literal_buffers: int = 0
-    changed_buffer_bytes: int = 0
+    copied_regions: int = 0
+    copied_region_bytes: int = 0
+    added_regions: int = 0
+    scaled_regions: int = 0
+    literal_regions: int = 0
+    changed_region_bytes: int = 0
     table_copied_bytes: int = 0
     table_literal_bytes: int = 0
     ops: int = 0
@@ -123,13 +123,28 @@ def plan_transfer(full_size: int, delta: Delta | None, reason_no_delta: str = ""
 
 # -- parsing ----------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class _Region:
+    """A typed run of a model file: a tensor's buffer (``data``) or its quantization scales
+    (``scale``, float32). KEY pairs it with its old self: (subgraph, tensor name, part)."""
+
+    start: int
+    length: int
+    key: tuple[int, str, str] | None
+    tensor: TensorRef | None
+    elem: int            # bytes per element
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+
 @dataclass
 class _Model:
     data: bytes
     layout: Layout
-    big: list[tuple[int, int, int]]              # (start, length, buffer index), by start
-    by_tensor: dict[tuple[int, str], TensorRef]  # (subgraph, tensor name) → its tensor
-    by_buffer: dict[int, TensorRef]              # buffer index → the first tensor naming it
+    regions: list[_Region]                          # by start, not overlapping
+    by_key: dict[tuple[int, str, str], _Region]
 
 
 def _parse(data: bytes, what: str) -> _Model:
@@ -138,57 +153,43 @@ def _parse(data: bytes, what: str) -> _Model:
     except FlatbufferError as exc:
         raise InputError(f"{what}: not a sound TFLite model ({exc})",
                          hint="a delta is built from .tflite files only") from exc
-    big = sorted((s, n, k) for k, (s, n) in enumerate(lay.buffers) if n >= MIN_BUFFER)
-    kept: list[tuple[int, int, int]] = []
-    for s, n, k in big:  # overlapping spans (a crafted file): the rest count as tables
-        if not kept or s >= kept[-1][0] + kept[-1][1]:
-            kept.append((s, n, k))
-    by_tensor: dict[tuple[int, str], TensorRef] = {}
-    by_buffer: dict[int, TensorRef] = {}
+    first: dict[int, TensorRef] = {}
     for t in lay.tensors:
-        by_tensor.setdefault((t.subgraph, t.name), t)
-        by_buffer.setdefault(t.buffer, t)
-    return _Model(data, lay, kept, by_tensor, by_buffer)
+        first.setdefault(t.buffer, t)
+    found = []
+    for k, (s, n) in enumerate(lay.buffers):
+        if n >= MIN_BUFFER:
+            t = first.get(k)
+            found.append(_Region(s, n, (t.subgraph, t.name, "data") if t else None, t,
+                                 TYPE_SIZES.get(t.type, 1) if t else 1))
+    for t in lay.tensors:
+        s, n = t.scale_span
+        if n >= MIN_BUFFER:
+            found.append(_Region(s, n, (t.subgraph, t.name, "scale"), t, 4))
+    regions: list[_Region] = []
+    for r in sorted(found, key=lambda r: r.start):  # overlaps (shared or crafted): first wins
+        if not regions or r.start >= regions[-1].end:
+            regions.append(r)
+    by_key: dict[tuple[int, str, str], _Region] = {}
+    for r in regions:
+        if r.key is not None:
+            by_key.setdefault(r.key, r)
+    return _Model(data, lay, regions, by_key)
 
 
-def _gaps(size: int, big: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
-    """The [start, end) ranges of a file outside its big buffers."""
+def _gaps(size: int, regions: list[_Region]) -> list[tuple[int, int]]:
+    """The [start, end) ranges of a file outside its regions."""
     out, pos = [], 0
-    for s, n, _k in big:
-        if s > pos:
-            out.append((pos, s))
-        pos = max(pos, s + n)
+    for r in regions:
+        if r.start > pos:
+            out.append((pos, r.start))
+        pos = max(pos, r.end)
     if pos < size:
         out.append((pos, size))
     return out
 
 
-# -- segments: what the new file is made of ---------------------------------------------------
-
-@dataclass
-class _Seg:
-    """A piece of the new file. ``copy``: base bytes; ``add``: base bytes + ``payload`` (the
-    difference, element order); ``scale``: ``payload`` = multipliers + residual (sent as is);
-    ``lit``: ``payload`` = the bytes."""
-
-    kind: str
-    length: int
-    base: int = -1
-    offset: int = 0
-    payload: bytes = b""
-    planes: int = 1
-    scale: tuple[int, int, int] = (0, 0, 0)    # SCALE: element size, channels, inner
-
-    @property
-    def end(self) -> int:
-        return self.offset + self.length
-
-
-def _diff(new, old) -> bytes:
-    import numpy as np
-
-    return (np.frombuffer(new, np.uint8) - np.frombuffer(old, np.uint8)).tobytes()
-
+# -- regions, sent the cheapest way -----------------------------------------------------------
 
 def _zsize(data: bytes) -> int:
     return len(zlib.compress(data, 6))
@@ -238,181 +239,72 @@ def _scale_payload(new: bytes, old: bytes, t_new: TensorRef, t_old: TensorRef
     return m.tobytes() + wire.shuffle(resid, size), (size, channels, inner)
 
 
-def _buffer_seg(chunk: bytes, t_new: TensorRef | None, bms: list[_Model],
-                by_hash: dict[bytes, tuple[int, int]], stats: DeltaStats) -> _Seg:
-    """A big buffer of NEW: COPY when a base holds its bytes, else the cheapest of LIT, ADD
-    and SCALE against its tensor's old buffer."""
+def _fscale_payload(new: bytes, old: bytes) -> tuple[bytes, tuple[int, int, int]] | None:
+    """FSCALE's multiplier + residual for float32 values that moved by one factor (a tensor's
+    quantization scales when its input's scale changed), or None."""
+    import numpy as np
+
+    if len(new) % 4 or len(new) != len(old):
+        return None
+    a = np.frombuffer(old, "<f4").astype(np.float64)
+    b = np.frombuffer(new, "<f4").astype(np.float64)
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        return None
+    nz = a != 0
+    if not nz.any():
+        return None
+    m = np.asarray([np.median(b[nz] / a[nz])], "<f4")
+    if not np.isfinite(m[0]) or abs(float(m[0])) > wire.MAX_MULTIPLIER:
+        return None
+    count = len(a)
+    with np.errstate(over="ignore"):
+        if not np.all(np.isfinite((a * float(m[0])).astype("<f4"))):
+            return None
+    pred = wire.scaled_prediction(old, 0, m.tobytes(), count)
+    resid = ((np.frombuffer(new, "<u4").astype(np.int64) - pred) & 0xFFFFFFFF).astype("<u4")
+    return m.tobytes() + wire.shuffle(resid.tobytes(), 4), (0, 1, count)
+
+
+def _region_seg(chunk: bytes, region: _Region, bms: list[_Model],
+                by_hash: dict[bytes, tuple[int, int]], stats: DeltaStats) -> Seg:
+    """A region of NEW: COPY when a base holds its bytes anywhere, else the cheapest of LIT,
+    ADD, SCALE (integer tensor data) and FSCALE (float32) against its old self."""
     n = len(chunk)
     hit = by_hash.get(hashlib.sha256(chunk).digest())
     if hit is not None:
-        stats.copied_buffers += 1
-        stats.copied_buffer_bytes += n
-        return _Seg("copy", n, hit[0], hit[1])
-    stats.changed_buffer_bytes += n
-    elem = TYPE_SIZES.get(t_new.type, 1) if t_new is not None else 1
+        stats.copied_regions += 1
+        stats.copied_region_bytes += n
+        return Seg("copy", n, hit[0], hit[1])
+    stats.changed_region_bytes += n
+    elem = region.elem
     planes = _best_planes(chunk, elem)
-    best = _Seg("lit", n, payload=chunk, planes=planes)
+    best = Seg("lit", n, payload=chunk, planes=planes)
     cost = _zsize(wire.shuffle(chunk, planes))
-    if t_new is not None:
-        for bi, bm in enumerate(bms):
-            t_old = bm.by_tensor.get((t_new.subgraph, t_new.name))
-            if t_old is None or bm.layout.buffers[t_old.buffer][1] != n:
-                continue
-            q = bm.layout.buffers[t_old.buffer][0]
-            old = bm.data[q:q + n]
-            diff = _diff(chunk, old)
-            dplanes = _best_planes(diff, elem)
-            c = _zsize(wire.shuffle(diff, dplanes))
-            if c < cost:
-                best, cost = _Seg("add", n, bi, q, diff, dplanes), c
-            sc = _scale_payload(chunk, old, t_new, t_old)
-            if sc is not None and _zsize(sc[0]) < cost:
-                best, cost = _Seg("scale", n, bi, q, sc[0], scale=sc[1]), _zsize(sc[0])
-            break
+    for bi, bm in enumerate(bms):
+        was = bm.by_key.get(region.key) if region.key is not None else None
+        if was is None or was.length != n:
+            continue
+        old = bm.data[was.start:was.end]
+        delta = diff(chunk, old)
+        dplanes = _best_planes(delta, elem)
+        c = _zsize(wire.shuffle(delta, dplanes))
+        if c < cost:
+            best, cost = Seg("add", n, bi, was.start, delta, dplanes), c
+        floats = region.key is not None and region.key[2] == "scale" or \
+            region.tensor is not None and region.tensor.type == 0
+        sc = _fscale_payload(chunk, old) if floats else \
+            _scale_payload(chunk, old, region.tensor, was.tensor) \
+            if region.tensor is not None and was.tensor is not None else None
+        if sc is not None and _zsize(sc[0]) < cost:
+            best, cost = Seg("scale", n, bi, was.start, sc[0], scale=sc[1]), _zsize(sc[0])
+        break
     if best.kind == "lit":
-        stats.literal_buffers += 1
+        stats.literal_regions += 1
     elif best.kind == "add":
-        stats.added_buffers += 1
+        stats.added_regions += 1
     else:
-        stats.scaled_buffers += 1
+        stats.scaled_regions += 1
     return best
-
-
-class _Index:
-    """GRAM-byte grams of the bases' bytes outside big buffers → (base, position)."""
-
-    def __init__(self, bases: list[_Model]) -> None:
-        self.grams: dict[bytes, tuple[int, int]] = {}
-        for bi in range(len(bases) - 1, -1, -1):  # the most preferred base wins a tie
-            d = bases[bi].data
-            for lo, hi in _gaps(len(d), bases[bi].big):
-                for p in range(lo, hi - GRAM + 1, STRIDE):
-                    self.grams[d[p:p + GRAM]] = (bi, p)
-
-
-def _match_len(a: bytes, i: int, b: bytes, j: int, limit: int) -> int:
-    n, step = 0, 32
-    while n < limit:
-        k = min(step, limit - n)
-        if a[i + n:i + n + k] == b[j + n:j + n + k]:
-            n += k
-            step = min(step * 2, 1 << 16)
-            continue
-        while n < limit and a[i + n] == b[j + n]:
-            n += 1
-        return n
-    return n
-
-
-def _tables(new: bytes, lo: int, hi: int, bases: list[_Model], index: _Index,
-            cont: tuple[int, int] | None, segs: list[_Seg], stats: DeltaStats
-            ) -> tuple[int, int] | None:
-    """Match NEW[lo:hi] (bytes outside big buffers) against the bases, onto SEGS. CONT:
-    (base, base position - new position) of the run before; the one after is returned."""
-    grams = index.grams
-    p = lit_start = lo
-    while p < hi:
-        found = None
-        if cont is not None:
-            bi, shift = cont
-            q = p + shift
-            bd = bases[bi].data
-            if 0 <= q < len(bd):
-                n = _match_len(new, p, bd, q, min(hi - p, len(bd) - q))
-                if n >= MIN_CONTINUE:
-                    found = (bi, q, n)
-        if found is None and p + GRAM <= hi:
-            hit = grams.get(new[p:p + GRAM])
-            if hit is not None:
-                bi, q = hit
-                bd = bases[bi].data
-                n = _match_len(new, p, bd, q, min(hi - p, len(bd) - q))
-                if n >= MIN_COPY:
-                    found = (bi, q, n)
-        if found is None:
-            p += 1
-            continue
-        bi, q, n = found
-        bd = bases[bi].data
-        while p > lit_start and q > 0 and new[p - 1] == bd[q - 1]:
-            p, q, n = p - 1, q - 1, n + 1
-        if p > lit_start:
-            segs.append(_Seg("lit", p - lit_start, payload=new[lit_start:p]))
-            stats.table_literal_bytes += p - lit_start
-        segs.append(_Seg("copy", n, bi, q))
-        stats.table_copied_bytes += n
-        p += n
-        lit_start = p
-        cont = (bi, q - (p - n))
-    if hi > lit_start:
-        segs.append(_Seg("lit", hi - lit_start, payload=new[lit_start:hi]))
-        stats.table_literal_bytes += hi - lit_start
-    return cont
-
-
-def _merge(segs: list[_Seg], bases: list[_Model]) -> list[_Seg]:
-    """Fewer, longer ops (pure): see step 5 of the module docstring."""
-    def in_step(a: _Seg, b: _Seg) -> bool:
-        return a.base >= 0 and a.base == b.base and a.end == b.offset \
-            and a.kind != "scale" and b.kind != "scale"
-
-    out: list[_Seg] = []
-    for i, s in enumerate(segs):  # short literals between two runs in step → ADD
-        if s.kind == "lit" and s.length <= MERGE_LIT and s.planes == 1 and out \
-                and out[-1].base >= 0 and i + 1 < len(segs) \
-                and segs[i + 1].base == out[-1].base \
-                and segs[i + 1].offset == out[-1].end + s.length:
-            bi, off = out[-1].base, out[-1].end
-            s = _Seg("add", s.length, bi, off, _diff(s.payload, bases[bi].data[off:s.length + off]))
-        out.append(s)
-    for i, s in enumerate(out):  # short runs beside a single-plane ADD in step → ADD of zeros
-        if s.kind == "copy" and s.length < MERGE_COPY:
-            near = [out[j] for j in (i - 1, i + 1) if 0 <= j < len(out)]
-            if any(t.kind == "add" and t.planes == 1 and (in_step(t, s) or in_step(s, t))
-                   for t in near):
-                out[i] = _Seg("add", s.length, s.base, s.offset, bytes(s.length))
-    merged: list[_Seg] = []
-    for s in out:  # neighbours of one kind in step → one op
-        last = merged[-1] if merged else None
-        if last is not None and in_step(last, s) and last.kind == s.kind == "copy":
-            merged[-1] = _Seg("copy", last.length + s.length, last.base, last.offset)
-        elif last is not None and in_step(last, s) and last.kind == s.kind == "add" \
-                and last.planes == s.planes == 1:
-            merged[-1] = _Seg("add", last.length + s.length, last.base, last.offset,
-                              last.payload + s.payload)
-        else:
-            merged.append(s)
-    return merged
-
-
-def _emit(segs: list[_Seg]) -> dict[str, bytes]:
-    """The raw ops / lit / add streams of SEGS (wire format: device/delta.py)."""
-    ops, lit, add = bytearray(), bytearray(), bytearray()
-    last_end: dict[int, int] = {}
-
-    def rel(bi: int, offset: int) -> int:
-        r = offset - last_end.get(bi, 0)
-        return (r << 1) if r >= 0 else ((-r << 1) - 1)
-
-    for s in segs:
-        if s.kind == "copy":
-            ops += wire.varints(wire.OP_COPY, s.base, rel(s.base, s.offset), s.length)
-        elif s.kind == "add":
-            ops += wire.varints(wire.OP_ADD, s.base, rel(s.base, s.offset), s.length, s.planes)
-            add += wire.shuffle(s.payload, s.planes)
-        elif s.kind == "scale":
-            ops += wire.varints(wire.OP_SCALE, s.base, rel(s.base, s.offset), s.length,
-                                *s.scale)
-            add += s.payload
-        elif s.planes > 1:
-            ops += wire.varints(wire.OP_LIT_SHUFFLED, s.length, s.planes)
-            lit += wire.shuffle(s.payload, s.planes)
-        else:
-            ops += wire.varints(wire.OP_LIT, s.length)
-            lit += s.payload
-        if s.base >= 0:
-            last_end[s.base] = s.end
-    return {"ops": bytes(ops), "lit": bytes(lit), "add": bytes(add)}
 
 
 def build_delta(new: bytes, bases: Sequence[Base], *, codecs: Sequence[str] = wire.CODECS
@@ -431,27 +323,34 @@ def build_delta(new: bytes, bases: Sequence[Base], *, codecs: Sequence[str] = wi
     by_hash: dict[bytes, tuple[int, int]] = {}
     for bi in range(len(bms) - 1, -1, -1):  # the most preferred base wins a tie
         d = bms[bi].data
-        for s, n, _k in bms[bi].big:
-            by_hash[hashlib.sha256(d[s:s + n]).digest()] = (bi, s)
-    index = _Index(bms)
-    segs: list[_Seg] = []
+        for r in bms[bi].regions:
+            by_hash[hashlib.sha256(d[r.start:r.end]).digest()] = (bi, r.start)
+    index = Index([b.data for b in bms], [_gaps(len(b.data), b.regions) for b in bms])
+    base_bytes = [b.data for b in bms]
+    segs: list[Seg] = []
     cont: tuple[int, int] | None = None
     pos = 0
-    for s, n, k in nm.big:
-        if s > pos:
-            cont = _tables(new, pos, s, bms, index, cont, segs, stats)
-        seg = _buffer_seg(new[s:s + n], nm.by_buffer.get(k), bms, by_hash, stats)
+    for r in nm.regions:
+        if r.start > pos:
+            cont = match_tables(new, pos, r.start, base_bytes, index, cont, segs)
+        seg = _region_seg(new[r.start:r.end], r, bms, by_hash, stats)
+        seg.region = True
         segs.append(seg)
         if seg.base >= 0:
-            cont = (seg.base, seg.offset - s)
-        pos = s + n
+            cont = (seg.base, seg.offset - r.start)
+        pos = r.end
     if pos < len(new):
-        _tables(new, pos, len(new), bms, index, cont, segs, stats)
+        match_tables(new, pos, len(new), base_bytes, index, cont, segs)
 
-    merged = _merge(segs, bms)
+    for sg in segs:
+        if sg.kind == "copy" and sg.region is False:
+            stats.table_copied_bytes += sg.length
+        elif sg.kind == "lit" and sg.region is False:
+            stats.table_literal_bytes += sg.length
+    merged = merge(segs, base_bytes)
     refs = [wire.BaseRef(x.name, x.version, x.sha256, len(x.data)) for x in bases]
     target_sha = hashlib.sha256(new).hexdigest()
-    data, info = wire.encode(target_sha, len(new), refs, _emit(merged), codecs)
+    data, info = wire.encode(target_sha, len(new), refs, emit(merged), codecs)
     stats.patch_size = len(data)
     stats.ops = len(merged)
     stats.streams = info

@@ -99,7 +99,7 @@ def test_head_retrained_int8_rebuilds_bit_exact(board_py, models, retrained, tmp
     new = retrained.read_bytes()
     d = make_patch(retrained, {"v1": models["int8"]}, tmp_path / "p.delta")
     # the tensor-level part: every buffer but the retrained layer's is a copy
-    assert d.stats.copied_buffers >= 6 and d.stats.changed_buffer_bytes <= 1000
+    assert d.stats.copied_regions >= 6 and d.stats.changed_region_bytes <= 1000
     assert plan_transfer(len(new), d).kind == "delta"
     assert d.size < len(new) * 0.05, d.stats
     got = apply_on_board(board_py, tmp_path / "p.delta", tmp_path / "out.tflite",

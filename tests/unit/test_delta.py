@@ -10,9 +10,11 @@ import os
 import numpy as np
 import pytest
 
-from edgedeploy.device import delta as wire
+from edgedeploy.device import delta as applier
+from edgedeploy.device import delta_format as wire
 from edgedeploy.errors import DeltaRefused
 from edgedeploy.host import delta as hd
+from edgedeploy.host import delta_tables as tables
 
 BASE = bytes(range(256)) * 8  # 2048 bytes
 
@@ -36,7 +38,7 @@ def run(tmp_path, patch: bytes, bases: list[bytes] | None = None, expected=None)
     (tmp_path / "p.delta").write_bytes(patch)
     out = tmp_path / "out.tflite"
     by_version = {f"v{i}": p for i, p in enumerate(paths)}
-    got = wire.apply(tmp_path / "p.delta", lambda ref: by_version.get(ref.version), out, expected)
+    got = applier.apply(tmp_path / "p.delta", lambda ref: by_version.get(ref.version), out, expected)
     return got, out.read_bytes()
 
 
@@ -63,7 +65,7 @@ def test_shuffle_is_byte_planes_and_unshuffle_inverts_it(planes):
 
 def test_varints_round_trip():
     values = [0, 1, 127, 128, 300, 2**32 - 1, 2**40 + 5]
-    r = wire._Reader(wire.varints(*values), "t")
+    r = wire.Reader(wire.varints(*values), "t")
     assert [r.varint() for _ in values] == values
 
 
@@ -142,7 +144,7 @@ def test_missing_base_is_refused(tmp_path):
     _, patch = good_patch()
     (tmp_path / "p.delta").write_bytes(patch)
     with pytest.raises(DeltaRefused, match="does not hold"):
-        wire.apply(tmp_path / "p.delta", lambda ref: None, tmp_path / "out.tflite")
+        applier.apply(tmp_path / "p.delta", lambda ref: None, tmp_path / "out.tflite")
     assert not (tmp_path / "out.tflite").exists()
 
 
@@ -200,15 +202,13 @@ def test_a_stream_claiming_more_than_the_target_is_refused(tmp_path):
 # -- the builder's pure parts ------------------------------------------------------------------
 
 def seg(kind, length, base=-1, offset=0, payload=b"", planes=1):
-    return hd._Seg(kind, length, base, offset, payload, planes)
+    return tables.Seg(kind, length, base, offset, payload, planes)
 
 
 def test_merge_joins_runs_in_step_and_turns_a_changed_value_into_an_add():
-    class B:  # a base model: only its bytes are read
-        data = BASE
     segs = [seg("copy", 1100, 0, 0), seg("lit", 4, payload=b"\1\2\3\4"),
             seg("copy", 500, 0, 1104), seg("copy", 100, 0, 1604)]
-    out = hd._merge(segs, [B])
+    out = tables.merge(segs, [BASE])
     assert [(s.kind, s.offset, s.length) for s in out] == [("copy", 0, 1100), ("add", 1100, 604)]
     add = out[1]
     assert wire.add_bytes(BASE[1100:1704], add.payload) == b"\1\2\3\4" + BASE[1104:1704]
@@ -231,13 +231,11 @@ def test_merge_joins_runs_in_step_and_turns_a_changed_value_into_an_add():
     ([seg("copy", 10, 0, 0), seg("lit", 4, payload=bytes(4), planes=4), seg("copy", 10, 0, 14)],
      ["copy", "lit", "copy"]),
     # a SCALE op is never merged
-    ([seg("copy", 10, 0, 0), hd._Seg("scale", 16, 0, 10, bytes(20), 1, (1, 1, 16)),
+    ([seg("copy", 10, 0, 0), tables.Seg("scale", 16, 0, 10, bytes(20), 1, (1, 1, 16)),
       seg("copy", 10, 0, 26)], ["copy", "scale", "copy"]),
 ])
 def test_merge_rules(segs, kinds):
-    class B:
-        data = BASE
-    assert [s.kind for s in hd._merge(segs, [B, B])] == kinds
+    assert [s.kind for s in tables.merge(segs, [BASE, BASE])] == kinds
 
 
 def delta_of(size: int) -> hd.Delta:
@@ -263,3 +261,19 @@ def test_build_refuses_what_is_not_a_tflite():
         hd.build_delta(b"not a model at all", [hd.Base("m", "v1", b"neither")])
     with pytest.raises(InputError, match="at least one base"):
         hd.build_delta(b"x", [])
+
+
+def test_fscale_rebuilds_float32_scaled_by_one_factor(tmp_path):
+    old = np.linspace(1e-4, 3e-3, 64, dtype="<f4")
+    new = (old.astype(np.float64) * 0.8125).astype("<f4")
+    new[5] = np.float32(1.5)                                    # one value off the factor
+    m = np.array([0.8125], "<f4")
+    pred = wire.scaled_prediction(old.tobytes(), 0, m.tobytes(), 64)
+    resid = ((np.frombuffer(new.tobytes(), "<u4").astype(np.int64) - pred) & 0xFFFFFFFF
+             ).astype("<u4").tobytes()
+    assert resid.count(0) >= len(resid) - 4                    # all but one value predicted
+    base = old.tobytes() + BASE[:100]
+    ops = wire.varints(wire.OP_FSCALE, 0, 0, 256, 1, 64)
+    _, out = run(tmp_path, patch_for(new.tobytes(), ops, add=m.tobytes() + wire.shuffle(resid, 4),
+                                     bases=[base]), [base])
+    assert out == new.tobytes()
