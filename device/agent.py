@@ -168,7 +168,10 @@ def cmd_install(a, store) -> dict:
             got = store.install(a.bundle, move=a.remove_bundle)
             out = {"name": got.name, "version": got.version, "path": str(got.path),
                    "files": got.files, "bytes": got.bytes,
-                   "already_present": got.already_present}
+                   "already_present": got.already_present,
+                   "delta": None if got.delta is None else {
+                       "bytes": got.delta.patch_bytes,
+                       "bases": [f"{b.name}@{b.version}" for b in got.delta.bases]}}
             if a.activate:
                 ptr, removed = store.activate(got.name, got.version)
                 out.update(current=ptr.current, previous=ptr.previous, removed=removed)

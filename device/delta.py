@@ -21,6 +21,7 @@ from ..errors import DeltaRefused
 from .delta_format import (MAX_MULTIPLIER, OP_ADD, OP_COPY, OP_FSCALE, OP_LIT, OP_LIT_SHUFFLED,
                            OP_SCALE, PLANES, SCALE_SIZES, BaseRef, Reader, add_bytes, decompress,
                            read_header, scaled_prediction, unshuffle)
+from .fsio import checkpoint
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,7 @@ def _run(streams: dict[str, bytes], bases: list[memoryview], sink: _Sink, size: 
         else:
             raise DeltaRefused(f"{what}: unknown op {tag}")
         pos += n
+        checkpoint("delta:applying")  # kill -9 tests: the output half written
     if pos != size or lp != len(lit) or ap != len(add):
         raise DeltaRefused(f"{what}: the ops write {pos} of {size} bytes and use {lp} of "
                            f"{len(lit)} literal and {ap} of {len(add)} difference bytes")

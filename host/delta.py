@@ -159,9 +159,9 @@ def _parse(data: bytes, what: str) -> _Model:
     found = []
     for k, (s, n) in enumerate(lay.buffers):
         if n >= MIN_BUFFER:
-            t = first.get(k)
-            found.append(_Region(s, n, (t.subgraph, t.name, "data") if t else None, t,
-                                 TYPE_SIZES.get(t.type, 1) if t else 1))
+            owner = first.get(k)
+            found.append(_Region(s, n, (owner.subgraph, owner.name, "data") if owner else None,
+                                 owner, TYPE_SIZES.get(owner.type, 1) if owner else 1))
     for t in lay.tensors:
         s, n = t.scale_span
         if n >= MIN_BUFFER:

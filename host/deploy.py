@@ -5,6 +5,8 @@ EdgeDeployError naming the board, and leaves the board on the model it had.
 
 How the agent is reached (resident agent or a batch process, uploads, the agent's own
 install) is host/agent_link.py's; where files go on the board, the agent says (its ``state``).
+Whether the model travels whole or as a delta against a version the board stores is
+host/transfer.py's; a delta the board refuses is followed by the full file, once.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..device import protocol
+from ..device.delta_format import SUFFIX as DELTA_SUFFIX
 from ..device.manifest import Manifest, sha256_file
-from ..errors import BoardError, Incompatible
+from ..errors import BoardError, DeltaRefused, Incompatible
 from ..targets import Board
 from .agent_link import AgentLink, Progress, local_agent
 from .bundle import Bundle
+from .delta import Delta
+from .transfer import Deltas, shared
 from .transport import Transport
 
 __all__ = ["BoardSession", "BoardStatus", "PushPlan", "PushResult", "board_problems",
@@ -87,6 +92,9 @@ class PushResult:
     previous: str | None
     seconds: float
     resident_agent: bool = False  # the board's resident agent did the work (no process start)
+    transfer: str = "none"        # the model went "full" or as a "delta" ("none": not sent)
+    full_bytes: int = 0           # what sending the bundle whole costs (bytes_sent: what did)
+    transfer_note: str = ""       # why full (no earlier version, not smaller, delta refused …)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,9 +118,10 @@ class BoardSession:
     SSH handshake and one agent call; see AgentLink for how calls reach the agent."""
 
     def __init__(self, board: Board, transport: Transport | None = None, *,
-                 accept_new_host_key: bool = False) -> None:
+                 accept_new_host_key: bool = False, deltas: Deltas | None = None) -> None:
         self.board = board
         self.link = AgentLink(board, transport, accept_new_host_key=accept_new_host_key)
+        self.deltas = deltas or shared()
 
     def close(self) -> None:
         self.link.close()
@@ -158,9 +167,22 @@ class BoardSession:
                                hint="nothing was changed on the board")
         current = entry.current if entry else None
         previous = entry.previous if entry else None
-        sent = 0
+        sent, transfer, note = 0, "none", ""
         if plan.upload_model:
-            sent, installed = self._upload_and_install(st, bundle, progress, activate)
+            offer = self.deltas.offer(bundle, entry)
+            transfer, note = offer.plan.kind, offer.plan.reason
+            installed = None
+            if offer.delta is not None:
+                try:
+                    sent, installed = self._upload_and_install(st, bundle, progress, activate,
+                                                               offer.delta)
+                except DeltaRefused as exc:  # the store is unchanged: the full file, once
+                    sent += bundle.size - bundle.manifest.size + offer.delta.size
+                    transfer, note = "full", f"the board refused the delta ({exc.message})"
+            if installed is None:
+                more, installed = self._upload_and_install(st, bundle, progress, activate)
+                sent += more
+            self.deltas.remember(bundle)
             if installed.switched:
                 current, previous = installed.switched.current, installed.switched.previous
         elif activate and current != bundle.version:
@@ -168,19 +190,25 @@ class BoardSession:
             current, previous = sw.current, sw.previous
         return PushResult(self.board.name, bundle.name, bundle.version, bundle.manifest.label,
                           sent, self.link.agent_uploaded, activate, current, previous,
-                          time.perf_counter() - t0, self.link.resident)
+                          time.perf_counter() - t0, self.link.resident, transfer,
+                          bundle.size, note)
 
     def _upload_and_install(self, st: protocol.State, bundle: Bundle,
-                            progress: Progress | None, activate: bool
-                            ) -> tuple[int, protocol.Installed]:
+                            progress: Progress | None, activate: bool,
+                            delta: Delta | None = None) -> tuple[int, protocol.Installed]:
         """The bundle into a fresh folder in the agent's INCOMING, then one install (which
-        checks every hash, takes the files in and removes the folder)."""
+        checks every hash, takes the files in and removes the folder). DELTA: sent as
+        MODEL.delta in place of the model file (the agent rebuilds the model from it)."""
         if not st.incoming:
             raise Incompatible(self.board.name, "its agent names no upload folder",
                                hint="`edgedeploy push` installs the current agent")
         folder = f"{st.incoming}/{bundle.version}.{secrets.token_hex(4)}"
         files: list[tuple[str, Path | bytes]] = [(bundle.manifest_name, bundle.manifest_bytes())]
-        files += list(bundle.files().items())
+        for rel, path in bundle.files().items():
+            if delta is not None and rel == bundle.manifest.file:
+                files.append((rel + DELTA_SUFFIX, delta.data))
+            else:
+                files.append((rel, path))
         try:
             sent = self.link.upload(folder, files, progress)
             installed = self.link.ask(protocol.Installed.parse, "install", folder,

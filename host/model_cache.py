@@ -4,6 +4,8 @@ file's sha256; the ones this host has sent are here.
 
     CACHE/models/SHA256.tflite    a hard link to the file pushed (a copy across filesystems),
                                   written atomically; its mtime is its last use
+                                  (the folder: EDGEDEPLOY_MODEL_CACHE, else CACHE/models with
+                                  CACHE = EDGEDEPLOY_CACHE or ~/.cache/edgedeploy)
 
 Kept: the ``max_files`` most recently used, at most ``max_bytes`` together (64 files, 2 GiB;
 ``EDGEDEPLOY_MODEL_CACHE_FILES`` / ``EDGEDEPLOY_MODEL_CACHE_BYTES``). Only a speed-up: a file
@@ -24,6 +26,10 @@ DEFAULT_BYTES = 2 << 30
 
 
 def default_root() -> Path:
+    """``EDGEDEPLOY_MODEL_CACHE``, else CACHE/models (CACHE: ``EDGEDEPLOY_CACHE`` or
+    ~/.cache/edgedeploy)."""
+    if os.environ.get("EDGEDEPLOY_MODEL_CACHE"):
+        return Path(os.environ["EDGEDEPLOY_MODEL_CACHE"]).expanduser()
     return Path(os.environ.get("EDGEDEPLOY_CACHE", "~/.cache/edgedeploy")).expanduser() / "models"
 
 

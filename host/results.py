@@ -107,11 +107,25 @@ def summary(res: Results, *, model: str | None = None, board: str | None = None)
             "board": b, "model": any_row.model, "version": v, "label": any_row.label,
             "runtime": measured.runtime if (measured := bench or ev) else None,
             "size": (push.payload.get("size") if push else None),
+            "sent": sent_summary(push.payload) if push else None,
             "accuracy": ev.payload["top1"] if ev else None,
             "p50_ms": t.get("p50_ms"), "p99_ms": t.get("p99_ms"),
             "delegate": bench.payload["delegate"]["applied"] if bench else None,
         })
     return lines
+
+
+def sent_summary(push: dict) -> str | None:
+    """How the last push of a version reached its board: "delta 3.4 of 958.6 KB",
+    "full 958.6 KB", "none" (the board had it); None for pushes recorded before deltas."""
+    how, sent, full = push.get("transfer"), push.get("bytes_sent"), push.get("full_bytes")
+    if how is None or sent is None:
+        return None
+    if how == "none":
+        return "none"
+    if how == "delta" and full:
+        return f"delta {sent / 1024:.1f} of {full / 1024:.1f} KB"
+    return f"full {sent / 1024:.1f} KB"
 
 
 def write_html(res: Results, out: Path, *, model: str | None = None,
@@ -160,8 +174,8 @@ def write_html(res: Results, out: Path, *, model: str | None = None,
         fig.savefig(p, dpi=100)
         plt.close(fig)
         imgs.append(p)
-    cols = ["board", "model", "label", "version", "runtime", "size", "accuracy", "p50_ms",
-            "p99_ms", "delegate"]
+    cols = ["board", "model", "label", "version", "runtime", "size", "sent", "accuracy",
+            "p50_ms", "p99_ms", "delegate"]
     rows_html = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(ln[c]))}</td>" for c in cols)
                         + "</tr>" for ln in lines)
     body = (f"<h1>edgedeploy report</h1><p>{html.escape(str(res.path))}</p>"

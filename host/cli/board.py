@@ -69,6 +69,9 @@ def register(sub: Any) -> None:
     p.add_argument("--tag", help="the boards with this tag")
     p.add_argument("--parallel", type=int, default=16, metavar="N",
                    help="boards pushed at once (16)")
+    p.add_argument("--no-delta", action="store_true",
+                   help="always send the whole model file (by default a board that holds an "
+                        "earlier version gets a delta when it is smaller)")
     p.set_defaults(func=run_push)
 
     b = sub.add_parser("bench", help="time a model on a board", epilog=BENCH_EXAMPLES,
@@ -127,6 +130,10 @@ def run_push(a: argparse.Namespace) -> int:
     many = a.all or bool(a.group) or bool(a.tag) or len(a.boards) > 1
     if not many and not a.boards:
         raise InputError("name a BOARD (or several), or pass --all / --group G / --tag T")
+    if a.no_delta:
+        from ..transfer import configure
+
+        configure(enabled=False)
     return push_command(Path(a.model), a.boards, Boards.from_args(a), activate=not a.no_activate,
                         many=many, group=a.group, tag=a.tag, parallel=a.parallel,
                         as_json=a.json)

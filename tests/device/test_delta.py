@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from edgedeploy.host.delta import Base, build_delta, plan_transfer
-from tests.conftest import board_pythons, run_cli, stage_device_package
+from tests.conftest import board_pythons, stage_device_package
 
 pytestmark = pytest.mark.board
 RUNTIMES = ["litert", "tflite_runtime"]
@@ -40,33 +39,6 @@ interp.invoke()
 assert "tensorflow" not in [k for k, v in sys.modules.items() if v is not None]
 print(json.dumps({"ok": True, "sha256": got.sha256, "size": got.size}))
 """
-
-
-@pytest.fixture(scope="module")
-def retrained(digits, models, tmp_path_factory) -> Path:
-    """The digits CNN with only its last layer retrained (one epoch, on the training split
-    with permuted labels: the weights really move), compiled int8 like models["int8"]."""
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    import numpy as np
-
-    from edgedeploy.host.compiler.convert import import_tf
-
-    import_tf()
-    import tf_keras as keras
-
-    out = tmp_path_factory.mktemp("retrained")
-    keras.utils.set_random_seed(7)
-    m = keras.models.load_model(digits / "digits.keras")
-    for layer in m.layers:
-        layer.trainable = layer.name == "probs"
-    m.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
-    with np.load(digits / "train.npz") as z:
-        x, y = z["x"], np.random.default_rng(7).permutation(z["y"])
-    m.fit(x, y, epochs=1, batch_size=32, verbose=0)
-    m.save(out / "digits.keras")
-    run_cli("compile", out / "digits.keras", "--mode", "int8", "--calib", digits / "calib.npz",
-            "--io", "uint8", "--out", out, check=True)
-    return out / "digits.int8.tflite"
 
 
 @pytest.fixture(params=RUNTIMES)
@@ -159,8 +131,9 @@ def test_device_delta_imports_without_numpy_for_plain_ops(board_py, tmp_path):
     """COPY/LIT/ADD need only the standard library: a cold agent pays no numpy import."""
     python, pkg = board_py
     code = ("import sys\nsys.modules['numpy'] = None\nfrom edgedeploy.device import delta\n"
-            "assert delta.add_bytes(b'\\x01\\xff', b'\\x01\\x01') == b'\\x02\\x00'\n"
-            "assert delta.unshuffle(delta.shuffle(b'abcdefgh', 4), 4) == b'abcdefgh'\n"
+            "from edgedeploy.device import delta_format as f\n"
+            "assert f.add_bytes(b'\\x01\\xff', b'\\x01\\x01') == b'\\x02\\x00'\n"
+            "assert f.unshuffle(f.shuffle(b'abcdefgh', 4), 4) == b'abcdefgh'\n"
             "print('ok')")
     proc = subprocess.run([python, "-c", code], capture_output=True, text=True,
                           cwd=pkg, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(pkg)})

@@ -1,0 +1,122 @@
+"""What a push sends a board for a model it doesn't hold: the whole file, or a delta against
+versions of the same model the board already stores (host/delta.py builds it,
+device/delta.py applies it on the board).
+
+The board's ``state`` lists its stored versions with each model file's sha256; the bytes of
+those this host has sent before are in its model cache (host/model_cache.py). A delta is sent
+when the board holds an earlier version this host has, and the delta is smaller than the file
+(``plan_transfer``); otherwise the full file. ``choose_bases`` is the pure part; ``Deltas``
+builds once per content (a fleet push to boards that hold the same versions builds one delta)
+and keeps what was pushed for next time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+
+from ..device import protocol
+from ..errors import InputError
+from .bundle import Bundle
+from .delta import Base, Delta, TransferPlan, build_delta, plan_transfer
+from .model_cache import ModelCache
+
+MAX_BASES = 3
+MEMO = 16  # deltas kept per process (a fleet push reuses them across boards)
+
+
+def choose_bases(entry: protocol.ModelEntry | None, target_sha256: str
+                 ) -> list[protocol.VersionEntry]:
+    """Pure: the board's stored versions of the model a delta may be built against, most
+    preferred first — current, previous, then the others, newest first — each whole, with
+    its sha256 known and other than the target's."""
+    if entry is None:
+        return []
+    usable = [v for v in entry.versions
+              if v.error is None and v.sha256 and v.sha256 != target_sha256]
+    rank = {entry.current: 0, entry.previous: 1}
+    order = {v.version: i for i, v in enumerate(entry.versions)}  # the store lists oldest first
+    return sorted(usable, key=lambda v: (rank.get(v.version, 2), -order[v.version]))
+
+
+@dataclass
+class Offer:
+    """What to send one board: the plan, and the delta when the plan is ``delta``."""
+
+    plan: TransferPlan
+    delta: Delta | None = None
+
+
+class Deltas:
+    """Deltas for pushes, built against this host's model cache; thread-safe (push_many)."""
+
+    def __init__(self, cache: ModelCache | None = None, *, enabled: bool = True) -> None:
+        self.cache = cache or ModelCache()
+        self.enabled = enabled
+        self._lock = threading.Lock()
+        self._memo: dict[tuple[str, tuple[str, ...]], Delta | InputError] = {}
+
+    def offer(self, bundle: Bundle, entry: protocol.ModelEntry | None) -> Offer:
+        """Full file or delta, for a board whose store holds ENTRY of this model."""
+        full = bundle.manifest.size
+        if not self.enabled:
+            return Offer(plan_transfer(full, None, "deltas are off (--no-delta)"))
+        candidates = choose_bases(entry, bundle.manifest.sha256)
+        if not candidates:
+            return Offer(plan_transfer(full, None, "the board holds no earlier version of "
+                                                   "the model"))
+        bases = []
+        for v in candidates:
+            data = self.cache.get(v.sha256 or "")
+            if data is not None:
+                bases.append(Base(bundle.name, v.version, data))
+            if len(bases) == MAX_BASES:
+                break
+        if not bases:
+            return Offer(plan_transfer(full, None, "this host has none of the versions the "
+                                                   "board holds (pushed from elsewhere)"))
+        new = bundle.model_path.read_bytes()
+        if hashlib.sha256(new).hexdigest() != bundle.manifest.sha256:
+            return Offer(plan_transfer(full, None, f"{bundle.model_path} changed since it was "
+                                                   f"loaded (the board's check will say so)"))
+        key = (bundle.manifest.sha256, tuple(f"{b.version}:{b.sha256}" for b in bases))
+        with self._lock:
+            got = self._memo.get(key)
+            if got is None:
+                try:
+                    got = build_delta(new, bases)
+                except InputError as exc:  # not a TFLite flatbuffer (e.g. a damaged base)
+                    got = exc
+                self._memo[key] = got
+                while len(self._memo) > MEMO:
+                    self._memo.pop(next(iter(self._memo)))
+        if isinstance(got, InputError):
+            return Offer(plan_transfer(full, None, f"no delta: {got}"))
+        plan = plan_transfer(full, got)
+        return Offer(plan, got if plan.kind == "delta" else None)
+
+    def remember(self, bundle: Bundle) -> None:
+        """The model file a board now holds, for later deltas."""
+        if self.enabled:
+            self.cache.put(bundle.model_path, bundle.manifest.sha256)
+
+
+_shared: Deltas | None = None
+_shared_lock = threading.Lock()
+
+
+def shared() -> Deltas:
+    """The process's Deltas (one cache and memo for every push it makes); off when
+    ``EDGEDEPLOY_NO_DELTA`` is set or after ``configure(enabled=False)`` (``--no-delta``)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = Deltas(enabled=not os.environ.get("EDGEDEPLOY_NO_DELTA"))
+        return _shared
+
+
+def configure(*, enabled: bool) -> None:
+    """Deltas on or off for every push this process makes from now on."""
+    shared().enabled = enabled
