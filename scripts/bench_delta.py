@@ -18,8 +18,15 @@ For each case (old → new), in one run:
                checksum; a local rsync ships the same bytes it would over SSH): bytes sent +
                received (the receiver's block checksums travel too), plain and with -z
 Board apply time is set against copying the full file in the same process and loop:
-``shutil.copyfile`` (sendfile, page cache), and both again followed by fsync (the store fsyncs
-every file it installs), medians.
+``shutil.copyfile`` (sendfile, page cache), that copy then hashed (what the store does with a
+full upload), and both followed by fsync (the store fsyncs every file it installs), medians of
+CPU time (this machine is shared: wall time is kept too).
+
+Fleet (``--fleet-boards``, 10 by default): real sshd boards from scripts/fleet at
+``--fleet-rate`` (1mbit) each, the int8 base pushed to all (not timed), then the head-only
+update pushed to all at once — ``edgedeploy push`` as a delta against the same push with deltas
+off (the whole file), alternating, ``--fleet-reps`` times; a new model name per trial, so every
+trial really sends. Wall time, bytes sent, and each against the link limit.
 """
 
 from __future__ import annotations
@@ -159,6 +166,66 @@ def rsync_case(old: Path, new: Path, work: Path, compress: bool) -> dict:
             "literal": stat("Literal data"), "matched": stat("Matched data"), "wall_s": wall}
 
 
+def fleet_part(pairs: dict, work: Path, n: int, rate: str, reps: int) -> dict:
+    """The head-only update to N boards at RATE: delta vs full, same run (see docstring)."""
+    from dataclasses import replace
+
+    import benchrig
+
+    from edgedeploy.host.bundle import Bundle, load_bundle
+    from edgedeploy.host.fleet import push_many
+    from edgedeploy.host.transfer import configure
+    from edgedeploy.targets import load_fleet
+
+    base, head = (load_bundle(Path(pairs["int8-head"][k])) for k in ("old", "new"))
+
+    def as_name(b: Bundle, name: str) -> Bundle:
+        return Bundle(replace(b.manifest, name=name), b.model_path)
+
+    runs: dict[str, list[dict]] = {"delta": [], "full": []}
+    with benchrig.fleet(work / "fleet", n, "--rate", rate) as toml:
+        boards = list(load_fleet(toml).boards.values())
+
+        def push(bundle: Bundle) -> dict:
+            res = push_many(boards, bundle, parallel=n)
+            if res.failed:
+                raise SystemExit(f"bench_delta: push failed: "
+                                 f"{ {k: str(v) for k, v in res.failed.items()} }")
+            ok = res.succeeded.values()
+            return {"bytes": sum(r.bytes_sent for r in ok),
+                    "transfers": sorted({r.transfer for r in ok}),
+                    "full_bytes": sum(r.full_bytes for r in ok)}
+        configure(enabled=True)
+        push(as_name(base, "mnv2_warm"))  # the agent goes to each board once (not timed)
+        time.sleep(1)
+        for rep in range(reps):
+            for way in (["delta", "full"] if rep % 2 == 0 else ["full", "delta"]):
+                name = f"mnv2_{way}_{rep}"
+                configure(enabled=True)
+                push(as_name(base, name))  # what the boards hold before the update
+                configure(enabled=way == "delta")
+                r = benchrig.timed(push, as_name(head, name))
+                if r["transfers"] != [way]:
+                    raise SystemExit(f"bench_delta: a {way} trial sent {r['transfers']}")
+                runs[way].append(r)
+                print(f"fleet {way} rep {rep}: {r['wall_s']:.2f} s, {r['bytes']:,} B",
+                      file=sys.stderr, flush=True)
+        configure(enabled=True)
+    bps = {"kbit": 1e3, "mbit": 1e6, "gbit": 1e9}
+    unit = next(u for u in bps if rate.endswith(u))
+    rate_bps = float(rate[:-len(unit)]) * bps[unit]
+    out: dict = {"boards": n, "rate": rate, "reps": reps}
+    for way, rs in runs.items():
+        per_board = rs[0]["bytes"] / n
+        out[way] = {"wall_s_median": statistics.median(r["wall_s"] for r in rs),
+                    "wall_s": [round(r["wall_s"], 3) for r in rs],
+                    "host_cpu_s_median": statistics.median(r["host_cpu_s"] for r in rs),
+                    "bytes_per_board": per_board,
+                    "link_limit_s": per_board * 8 / rate_bps}
+    out["speedup"] = out["full"]["wall_s_median"] / out["delta"]["wall_s_median"]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path,
@@ -168,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=5, help="builds per case and tool (5)")
     ap.add_argument("--apply-reps", type=int, default=41, help="board applies per case (41)")
     ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--fleet-boards", type=int, default=10,
+                    help="boards for the push part (10; 0: skip it)")
+    ap.add_argument("--fleet-rate", default="1mbit", help="each board's link (1mbit)")
+    ap.add_argument("--fleet-reps", type=int, default=3, help="trials per way (3)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "delta.json")
     a = ap.parse_args(argv)
     host_py, bench_py = os.environ["EDGEDEPLOY_HOST_PY"], os.environ["EDGEDEPLOY_BENCH_DELTA_PY"]
@@ -185,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgedeploy.host.delta import Base, build_delta, plan_transfer
 
     work = Path(tempfile.mkdtemp(prefix="bench_delta."))
+    os.environ["EDGEDEPLOY_MODEL_CACHE"] = str(work / "host-models")  # this run's own
     rows = []
     try:
         pyz = Path(build_zipapp(work / "edgedeploy-agent.pyz")["path"])
@@ -241,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
             row["rsync_z_over_ours"] = r_z["bytes"] / d.size
             rows.append(row)
 
+        fleet = fleet_part(pairs, work, a.fleet_boards, a.fleet_rate, a.fleet_reps) \
+            if a.fleet_boards else None
         head = next((r for r in rows if r["case"] == "int8-head"), None)
         goals = {
             "head_share": None if head is None else {
@@ -299,6 +373,15 @@ def main(argv: list[str] | None = None) -> int:
                       both("cpu_ratio_vs_copy", ".1f"), both("cpu_ratio_vs_copy_sha256", ".2f"),
                       both("ratio_vs_copy_fsync", ".2f"))
         console.print(t)
+        if fleet:
+            console.print(
+                f"push of the head-only update to {fleet['boards']} boards at {fleet['rate']} "
+                f"each: delta {fleet['delta']['wall_s_median']:.2f} s "
+                f"({fleet['delta']['bytes_per_board']:,.0f} B/board, link limit "
+                f"{fleet['delta']['link_limit_s']:.2f} s) vs full "
+                f"{fleet['full']['wall_s_median']:.2f} s ({fleet['full']['bytes_per_board']:,.0f}"
+                f" B/board, limit {fleet['full']['link_limit_s']:.2f} s): "
+                f"{fleet['speedup']:.1f}x")
         for k, v in goals.items():
             if v is not None:
                 console.print(f"goal {k}: " + json.dumps(
@@ -312,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
                "tools": {"zstd": zstd_version, "rsync": rsync_version,
                          "bsdiff4": rows[0]["bsdiff4"]["version"] if rows else None},
                "reps": a.reps, "apply_reps": a.apply_reps, "goals": goals, "cases": rows,
+               "fleet_push": fleet,
                "notes": [
                    "bytes: what travels. edgedeploy and zstd/bsdiff: the patch file; rsync: "
                    "Total bytes sent + received of --stats (received = the block checksums "
@@ -325,9 +409,9 @@ def main(argv: list[str] | None = None) -> int:
                    "files",
                    "zstd apply and build are CLI processes (process start included); bsdiff4 "
                    "in-process"]}
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(out, indent=2) + "\n")
-        print(f"wrote {a.out}")
+        import benchrig
+
+        benchrig.write_result(a.out, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -25,6 +25,10 @@ PUSH_EXAMPLES = """examples:
   edgedeploy push out/digits.int8.tflite b0 --fleet fleet.toml --no-activate
   edgedeploy push out/digits.int8.tflite --all --parallel 32 --fleet fleet.toml
   edgedeploy push out/digits.int8.tflite --group kitchen --json
+  edgedeploy push out/digits.int8.tflite pi-kitchen --no-delta   # the whole file, always
+
+A board that stores an earlier version of the model this host pushed gets a delta in place of
+the model file when it is smaller (the result line says "as a delta" and how many bytes).
 """ + EXAMPLES
 BENCH_EXAMPLES = """examples:
   edgedeploy bench b0 digits --runs 1000 --fleet fleet.toml
