@@ -17,14 +17,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..device import protocol
-from ..device.delta_format import SUFFIX as DELTA_SUFFIX
 from ..device.manifest import Manifest, sha256_file
 from ..errors import BoardError, DeltaRefused, Incompatible
 from ..targets import Board
 from .agent_link import AgentLink, Progress, local_agent
 from .bundle import Bundle
 from .delta import Delta
-from .transfer import Deltas, shared
+from .transfer import Deltas, delta_files, shared
 from .transport import Transport
 
 __all__ = ["BoardSession", "BoardStatus", "PushPlan", "PushResult", "board_problems",
@@ -203,12 +202,7 @@ class BoardSession:
             raise Incompatible(self.board.name, "its agent names no upload folder",
                                hint="`edgedeploy push` installs the current agent")
         folder = f"{st.incoming}/{bundle.version}.{secrets.token_hex(4)}"
-        files: list[tuple[str, Path | bytes]] = [(bundle.manifest_name, bundle.manifest_bytes())]
-        for rel, path in bundle.files().items():
-            if delta is not None and rel == bundle.manifest.file:
-                files.append((rel + DELTA_SUFFIX, delta.data))
-            else:
-                files.append((rel, path))
+        files = delta_files(bundle, delta)
         try:
             sent = self.link.upload(folder, files, progress)
             installed = self.link.ask(protocol.Installed.parse, "install", folder,

@@ -8,6 +8,13 @@ when the board holds an earlier version this host has, and the delta is smaller 
 (``plan_transfer``); otherwise the full file. ``choose_bases`` is the pure part; ``Deltas``
 builds once per content (a fleet push to boards that hold the same versions builds one delta)
 and keeps what was pushed for next time.
+
+Pull mode (boards fetching bundles from an object store) is not in this tree yet; its hook is
+``write_delta_tar``: a bundle tar with MODEL.delta in place of MODEL, which the board's install
+takes as it takes any tar (tests/device/test_delta_install.py installs one). A publisher would
+put it beside the full bundle, named by the target's and the base's model sha256, and list it
+in the signed desired state; a board holding that base fetches it first and falls back to the
+full bundle on any refusal.
 """
 
 from __future__ import annotations
@@ -16,8 +23,10 @@ import hashlib
 import os
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..device import protocol
+from ..device.delta_format import SUFFIX as DELTA_SUFFIX
 from ..errors import InputError
 from .bundle import Bundle
 from .delta import Base, Delta, TransferPlan, build_delta, plan_transfer
@@ -101,6 +110,35 @@ class Deltas:
         """The model file a board now holds, for later deltas."""
         if self.enabled:
             self.cache.put(bundle.model_path, bundle.manifest.sha256)
+
+
+def delta_files(bundle: Bundle, delta: Delta | None) -> list[tuple[str, Path | bytes]]:
+    """What travels for BUNDLE (relative path, file or bytes): the manifest, then every file,
+    the model file replaced by MODEL.delta when DELTA is given (the agent's install rebuilds
+    the model from it; device/intake.py)."""
+    files: list[tuple[str, Path | bytes]] = [(bundle.manifest_name, bundle.manifest_bytes())]
+    for rel, path in bundle.files().items():
+        if delta is not None and rel == bundle.manifest.file:
+            files.append((rel + DELTA_SUFFIX, delta.data))
+        else:
+            files.append((rel, path))
+    return files
+
+
+def write_delta_tar(bundle: Bundle, delta: Delta, dest: Path) -> Path:
+    """BUNDLE as a tar carrying DELTA in place of its model file: what pull mode can publish
+    beside the full bundle for boards that hold a base (``edgedeploy-agent install`` takes a
+    tar like a folder). Deterministic: same inputs, same bytes."""
+    import io
+    import tarfile
+
+    with tarfile.open(dest, "w") as tf:
+        for rel, data in sorted(delta_files(bundle, delta), key=lambda f: f[0]):
+            raw = data if isinstance(data, bytes) else data.read_bytes()
+            ti = tarfile.TarInfo(rel)
+            ti.size, ti.mode, ti.mtime = len(raw), 0o644, 0
+            tf.addfile(ti, io.BytesIO(raw))
+    return dest
 
 
 _shared: Deltas | None = None

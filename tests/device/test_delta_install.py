@@ -111,3 +111,19 @@ def test_kill9_while_a_delta_is_applied_leaves_the_old_version(agent, models, re
     got = agent("install", copy, "--activate")
     assert got["current"] == m.version and got["delta"]
     assert not any((agent.store / ".staging").iterdir())
+
+
+def test_a_delta_bundle_tar_installs_too(agent, models, retrained, tmp_path):
+    """What pull mode would publish for boards holding a base (host/transfer.write_delta_tar):
+    a tar with MODEL.delta in place of MODEL; the install takes it as any tar."""
+    from edgedeploy.host.bundle import load_bundle
+    from edgedeploy.host.transfer import write_delta_tar
+
+    old, base = installed_old(agent, models, tmp_path)
+    new = load_bundle(retrained)
+    tar = write_delta_tar(new, build_delta(retrained.read_bytes(), [base]), tmp_path / "d.tar")
+    assert tar.stat().st_size < 0.1 * new.size
+    got = agent("install", tar, "--activate")
+    assert got["delta"]["bases"] == [f"digits@{old}"] and got["current"] == new.version
+    stored = agent.store / "models" / "digits" / new.version / new.manifest.file
+    assert stored.read_bytes() == retrained.read_bytes()
