@@ -66,6 +66,8 @@ class Deltas:
         self.enabled = enabled
         self._lock = threading.Lock()
         self._memo: dict[tuple[str, tuple[str, ...]], Delta | InputError] = {}
+        self._file: tuple[tuple, bytes | None] | None = None  # the last model file read
+        self._bases: dict[str, bytes] = {}  # recent base versions' bytes, by sha256
 
     def offer(self, bundle: Bundle, entry: protocol.ModelEntry | None) -> Offer:
         """Full file or delta, for a board whose store holds ENTRY of this model."""
@@ -78,7 +80,7 @@ class Deltas:
                                                    "the model"))
         bases = []
         for v in candidates:
-            data = self.cache.get(v.sha256 or "")
+            data = self._base_bytes(v.sha256 or "")
             if data is not None:
                 bases.append(Base(bundle.name, v.version, data))
             if len(bases) == MAX_BASES:
@@ -86,12 +88,13 @@ class Deltas:
         if not bases:
             return Offer(plan_transfer(full, None, "this host has none of the versions the "
                                                    "board holds (pushed from elsewhere)"))
-        new = bundle.model_path.read_bytes()
-        if hashlib.sha256(new).hexdigest() != bundle.manifest.sha256:
-            return Offer(plan_transfer(full, None, f"{bundle.model_path} changed since it was "
-                                                   f"loaded (the board's check will say so)"))
         key = (bundle.manifest.sha256, tuple(f"{b.version}:{b.sha256}" for b in bases))
         with self._lock:
+            new = self._model_bytes(bundle)
+            if new is None:
+                return Offer(plan_transfer(full, None, f"{bundle.model_path} changed since it "
+                                                       f"was loaded (the board's check will "
+                                                       f"say so)"))
             got = self._memo.get(key)
             if got is None:
                 try:
@@ -105,6 +108,33 @@ class Deltas:
             return Offer(plan_transfer(full, None, f"no delta: {got}"))
         plan = plan_transfer(full, got)
         return Offer(plan, got if plan.kind == "delta" else None)
+
+    def _base_bytes(self, sha256: str) -> bytes | None:
+        """A stored version's bytes from the cache, read and checked once per process while
+        pushes keep asking for it (a fleet's boards mostly hold the same versions)."""
+        with self._lock:
+            if sha256 in self._bases:
+                self._bases[sha256] = self._bases.pop(sha256)  # most recent last
+                return self._bases[sha256]
+        data = self.cache.get(sha256)
+        if data is not None:  # (a miss is cheap: no file)
+            with self._lock:
+                self._bases[sha256] = data
+                while len(self._bases) > 2 * MAX_BASES:
+                    self._bases.pop(next(iter(self._bases)))
+        return data
+
+    def _model_bytes(self, bundle: Bundle) -> bytes | None:
+        """The model file's bytes if they are still the manifest's (read and hashed once per
+        file state, not once per board); None when the file changed."""
+        st = bundle.model_path.stat()
+        state = (str(bundle.model_path), st.st_mtime_ns, st.st_size, bundle.manifest.sha256)
+        if self._file is not None and self._file[0] == state:
+            return self._file[1]
+        data = bundle.model_path.read_bytes()
+        ok = hashlib.sha256(data).hexdigest() == bundle.manifest.sha256
+        self._file = (state, data if ok else None)
+        return self._file[1]
 
     def remember(self, bundle: Bundle) -> None:
         """The model file a board now holds, for later deltas."""
