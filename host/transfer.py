@@ -136,6 +136,13 @@ class Deltas:
         self._file = (state, data if ok else None)
         return self._file[1]
 
+    def clear(self) -> None:
+        """Forget the deltas built and the files read (the next offer builds afresh)."""
+        with self._lock:
+            self._memo.clear()
+            self._bases.clear()
+            self._file = None
+
     def remember(self, bundle: Bundle) -> None:
         """The model file a board now holds, for later deltas."""
         if self.enabled:

@@ -26,7 +26,8 @@ Fleet (``--fleet-boards``, 10 by default): real sshd boards from scripts/fleet a
 ``--fleet-rate`` (1mbit) each, the int8 base pushed to all (not timed), then the head-only
 update pushed to all at once — ``edgedeploy push`` as a delta against the same push with deltas
 off (the whole file), alternating, ``--fleet-reps`` times; a new model name per trial, so every
-trial really sends. Wall time, bytes sent, and each against the link limit.
+trial really sends, and every delta trial builds its delta (once for the 10 boards, as one
+``push --all`` does). Wall time, bytes sent, and each against the link limit.
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ def fleet_part(pairs: dict, work: Path, n: int, rate: str, reps: int) -> dict:
 
     from edgedeploy.host.bundle import Bundle, load_bundle
     from edgedeploy.host.fleet import push_many
-    from edgedeploy.host.transfer import configure
+    from edgedeploy.host.transfer import configure, shared
     from edgedeploy.targets import load_fleet
 
     base, head = (load_bundle(Path(pairs["int8-head"][k])) for k in ("old", "new"))
@@ -204,6 +205,7 @@ def fleet_part(pairs: dict, work: Path, n: int, rate: str, reps: int) -> dict:
                 configure(enabled=True)
                 push(as_name(base, name))  # what the boards hold before the update
                 configure(enabled=way == "delta")
+                shared().clear()  # every trial builds its delta, as one `push --all` does
                 r = benchrig.timed(push, as_name(head, name))
                 if r["transfers"] != [way]:
                     raise SystemExit(f"bench_delta: a {way} trial sent {r['transfers']}")
