@@ -220,7 +220,10 @@ def cmd_install(a, store) -> dict:
             got = store.install(a.bundle, move=a.remove_bundle)
             out = {"name": got.name, "version": got.version, "path": str(got.path),
                    "files": got.files, "bytes": got.bytes,
-                   "already_present": got.already_present}
+                   "already_present": got.already_present,
+                   "delta": None if got.delta is None else {
+                       "bytes": got.delta.patch_bytes,
+                       "bases": [f"{b.name}@{b.version}" for b in got.delta.bases]}}
             if a.activate:
                 ptr, removed = store.activate(got.name, got.version,
                                               allow_downgrade=a.allow_downgrade)

@@ -8,11 +8,15 @@ vector length, string and index against the file, so a truncated, padded or rand
 refused with a message instead of a crash. It is not a full flatbuffers verifier (a union's
 table is checked for bounds, not field by field), and a model it passes can still crash a
 runtime (tests/fixtures/README.md has one): device/probe.py loads models in a child process.
+
+``layout`` gives, from the same walk, where each buffer's bytes lie in the file and which
+tensors name them: what a tensor-level delta (host/delta.py) is built on.
 """
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 
 class FlatbufferError(ValueError):
@@ -84,9 +88,6 @@ class _Table:
         return [self.b.table(start + 4 * k + self.b.u32(start + 4 * k, name),
                              f"{self.what}.{name}[{k}]") for k in range(n)]
 
-    def string(self, i: int, name: str) -> None:
-        self.vector(i, name, 1)
-
     def sub(self, i: int, name: str) -> "_Table | None":
         p = self.ref(i, name)
         return None if p is None else self.b.table(p, f"{self.what}.{name}")
@@ -98,6 +99,21 @@ class _Table:
     def u32(self, i: int, name: str, default: int = 0) -> int:
         p = self.field(i)
         return default if p is None else self.b.u32(p, f"{self.what}.{name}")
+
+    def u8(self, i: int, name: str, default: int = 0) -> int:
+        p = self.field(i)
+        if p is None:
+            return default
+        self.b.need(p, 1, f"{self.what}.{name}")
+        return self.b.d[p]
+
+    def floats(self, i: int, name: str) -> list[float]:
+        start, n = self.vector(i, name, 4)
+        return list(struct.unpack_from(f"<{n}f", self.b.d, start)) if n else []
+
+    def string(self, i: int, name: str) -> str:
+        start, n = self.vector(i, name, 1)
+        return self.b.d[start:start + n].decode("utf-8", "replace") if n else ""
 
 
 def check_tflite(data: bytes) -> None:
@@ -186,3 +202,64 @@ def custom_op_names(data: bytes) -> list[str]:
         if n:
             names.append(data[start:start + n].decode("utf-8", "replace"))
     return names
+
+
+TYPE_SIZES = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 9: 1, 10: 8, 12: 8, 15: 4, 16: 2}
+"""TensorType → bytes per element (FLOAT32, FLOAT16, INT32, UINT8, INT64, BOOL, INT16, INT8,
+FLOAT64, UINT64, UINT32, UINT16)."""
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """A tensor that names a buffer: what a delta needs to pair it with its old self."""
+
+    subgraph: int
+    name: str
+    buffer: int
+    type: int                    # TensorType
+    shape: tuple[int, ...]
+    scales: tuple[float, ...]    # quantization scales (one per channel, or one, or none)
+    quantized_dimension: int
+    scale_span: tuple[int, int] = (0, 0)   # where the scales' float32 bytes lie in the file
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a model's constant data lies. ``buffers[k]`` is (start, length) of buffer k's bytes
+    in the file ((0, 0) when it holds none): the flatbuffer's ``data`` vector, or for a model
+    that keeps its data after the flatbuffer (> 2 GB), the ``offset``/``size`` it names.
+    ``tensors``: every tensor with a buffer > 0."""
+
+    size: int
+    buffers: list[tuple[int, int]]
+    tensors: list[TensorRef]
+
+
+def layout(data: bytes) -> Layout:
+    """The Layout of a .tflite (FlatbufferError, a ValueError, if it is not a sound one)."""
+    check_tflite(data)
+    b = _Buf(data)
+    model = b.table(b.u32(0, "root offset"), "Model")
+    spans: list[tuple[int, int]] = []
+    for k, buf in enumerate(model.tables(4, "buffers")):
+        start, n = buf.vector(0, "data", 1)
+        offset, size = buf.field(1), buf.field(2)
+        if not n and offset is not None and size is not None:
+            o, s = b.u64(offset, f"buffers[{k}].offset"), b.u64(size, f"buffers[{k}].size")
+            start, n = (o, s) if o > 1 else (0, 0)
+        spans.append((start, n) if n else (0, 0))
+    tensors = []
+    for g, sg in enumerate(model.tables(2, "subgraphs")):
+        for tensor in sg.tables(0, "tensors"):
+            k = tensor.u32(2, "buffer")
+            if k <= 0:
+                continue
+            q = tensor.sub(4, "quantization")
+            start, n = q.vector(2, "scale", 4) if q is not None else (0, 0)
+            tensors.append(TensorRef(
+                g, tensor.string(3, "name"), k, tensor.u8(1, "type"),
+                tuple(tensor.ints(0, "shape")),
+                tuple(q.floats(2, "scale")) if q is not None else (),
+                q.u32(6, "quantized_dimension") if q is not None else 0,
+                (start, 4 * n) if n else (0, 0)))
+    return Layout(b.n, spans, tensors)

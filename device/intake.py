@@ -4,7 +4,10 @@ in a staging folder, ready for the store to rename into place. Stdlib only.
 A bundle holds one manifest (``manifest.json`` or ``*.manifest.json``), the model file it
 names, any other files listed in its ``files`` map (path → sha256), and the manifest's SSH
 signature ``<manifest>.sig`` when signed (kept as ``manifest.json.sig``; device/trust.py
-checks it). Anything else — an
+checks it). In place of the model file it may hold ``MODEL.delta`` (device/delta_format.py):
+the model is then rebuilt from the store's versions into staging and its sha256 checked
+against the manifest before anything else (DeltaRefused if it cannot be: a damaged delta, a
+base the store lacks, a result that differs). Anything else — an
 absolute path, ``..``, a link, a device or fifo, a file the manifest doesn't list, more than
 MAX_BUNDLE_FILES files, a hash or size that differs — refuses the whole bundle (UnsafeBundle,
 HashMismatch, InputError); the caller discards the staging folder and the store is unchanged.
@@ -15,12 +18,18 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
-from ..errors import HashMismatch, InputError, UnsafeBundle
+from ..errors import DeltaRefused, HashMismatch, InputError, UnsafeBundle
+from .delta_format import SUFFIX as DELTA_SUFFIX
+from .delta_format import BaseRef
 from .fsio import checkpoint, fsync_dir
 from .manifest import Manifest, sha256_file
+
+if TYPE_CHECKING:
+    from .delta import Applied
 
 MANIFEST = "manifest.json"
 SIG = ".sig"  # the manifest's SSH signature travels and is kept beside it (device/trust.py)
@@ -43,10 +52,22 @@ def safe_rel(bundle: Path, rel: str) -> str:
     return p.as_posix()
 
 
-def stage(bundle: Path, staging: Path, *, move: bool = False) -> Manifest:
+Resolve = Callable[[BaseRef], "Path | None"]
+
+
+@dataclass(frozen=True)
+class Staged:
+    manifest: Manifest
+    delta: "Applied | None" = None   # the model was rebuilt from this delta
+
+
+def stage(bundle: Path, staging: Path, *, move: bool = False,
+          resolve: Resolve | None = None) -> Staged:
     """Copy (MOVE: rename where possible; the bundle folder is discarded afterwards) or
     extract BUNDLE into the empty folder STAGING and check it against its manifest, which
-    ends up as STAGING/manifest.json. The manifest, or the error that refuses the bundle."""
+    ends up as STAGING/manifest.json. A delta in place of the model file is applied with the
+    bases RESOLVE finds (the store's versions). The manifest, or the error that refuses the
+    bundle."""
     if bundle.is_dir() and not bundle.is_symlink():
         files = _copy_folder(bundle, staging, move)
     elif bundle.is_file():
@@ -54,12 +75,38 @@ def stage(bundle: Path, staging: Path, *, move: bool = False) -> Manifest:
     else:
         raise InputError(f"bundle {bundle}: no such folder or tar file")
     checkpoint("install:copied")
-    m, manifest_rel = _check_bundle(bundle, staging, files)
+    files, applied, checked = _rebuild(bundle, staging, files, resolve)
+    m, manifest_rel = _check_bundle(bundle, staging, files, checked)
     if manifest_rel != MANIFEST:
         os.replace(staging / manifest_rel, staging / MANIFEST)
         if (staging / (manifest_rel + SIG)).is_file():
             os.replace(staging / (manifest_rel + SIG), staging / (MANIFEST + SIG))
-    return m
+    return Staged(m, applied)
+
+
+def _rebuild(bundle: Path, staging: Path, files: list[str], resolve: Resolve | None
+             ) -> tuple[list[str], "Applied | None", dict[str, str]]:
+    """If the bundle carries MODEL.delta and not MODEL (the file its manifest names): MODEL
+    rebuilt in staging from the delta (checked against the manifest's sha256 as it was
+    written), the delta dropped. FILES as they then are, what was applied, and the file
+    already hashed."""
+    manifests = [f for f in files if f == MANIFEST or f.endswith(".manifest.json")]
+    if len(manifests) != 1:
+        return files, None, {}  # _check_bundle says what is wrong
+    m = Manifest.load(staging / manifests[0])
+    patch = m.file + DELTA_SUFFIX
+    if patch not in files or m.file in files:
+        return files, None, {}
+    safe_rel(bundle, m.file)
+    if resolve is None:
+        raise DeltaRefused(f"bundle {bundle}: carries a delta, and no store to apply it against",
+                           hint="send the full file")
+    from .delta import apply
+
+    applied = apply(staging / patch, resolve, staging / m.file, m.sha256)
+    (staging / patch).unlink()
+    checkpoint("install:delta-applied")
+    return [f for f in files if f != patch] + [m.file], applied, {m.file: applied.sha256}
 
 
 def fsync_tree(root: Path) -> None:
@@ -156,6 +203,7 @@ def _extract_tar(bundle: Path, staging: Path) -> list[str]:
 
 MAX_MANIFEST = 1 << 20  # a manifest is a few KB of JSON
 MAX_SIG = 1 << 16       # an SSH signature (armored) is under 1 KB
+DELTA_SLACK = 1 << 20   # a delta is sent only when smaller than the model: this is a margin
 
 
 def _scan_tar(tf, bundle: Path, free: int) -> tuple[Manifest, str]:
@@ -212,8 +260,9 @@ def _scan_tar(tf, bundle: Path, free: int) -> tuple[Manifest, str]:
 def _member_limits(m: Manifest, bundle: Path, free: int, manifest_rel: str) -> dict[str, int]:
     """The most bytes each member may have: the model its manifest ``size``, an extra file
     its declared size (``sizes``; without one, the free staging space), the manifest
-    (MANIFEST_REL) MAX_MANIFEST, its signature (MANIFEST_REL + SIG) MAX_SIG. A member not
-    named here is not the bundle's."""
+    (MANIFEST_REL) MAX_MANIFEST, its signature (MANIFEST_REL + SIG) MAX_SIG, a delta in place
+    of the model (MODEL.delta) the model's size + DELTA_SLACK. A member not named here is not
+    the bundle's."""
     sizes = m.sizes or {}
     if not isinstance(sizes, dict) or not all(isinstance(v, int) and v >= 0
                                               for v in sizes.values()):
@@ -223,6 +272,7 @@ def _member_limits(m: Manifest, bundle: Path, free: int, manifest_rel: str) -> d
     limits[m.file] = m.size
     limits[manifest_rel] = MAX_MANIFEST
     limits[manifest_rel + SIG] = MAX_SIG
+    limits[m.file + DELTA_SUFFIX] = m.size + DELTA_SLACK  # a delta in place of the model
     return limits
 
 
@@ -255,7 +305,10 @@ def _copy_at_most(src, dst, limit: int, bundle: Path, rel: str) -> None:
         dst.write(chunk)
 
 
-def _check_bundle(bundle: Path, staging: Path, files: list[str]) -> tuple[Manifest, str]:
+def _check_bundle(bundle: Path, staging: Path, files: list[str],
+                  checked: dict[str, str] | None = None) -> tuple[Manifest, str]:
+    """CHECKED: files already hashed as they were written here (a delta's result), with
+    their sha256: not read again."""
     manifests = [f for f in files if f == MANIFEST or f.endswith(".manifest.json")]
     if len(manifests) != 1:
         raise InputError(f"bundle {bundle}: holds {len(manifests)} manifests "
@@ -273,7 +326,7 @@ def _check_bundle(bundle: Path, staging: Path, files: list[str]) -> tuple[Manife
         p = staging / rel
         if not p.is_file():
             raise InputError(f"bundle {bundle}: {rel} named by the manifest is missing")
-        got = sha256_file(p)
+        got = (checked or {}).get(rel) or sha256_file(p)
         if got != want:
             raise HashMismatch(f"bundle {bundle}: {rel} has sha256 {got[:12]}…, the manifest "
                                f"says {want[:12]}…", hint="the upload is damaged; send it again")

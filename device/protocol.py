@@ -12,7 +12,8 @@ Errors (any command)::
     {"schema": 1, "ok": false, "kind": "error", "code": "bad_input" | "environment" |
      "conflict" | "not_found" | "hash_mismatch" | "unsafe_bundle" | "delegate_missing" |
      "silent_cpu_fallback" | "model_load_failed" | "store_error" | "run_failed" |
-     "expired" | "not_here" | "error",
+     "expired" | "delta_refused" | "signature_refused" | "downgrade_refused" | "not_here" |
+     "error",
      "message": "one line naming the file/model and what to do"}
 
 Agent commands (``edgedeploy-agent [--store DIR] CMD``) and their answers (``kind`` = CMD)::
@@ -44,12 +45,18 @@ Agent commands (``edgedeploy-agent [--store DIR] CMD``) and their answers (``kin
                                          # `--settled`: read under the store lock, after
                                          # any change under way (a lost answer's check)
     install   {"name": "digits", "version": "3f2a9c1b0d4e", "path": ".../models/digits/3f2a9c1b0d4e",
-               "files": 3, "bytes": 133000, "already_present": false}
+               "files": 3, "bytes": 133000, "already_present": false,
+               "delta": null | {"bytes": 3447, "bases": ["NAME@VERSION", …]}}
+              # the bundle may carry MODEL.tflite.delta in place of MODEL.tflite (the file its
+              # manifest names): rebuilt from the store's versions in staging, its sha256
+              # checked against the manifest before anything else (device/delta.py);
+              # refused with delta_refused (store unchanged) if it cannot be
     activate  {"name": ..., "current": "v2", "previous": "v1", "removed": ["v0"]}
     rollback  {"name": ..., "current": "v1", "previous": "v2"}
     list      {"models": [{"name": ..., "current": ..., "previous": ...,
                            "versions": [{"version": ..., "mode": "int8",
                                          "label": "qat-int8", "size": ...,
+                                         "sha256": "<the model file's>",
                                          "created": ..., "installed": ...}]}]}
     remove    {"name": ..., "version": ... | null, "versions": [...], "removed": true}
               # (no VERSION: the whole model, the active version too)
@@ -144,7 +151,8 @@ HELLO_VERSION = 1
 
 ERROR_CODES = ("bad_input", "environment", "conflict", "not_found", "hash_mismatch",
                "unsafe_bundle", "delegate_missing", "silent_cpu_fallback", "model_load_failed",
-               "store_error", "run_failed", "expired", "error")
+               "store_error", "run_failed", "expired", "delta_refused", "signature_refused",
+               "downgrade_refused", "error")
 
 
 def ok(kind: str, **data: Any) -> dict:
@@ -189,12 +197,13 @@ class VersionEntry:
     size: int | None = None
     error: str | None = None      # the stored version is unreadable (its manifest)
     label: str | None = None      # e.g. qat-int8 for mode int8 (older agents: absent)
+    sha256: str | None = None     # its model file's (what a delta can be built against)
 
     @classmethod
     def parse(cls, d: Any) -> "VersionEntry":
         return cls(_field(d, "version", str), _field(d, "mode", str, True),
                    _field(d, "size", int, True), _field(d, "error", str, True),
-                   _field(d, "label", str, True))
+                   _field(d, "label", str, True), _field(d, "sha256", str, True))
 
     def describe(self) -> str:
         """"int8", or "int8 (qat-int8)" when the label says more than the mode."""
@@ -329,13 +338,16 @@ class Installed:
     bytes: int
     already_present: bool
     switched: Switched | None = None
+    delta_bases: tuple[str, ...] = ()  # NAME@VERSION the model was rebuilt from (a delta)
 
     @classmethod
     def parse(cls, msg: Any) -> "Installed":
+        delta = _field(msg, "delta", dict, True) or {}
         return cls(_field(msg, "name", str), _field(msg, "version", str),
                    _field(msg, "path", str), _field(msg, "bytes", int),
                    _field(msg, "already_present", bool),
-                   Switched.parse(msg) if "current" in msg else None)
+                   Switched.parse(msg) if "current" in msg else None,
+                   tuple(str(b) for b in delta.get("bases") or ()))
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,8 @@ from ..errors import Conflict, Expired, HashMismatch, InputError, NotFound, Stor
 from .fsio import checkpoint, fsync_dir, write_atomic
 from . import trust
 from .intake import MANIFEST, SIG, expected_files, fsync_tree
+from .delta import Applied
+from .delta_format import BaseRef
 from .intake import stage as stage_bundle
 from .lock import Guard, StoreLock
 from .manifest import Manifest, sha256_file
@@ -101,6 +103,7 @@ class Installed:
     files: int
     bytes: int
     already_present: bool
+    delta: Applied | None = None   # the model was rebuilt from a delta (device/delta.py)
 
 
 class Store:
@@ -232,6 +235,18 @@ class Store:
                 problems.append(f"{rel}: sha256 differs from the manifest")
         return problems
 
+    def base_file(self, ref: BaseRef) -> Path | None:
+        """The model file of stored version REF (a delta's base), if the store holds it with
+        that content (its manifest's sha256; the delta's result proves every byte)."""
+        try:
+            m = self.manifest(ref.name, ref.version)
+        except (InputError, NotFound):
+            return None
+        p = self.version_dir(ref.name, ref.version) / m.file
+        if m.sha256 != ref.sha256 or p.is_symlink() or not p.is_file():
+            return None
+        return p
+
     def listing(self, only: str | None = None) -> list[dict]:
         out = []
         if only is not None:
@@ -244,7 +259,7 @@ class Store:
                 try:
                     m = self.manifest(name, v)
                     versions.append({"version": v, "mode": m.mode, "label": m.label,
-                                     "size": m.size,
+                                     "size": m.size, "sha256": m.sha256,
                                      "created": m.created,
                                      "installed": _iso((self.version_dir(name, v)).stat().st_mtime)})
                 except InputError as exc:
@@ -261,7 +276,8 @@ class Store:
         bundle = Path(bundle)
         staging = Path(tempfile.mkdtemp(prefix="install.", dir=self.root / ".staging"))
         try:
-            m = stage_bundle(bundle, staging, move=move)
+            staged = stage_bundle(bundle, staging, move=move, resolve=self.base_file)
+            m = staged.manifest
             name = check_name("model name", m.name)
             version = check_name("version", m.version)
             signed = self._check_signature(staging, f"bundle {bundle} ({name} {version})")
@@ -278,7 +294,8 @@ class Store:
                                    hint="a version names one content; compile a new version")
                 if signed:
                     self._take_signed_manifest(staging, dest)
-                return Installed(name, version, dest, len(expected) + 1, total, True)
+                return Installed(name, version, dest, len(expected) + 1, total, True,
+                                 staged.delta)
             self._runs(staging / m.file, m, f"model {name} version {version}")
             fsync_tree(staging)
             checkpoint("install:verified")
@@ -286,7 +303,7 @@ class Store:
             os.rename(staging, dest)
             fsync_dir(dest.parent)
             checkpoint("install:renamed")
-            return Installed(name, version, dest, len(expected) + 1, total, False)
+            return Installed(name, version, dest, len(expected) + 1, total, False, staged.delta)
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)

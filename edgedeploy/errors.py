@@ -16,6 +16,8 @@
     │   ├── Expired                 exit 1   the host gave up on the command (deadline, hung up)
     │   │                                    before the agent could act: nothing was done
     │   ├── HashMismatch            exit 1   a file's sha256 differs from its manifest
+    │   ├── DeltaRefused            exit 1   a delta cannot rebuild the model here (corrupt, a base
+    │   │                                    the board lacks, a result whose sha256 differs)
     │   ├── UnsafeBundle            exit 2   absolute path, "..", a link or special file in a bundle
     │   ├── SignatureRefused        exit 1   unsigned, badly signed or unknown signer (board has signers)
     │   └── DowngradeRefused        exit 1   a release lower than the board has activated
@@ -127,6 +129,13 @@ class Expired(StoreError):
 
 class HashMismatch(StoreError):
     code = "hash_mismatch"
+
+
+class DeltaRefused(StoreError):
+    """A delta was refused on the board (damaged, built against a version the board doesn't
+    hold, or its result's sha256 differs): nothing was installed; send the full file."""
+
+    code = "delta_refused"
 
 
 class UnsafeBundle(StoreError):

@@ -12,6 +12,9 @@ ended; no answer in time) is not reported as a failure it may not be: the sessio
 (``state --settled``: after any change under way) and reports what really happened — done
 (with a note), not done (nothing changed, the version it runs), or, if the board can't be asked,
 Unreachable (exit 5) with the last version it was known to run.
+
+Whether the model travels whole or as a delta against a version the board stores is
+host/transfer.py's; a delta the board refuses is followed by the full file, once.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ from typing import Callable, TypeVar
 
 from ..device import protocol
 from ..device.manifest import Manifest, sha256_file
-from ..errors import (BoardError, EdgeDeployError, Incompatible, RemoteFailure,
-                      SignatureRefused, Unreachable)
+from ..errors import (BoardError, DeltaRefused, EdgeDeployError, Incompatible,
+                      RemoteFailure, SignatureRefused, Unreachable)
 from ..targets import Board
 from .agent_link import AgentLink, Progress, local_agent
 from .bundle import Bundle
+from .delta import Delta
+from .transfer import Deltas, delta_files, shared
 from .transport import Transport
 
 T = TypeVar("T")
@@ -116,6 +121,9 @@ class PushResult:
     seconds: float
     resident_agent: bool = False  # the board's resident agent did the work (no process start)
     note: str | None = None       # e.g. the answer was lost and the board's state read again
+    transfer: str = "none"        # the model went "full" or as a "delta" ("none": not sent)
+    full_bytes: int = 0           # what sending the bundle whole costs (bytes_sent: what did)
+    transfer_note: str = ""       # why full (no earlier version, not smaller, delta refused …)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -139,13 +147,14 @@ class BoardSession:
     SSH handshake and one agent call; see AgentLink for how calls reach the agent."""
 
     def __init__(self, board: Board, transport: Transport | None = None, *,
-                 accept_new_host_key: bool = False) -> None:
+                 accept_new_host_key: bool = False, deltas: Deltas | None = None) -> None:
         self.board = board
         self.accept_new_host_key = accept_new_host_key
         self._given = transport  # a transport handed in (tests) is reused to reconnect
         self.link = AgentLink(board, transport, accept_new_host_key=accept_new_host_key)
         self.note: str | None = None  # what the last change's lost answer turned out to be
         self.reconnect = (RECONNECT_TRIES, RECONNECT_PAUSE)  # (tries, pause) after one
+        self.deltas = deltas or shared()
 
     def close(self) -> None:
         self.link.close()
@@ -197,7 +206,7 @@ class BoardSession:
                                hint="nothing was changed on the board")
         current = entry.current if entry else None
         previous = entry.previous if entry else None
-        sent = 0
+        sent, transfer, note = 0, "none", ""
         upload = plan.upload_model
         if not upload and activate and current != bundle.version:
             try:
@@ -208,26 +217,41 @@ class BoardSession:
                     raise
                 upload = True  # stored unsigned: the signed manifest goes with the files
         if upload:
-            sent, installed = self._upload_and_install(st, bundle, progress, activate,
-                                                       allow_downgrade)
+            offer = self.deltas.offer(bundle, entry)
+            transfer, note = offer.plan.kind, offer.plan.reason
+            installed = None
+            if offer.delta is not None:
+                try:
+                    sent, installed = self._upload_and_install(st, bundle, progress, activate,
+                                                               allow_downgrade, offer.delta)
+                except DeltaRefused as exc:  # the store is unchanged: the full file, once
+                    sent += bundle.size - bundle.manifest.size + offer.delta.size
+                    transfer, note = "full", f"the board refused the delta ({exc.message})"
+            if installed is None:
+                more, installed = self._upload_and_install(st, bundle, progress, activate,
+                                                           allow_downgrade)
+                sent += more
+            self.deltas.remember(bundle)
             if installed.switched:
                 current, previous = installed.switched.current, installed.switched.previous
         return PushResult(self.board.name, bundle.name, bundle.version, bundle.manifest.label,
                           sent, self.link.agent_uploaded, activate, current, previous,
-                          time.perf_counter() - t0, self.link.resident, self.note)
+                          time.perf_counter() - t0, self.link.resident, self.note, transfer,
+                          bundle.size, note)
 
     def _upload_and_install(self, st: protocol.State, bundle: Bundle,
                             progress: Progress | None, activate: bool,
-                            allow_downgrade: bool = False) -> tuple[int, protocol.Installed]:
+                            allow_downgrade: bool = False, delta: Delta | None = None
+                            ) -> tuple[int, protocol.Installed]:
         """The bundle into a fresh folder in the agent's INCOMING, then one install (which
         checks every hash — and the signature, on a board with signers — takes the files in
-        and removes the folder)."""
+        and removes the folder). DELTA: sent as MODEL.delta in place of the model file (the
+        agent rebuilds the model from it)."""
         if not st.incoming:
             raise Incompatible(self.board.name, "its agent names no upload folder",
                                hint="`edgedeploy push` installs the current agent")
         folder = f"{st.incoming}/{bundle.version}.{secrets.token_hex(4)}"
-        files: list[tuple[str, Path | bytes]] = list(bundle.meta_files().items())
-        files += list(bundle.files().items())
+        files = delta_files(bundle, delta)
         flags = (["--activate"] + (["--allow-downgrade"] if allow_downgrade else [])) \
             if activate else []
         try:

@@ -132,6 +132,7 @@ class Line:
     label: str | None
     runtime: str | None
     size: int | None = None
+    sent: str | None = None          # how the last push travelled: "delta 3.4 of 958.6 KiB" …
     accuracy: float | None = None
     agreement: float | None = None
     max_abs_error: float | None = None
@@ -166,6 +167,7 @@ def summary_lines(res: Results, *, model: str | None = None, board: str | None =
                   date=max(r.ts for r in rows))
         if push is not None and not push.failed:
             ln.size = push.payload.get("size")
+            ln.sent = sent_summary(push.payload)
         if bench is not None and bench.failed:
             ln.bench_error = bench.payload["error"]
         elif bench is not None:
@@ -189,6 +191,19 @@ def summary_lines(res: Results, *, model: str | None = None, board: str | None =
 def summary(res: Results, *, model: str | None = None, board: str | None = None) -> list[dict]:
     """summary_lines as dicts (``--json``)."""
     return [ln.to_dict() for ln in summary_lines(res, model=model, board=board)]
+
+
+def sent_summary(push: dict) -> str | None:
+    """How the last push of a version reached its board: "delta 3.4 of 958.6 KiB",
+    "full 958.6 KiB", "none" (the board had it); None for pushes recorded before deltas."""
+    how, sent, full = push.get("transfer"), push.get("bytes_sent"), push.get("full_bytes")
+    if how is None or sent is None:
+        return None
+    if how == "none":
+        return "none"
+    if how == "delta" and full:
+        return f"delta {sent / 1024:.1f} of {full / 1024:.1f} KiB"
+    return f"full {sent / 1024:.1f} KiB"
 
 
 def write_html(res: Results, out: Path, *, model: str | None = None,

@@ -15,6 +15,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# the host's model cache (what deltas are built against): the test session's own, so tests
+# neither read nor fill the user's (and CLI subprocesses share it)
+if "EDGEDEPLOY_MODEL_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["EDGEDEPLOY_MODEL_CACHE"] = tempfile.mkdtemp(prefix="edgedeploy-test-models.")
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +43,32 @@ def models(digits, tmp_path_factory) -> dict[str, Path]:
                 "--out", out, *extra, check=True)
     return {"float32": out / "digits.float32.tflite", "int8": out / "digits.int8.tflite",
             "test": digits / "test.npz", "dir": out}
+
+
+@pytest.fixture(scope="session")
+def retrained(digits, models, tmp_path_factory) -> Path:
+    """The digits CNN with only its last layer retrained (one epoch, on the training split
+    with permuted labels: the weights really move), compiled int8 like models["int8"]."""
+    import numpy as np
+
+    from edgedeploy.host.compiler.convert import import_tf
+
+    import_tf()
+    import tf_keras as keras
+
+    out = tmp_path_factory.mktemp("retrained")
+    keras.utils.set_random_seed(7)
+    m = keras.models.load_model(digits / "digits.keras")
+    for layer in m.layers:
+        layer.trainable = layer.name == "probs"
+    m.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    with np.load(digits / "train.npz") as z:
+        x, y = z["x"], np.random.default_rng(7).permutation(z["y"])
+    m.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    m.save(out / "digits.keras")
+    run_cli("compile", out / "digits.keras", "--mode", "int8", "--calib", digits / "calib.npz",
+            "--io", "uint8", "--out", out, check=True)
+    return out / "digits.int8.tflite"
 
 
 def run_cli(*args: str, check: bool = False, env: dict | None = None

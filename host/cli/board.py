@@ -33,11 +33,14 @@ PUSH_EXAMPLES = """examples:
   edgedeploy push out/digits.int8.tflite --group kitchen --json
   edgedeploy push out/digits.int8.tflite b0 --force     # b0 is in an unfinished rollout
   edgedeploy push out/digits.int8.tflite b0 --allow-downgrade   # an older signed release
+  edgedeploy push out/digits.int8.tflite pi-kitchen --no-delta   # the whole file, always
 
 A board an unfinished rollout covers (its journal: --journal, $EDGEDEPLOY_ROLLOUTS) is refused
 (exit 4) unless --force, which that rollout's journal records; the rollout then leaves the
 board as the push left it (superseded).
 Signed when the fleet file names signing_key (boards that trust signers take nothing else).
+A board that stores an earlier version of the model this host pushed gets a delta in place of
+the model file when it is smaller (the result line says "as a delta" and how many bytes).
 """ + EXAMPLES
 BENCH_EXAMPLES = """examples:
   edgedeploy bench b0 digits --runs 1000 --fleet fleet.toml
@@ -140,6 +143,9 @@ def register(sub: Any) -> None:
                    help="let boards take a release lower than they have run (signed bundles)")
     p.add_argument("--release", type=int, metavar="N",
                    help="sign with this release number (default: the manifest's creation time)")
+    p.add_argument("--no-delta", action="store_true",
+                   help="always send the whole model file (by default a board that holds an "
+                        "earlier version gets a delta when it is smaller)")
     p.set_defaults(func=run_push)
 
     from . import fleetwide
@@ -223,6 +229,10 @@ def run_push(a: argparse.Namespace) -> int:
     many = a.all or bool(a.group) or bool(a.tag) or len(a.boards) > 1
     if not many and not a.boards:
         raise InputError("name a BOARD (or several), or pass --all / --group G / --tag T")
+    if a.no_delta:
+        from ..transfer import configure
+
+        configure(enabled=False)
     return push_command(Path(a.model), a.boards, Boards.from_args(a), activate=not a.no_activate,
                         many=many, group=a.group, tag=a.tag, parallel=a.parallel,
                         as_json=a.json, force=a.force, journal=a.journal,

@@ -22,9 +22,20 @@ def error(command: str, message: str) -> None:
 
 def push_line(r: Any) -> str:
     state = f"active (previous {r.previous})" if r.activated else "installed"
-    return (f"{r.board}: {r.name} {r.version} ({r.label}) {state}; sent {r.bytes_sent} model "
-            f"bytes{', agent updated' if r.agent_uploaded else ''} in {r.seconds:.2f} s"
+    return (f"{r.board}: {r.name} {r.version} ({r.label}) {state}; {sent_text(r)}"
+            f"{', agent updated' if r.agent_uploaded else ''} in {r.seconds:.2f} s"
             + (f" ({r.note})" if getattr(r, "note", None) else ""))
+
+
+def sent_text(r: Any) -> str:
+    """What a push sent: the model as a delta or whole, bytes against the full bundle's."""
+    if r.transfer == "none":
+        return "sent 0 model bytes (the board had it)"
+    share = f" ({100 * r.bytes_sent / r.full_bytes:.1f}% of {r.full_bytes})" \
+        if r.full_bytes else ""
+    how = "as a delta" if r.transfer == "delta" else "whole"
+    why = f" [{r.transfer_note}]" if r.transfer == "full" and r.transfer_note else ""
+    return f"sent {r.bytes_sent} bytes {how}{share}{why}"
 
 
 def bench_line(board: str, b: protocol.Bench) -> str:
@@ -130,6 +141,10 @@ def rollout_event(ev: dict) -> None:
               f"{ev['todo']} of {ev['boards']} board(s) to do", file=sys.stderr, flush=True)
     else:
         extra = f": {ev['error']}" if ev.get("error") else ""
+        sent = ev.get("sent")
+        if sent and sent["transfer"] != "none":
+            extra += (f" (model sent {'as a delta' if sent['transfer'] == 'delta' else 'whole'}"
+                      f": {sent['bytes_sent']} of {sent['full_bytes']} bytes)")
         print(f"  {ev['board']}: {ev['state']}{extra}", file=sys.stderr, flush=True)
 
 
@@ -140,13 +155,13 @@ def results_table(path: str, lines: list[dict]) -> None:
     from .. import units
 
     t = Table(title=f"edgedeploy results ({path})")
-    for c in ("board", "model", "label", "version", "runtime", "size KiB", "accuracy",
-              "p50", "p99"):
+    for c in ("board", "model", "label", "version", "runtime", "size KiB", "sent",
+              "accuracy", "p50", "p99"):
         t.add_column(c, justify="right")
     for ln in lines:
         t.add_row(ln["board"] + (" (emulated)" if ln.get("emulated") else ""),
                   ln["model"] or "", ln["label"] or "", ln["version"],
-                  ln["runtime"] or "", units.kib(ln["size"]),
+                  ln["runtime"] or "", units.kib(ln["size"]), ln.get("sent") or units.DASH,
                   "[red]eval failed[/red]" if ln.get("eval_error") else units.pct(ln["accuracy"]),
                   "[red]bench failed[/red]" if ln.get("bench_error") else units.ms(ln["p50_ms"]),
                   "" if ln.get("bench_error") else units.ms(ln["p99_ms"]))

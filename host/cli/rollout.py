@@ -76,6 +76,9 @@ def register(sub: Any) -> None:
                         "one after the other (1,1,1), or `exp` (each twice the last)")
     w.add_argument("--parallel", type=int, default=16, metavar="N",
                    help="boards worked on at once (16)")
+    w.add_argument("--no-delta", action="store_true",
+                   help="always send the whole model file (by default a board that holds an "
+                        "earlier version gets a delta when it is smaller)")
     g = s.add_argument_group("gates (measured on each board after its activation)")
     g.add_argument("--gate", action="append", default=[], metavar="EXPR",
                    help="e.g. accuracy>=0.97, p99_ms<=25, agreement>=0.99 (repeatable)")
@@ -175,6 +178,11 @@ def _events(as_json: bool) -> Any:
 # -- start ---------------------------------------------------------------------------------
 def run_start(a: argparse.Namespace) -> int:
     from ..fleet import Options
+
+    if a.no_delta:
+        from ..transfer import configure
+
+        configure(enabled=False)
 
     inc = a.max_latency_increase
     try:

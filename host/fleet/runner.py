@@ -93,11 +93,14 @@ class Runner:
                 time.sleep(min(2 ** attempt, 5))
         raise AssertionError("unreachable")
 
-    def record(self, name: str, state: BoardState, **cols: Any) -> None:
-        """Journal first (the transition table is checked there), then tell the caller."""
+    def record(self, name: str, state: BoardState, *, sent: dict | None = None,
+               **cols: Any) -> None:
+        """Journal first (the transition table is checked there), then tell the caller (SENT:
+        how the model travelled, for the caller only)."""
         self.journal.set_board(self.rollout_id, name, state, **cols)
         self.emit({"board": name, "state": state.value,
-                   **{k: v for k, v in cols.items() if k in ("error", "old")}})
+                   **{k: v for k, v in cols.items() if k in ("error", "old")},
+                   **({"sent": sent} if sent else {})})
 
     def measure(self, s: BoardSession, version: str) -> dict[str, float]:
         """Figures of the model at VERSION on the board: eval on the gate data that travelled
@@ -119,22 +122,24 @@ class Runner:
     def stage(self, name: str) -> None:
         self.record(name, S.STAGING)
 
-        def step() -> tuple[str | None, dict[str, float] | None]:
+        def step() -> tuple[str | None, dict[str, float] | None, dict]:
             with self.session(name) as s:
                 st = s.state(model=self.bundle.name)
                 entry = st.model(self.bundle.name)
                 old = entry.current if entry else None
                 if entry and old == self.bundle.version:
                     old = entry.previous
-                s.push(self.bundle, activate=False, state=st)
+                r = s.push(self.bundle, activate=False, state=st)
+                sent = {"transfer": r.transfer, "bytes_sent": r.bytes_sent,
+                        "full_bytes": r.full_bytes, "note": r.transfer_note}
                 old_figures = self.measure(s, old) if old and self.options.relative else None
-                return old, old_figures
+                return old, old_figures, sent
         try:
-            old, old_figures = self.with_retries(step)
+            old, old_figures, sent = self.with_retries(step)
         except EdgeDeployError as exc:
             self.record(name, S.FAILED, error=f"staging: {exc}")
             return
-        self.record(name, S.STAGED, old=old, old_figures=old_figures)
+        self.record(name, S.STAGED, old=old, old_figures=old_figures, sent=sent)
 
     def activate(self, name: str) -> None:
         self.record(name, S.ACTIVATING)

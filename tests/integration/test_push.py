@@ -46,7 +46,8 @@ def test_push_bench_eval_roundtrip(fleet, models, tmp_path, board):
 
     st = ed_json("status", board, "--fleet", fleet, db=db)
     assert st["agent_current"] and st["health"] == "ok"
-    assert (st["models"][0]["current"], st["models"][0]["previous"]) == (m8.version, m32.version)
+    digits = next(m for m in st["models"] if m["name"] == "digits")  # the fleet is shared
+    assert (digits["current"], digits["previous"]) == (m8.version, m32.version)
     back = ed_json("rollback", board, "digits", "--fleet", fleet, db=db)
     assert back["current"] == m32.version
 
