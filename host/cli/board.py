@@ -102,7 +102,9 @@ the fleet file (--fleet FILE, $EDGEDEPLOY_FLEET, ./fleet.toml): [defaults] holds
 [boards.NAME] overrides them. Keys: host (address or ~/.ssh/config alias), user, port, key,
 known_hosts, ssh_config (OpenSSH client config to read HostName/User/Port/IdentityFile/
 UserKnownHostsFile/ProxyJump from), profile (see `targets profiles`), python, root, transport
-(ssh|local), tags, groups, connect_timeout, command_timeout, resident_agent, resident_idle.
+(ssh|local), tags, groups, connect_timeout, command_timeout, resident_agent, resident_idle,
+cohort (pull mode: the desired-state document the board follows). At the top of the file:
+signing_key (sign bundles and desired states) and a [pull] table (store, endpoint, poll_every).
 
   [defaults]
   user = "pi"

@@ -174,4 +174,4 @@ def test_eval_line_shows_errors_per_output_and_the_users_file():
              agreement={"top1_agreement": 1.0, "samples": 40, "mean_abs_error": 0.0,
                         "max_abs_error": 0.0})
     line = eval_line("b0", Eval.parse(r))
-    assert "top-1 (cls) 95.00%" in line and "agreement 100.00%" in line
+    assert "top-1 (cls) 95.00 %" in line and "agreement 100.00 %" in line
