@@ -311,7 +311,7 @@ def board_snapshot() -> dict:
 
 
 def board_conditions(before: dict, after: dict) -> dict:
-    """``board`` (temperature, clock, governor, throttling before and after the timed runs),
+    """``conditions`` (temperature, clock, governor, throttling before and after the timed runs),
     ``warnings`` (throttled during the run, hot, clock fell, emulated) and ``emulated``."""
     from .sysinfo import emulation_facts, throttle_warnings
 
@@ -319,5 +319,5 @@ def board_conditions(before: dict, after: dict) -> dict:
     warnings = throttle_warnings(before, after)
     if emu["emulated"]:
         warnings.insert(0, f"emulated board: {emu['emulation']['why']}")
-    return {"board": {"before": before, "after": after}, "warnings": warnings,
+    return {"conditions": {"before": before, "after": after}, "warnings": warnings,
             "emulated": emu["emulated"], "emulation": emu["emulation"]}

@@ -74,7 +74,7 @@ Agent commands (``edgedeploy-agent [--store DIR] CMD``) and their answers (``kin
                              "cpu_ops": 3 | null, "total_ops": 11 | null,
                              "cpu_only_on_edgetpu": false,
                              "line": "CPU: 8 of 11 ops in XNNPACK, ..."},  # said first
-               "board": {"before": SNAPSHOT, "after": SNAPSHOT},  # around the timed runs;
+               "conditions": {"before": SNAPSHOT, "after": SNAPSHOT},  # around the runs;
                    # SNAPSHOT = {"temperature_c", "freq_khz", "governor", "throttled"}
                "warnings": ["the board throttled during the run (...)", ...],
                "emulated": true | false | null, "emulation": {...as info...}}

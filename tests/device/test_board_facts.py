@@ -60,7 +60,7 @@ def test_throttling_during_the_run_is_warned(agent, models, tmp_path):
     os.chmod(tool, 0o755)
     r = agent("bench", "digits", "--runs", 20, "--warmup", 2,
               env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
-    before, after = r["board"]["before"]["throttled"], r["board"]["after"]["throttled"]
+    before, after = r["conditions"]["before"]["throttled"], r["conditions"]["after"]["throttled"]
     assert before["raw"] == "0x0" and after["now"] == ["under_voltage", "throttled"]
     assert any("throttled during the run" in w and "under_voltage" in w for w in r["warnings"])
     assert r["timing"]["runs"] == 20  # measured and reported, with the warning beside it
@@ -68,7 +68,7 @@ def test_throttling_during_the_run_is_warned(agent, models, tmp_path):
     assert info["throttled"]["since_boot"] == ["under_voltage", "throttled"]
     # no vcgencmd (this host, most boards): nothing invented
     r = agent("bench", "digits", "--runs", 5)
-    assert r["board"]["after"]["throttled"] is None
+    assert r["conditions"]["after"]["throttled"] is None
     assert not any("throttl" in w for w in r["warnings"])
     assert r["emulated"] is False and r["placement"]["line"].startswith("CPU")
 

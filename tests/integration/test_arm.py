@@ -162,7 +162,7 @@ def test_push_bench_eval_rollback_on_emulated_pi(mixed, bootstrapped, models, te
     b = ed_json("bench", name, "digits", "--runs", 5, "--warmup", 1, *f, db=db)
     assert b["emulated"] is True and b["warnings"][0].startswith("emulated board")
     assert b["placement"]["edgetpu_ops"] == 0 and b["placement"]["line"].startswith("CPU")
-    assert b["timing"]["runs"] == 5 and b["board"]["before"] and b["board"]["after"]
+    assert b["timing"]["runs"] == 5 and b["conditions"]["before"] and b["conditions"]["after"]
     text = ed("bench", name, "digits", "--runs", 3, "--warmup", 1, *f, db=db)
     lines = text.stdout.splitlines()
     assert text.returncode == 0 and lines[0].startswith(f"{name}: CPU")

@@ -96,7 +96,15 @@ def test_bench_a_board_benches_every_active_model_past_one_that_fails(fleet, mod
     good, version = _bundle(models, "int8", "fwgood", tmp_path)
     ed("push", good, "b1", "--fleet", fleet, db=db, check=True)
     bad = _broken(models, "fwbad", tmp_path)
-    ed("push", bad, "b1", "--fleet", fleet, db=db, check=True)
+    p = ed("push", bad, "b1", "--fleet", fleet, db=db)   # the board refuses what can't load
+    assert p.returncode == 2 and "cannot run on this board" in p.stderr
+    # one that got there anyway (an older agent took it, or it was put there behind the
+    # agent's back) must not stop a bench of every active model
+    from edgedeploy.device.store import Store
+
+    store = Store(fleet.parent / "b1" / "home" / ".edgedeploy" / "store")
+    with store.locked():
+        store.activate("fwbad", store.install(bad).version)
 
     p = ed("bench", "b1", "--runs", 10, "--fleet", fleet, "--json", db=db)
     assert p.returncode == 1, p.stderr
