@@ -52,7 +52,7 @@ def test_push_bench_eval_roundtrip(fleet, models, tmp_path, board):
     assert back["current"] == m32.version
 
     kinds = [r[0] for r in sqlite3.connect(db).execute("SELECT kind FROM results ORDER BY id")]
-    assert kinds == ["push", "push", "push", "bench", "eval", "eval"]
+    assert kinds == ["push", "push", "push", "bench", "eval", "eval", "status"]  # (status too)
     rep = ed_json("report", "--model", "digits", "--html", tmp_path / "r.html", db=db)
     assert any(r["accuracy"] for r in rep["rows"]) and (tmp_path / "r.html").exists()
     page = (tmp_path / "r.html").read_text()
