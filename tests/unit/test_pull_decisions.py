@@ -6,7 +6,7 @@ import json
 import pytest
 
 from edgedeploy.device import desired as dz
-from edgedeploy.device.pull import next_delay
+from edgedeploy.device.pullloop import next_delay
 from edgedeploy.device.trust import merge_signers, release_verdict, signer_line
 from edgedeploy.errors import InputError
 from edgedeploy.host.bucket import desired_after, next_serial, stale
