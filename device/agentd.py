@@ -36,7 +36,7 @@ and falls back to starting an agent process. The store folder must exist; the da
 creates it.
 
 Pull mode (``--pull-every S``): the daemon also polls the object store every S seconds with
-the settings ``edgedeploy-agent pull … --save`` stored (device/pull.py's ``run_loop``, in a
+the settings ``edgedeploy-agent pull … --save`` stored (device/pullloop.py's ``run_loop``, in a
 thread: it backs off while the store is down); it then never ends for being idle. A poll cut
 short by the daemon's end leaves the store as after a kill -9: whole.
 """

@@ -241,7 +241,9 @@ class Step:
 def plan_model(t: Target, current: str | None, previous: str | None, installed: set[str],
                last: dict | None) -> Step:
     """Pure: what a board does to run target T, given its store (CURRENT, PREVIOUS, INSTALLED
-    versions) and its LAST result for the model."""
+    versions) and its LAST result for the model. Going back to the kept previous version skips
+    the gates only when T has none: a gated target is measured, as an SSH rollout measures a
+    version the board already holds."""
     if current == t.version:
         return Step("none", f"runs {t.version}")
     if t.rollback:
@@ -250,7 +252,7 @@ def plan_model(t: Target, current: str | None, previous: str | None, installed: 
         return Step("skip", f"{t.version} is not kept on this board: nothing to go back to")
     if last and last.get("target") == t.digest() and last.get("outcome") in FINAL_HERE:
         return Step("skip", f"{last['outcome']} here before: {last.get('error') or ''}".strip())
-    if t.version == previous and t.version in installed:
+    if t.version == previous and t.version in installed and not t.measures:
         return Step("rollback", f"back to the kept previous version {t.version}")
     if t.version in installed:
         return Step("activate", f"{t.version} is installed, not active")

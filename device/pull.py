@@ -23,9 +23,9 @@ A poll never leaves the board without a working model: the store's switch is ato
 activated before it verified and passed its gates, and an error in one model's step is recorded
 in that model's result (``failed``: tried again next poll; ``refused`` / ``gate_failed``: not
 retried for the same target). When the object store can't be reached the poll raises
-ObjectStoreUnreachable after saving what it learnt; :func:`run_loop` then waits longer each time
-(:func:`next_delay`: doubling up to 32 polls' time, 10 min at most, with jitter), and the board
-keeps running what it runs.
+ObjectStoreUnreachable after saving what it learnt; device/pullloop.py then waits longer
+each time (doubling up to 32 polls' time, 10 min at most, with jitter), and the board keeps
+running what it runs.
 
 A board pulls only with allowed signers (STORE/trust/allowed_signers): what it reads from the
 bucket needs no trust beyond the signatures.
@@ -44,7 +44,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +63,6 @@ from .store import Store
 
 PULL_DIR = "pull"
 STATE = "state.json"
-MAX_BACKOFF = 600.0
 
 
 @dataclass
@@ -112,19 +110,6 @@ class PullState:
 
     def save(self, path: Path) -> None:
         write_atomic(path, json.dumps(self.__dict__, sort_keys=True).encode())
-
-
-# -- pure -----------------------------------------------------------------------------------
-def next_delay(every: float, failures: int, rand: float) -> float:
-    """Pure: seconds to the next poll after FAILURES polls in a row failed (RAND in [0, 1)):
-    EVERY when all is well; else doubling from EVERY up to 32 x EVERY (at most 10 min, never
-    less than EVERY), with ±25 % jitter so a fleet that lost its store doesn't come back in
-    step."""
-    if failures <= 0:
-        return every
-    cap = max(every, min(32 * every, MAX_BACKOFF))
-    base = min(every * (2 ** min(failures, 16)), cap)
-    return base * (0.75 + 0.5 * rand)
 
 
 def _iso(t: float) -> str:
@@ -391,39 +376,3 @@ def poll(cfg: PullConfig, store: Store, *, client: S3Client | None = None,
         if own:
             c.close()
 
-
-def run_loop(cfg: PullConfig, store: Store, every: float, *, max_polls: int | None = None,
-             should_stop: Callable[[], bool] = lambda: False,
-             sleep: Callable[[float], None] = time.sleep,
-             log: Callable[[str], None] = lambda s: None) -> int:
-    """Poll every EVERY seconds (backing off while polls fail) until SHOULD_STOP or MAX_POLLS;
-    the number of polls that failed in a row at the end. LOG gets a JSON line per poll: what
-    was done, requests made and body bytes in and out (one kept-alive connection)."""
-    failures = 0
-    done = 0
-    rng = random.Random()
-    client = S3Client(cfg.source.endpoint, cfg.creds, timeout=cfg.timeout)
-    try:
-        while not should_stop() and (max_polls is None or done < max_polls):
-            before = (client.counters.requests, client.counters.bytes_in,
-                      client.counters.bytes_out)
-            try:
-                r = poll(cfg, store, client=client)
-                failures = 0
-                c = client.counters
-                log(json.dumps({"poll": done, "actions": r.actions, "reported": r.reported,
-                                "not_modified": r.not_modified,
-                                "requests": c.requests - before[0],
-                                "body_in": c.bytes_in - before[1],
-                                "body_out": c.bytes_out - before[2]}))
-            except EdgeDeployError as exc:  # the store down, another poll running, …
-                failures += 1
-                log(json.dumps({"poll": done, "error": str(exc), "failing": failures,
-                                "next_in": round(next_delay(every, failures, 0.5), 2)}))
-            done += 1
-            if max_polls is not None and done >= max_polls:
-                break
-            sleep(next_delay(every, failures, rng.random()))
-    finally:
-        client.close()
-    return failures

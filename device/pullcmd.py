@@ -185,7 +185,8 @@ def save_config(store_root: Path, s: dict) -> None:
 
 def cmd_pull(a: argparse.Namespace, store) -> dict:
     from . import protocol
-    from .pull import poll, run_loop
+    from .pull import poll
+    from .pullloop import run_loop
 
     s = settings(a, store.root)
     cfg = pull_config(s, a.allow_downgrade, a.runtime)
@@ -242,7 +243,7 @@ def daemon_loop(store, every: float, runtime: str | None):
     """agentd's pull thread: (should_stop) -> None, polling with the saved settings; what it
     does goes to STORE/pull/loop.log (the last 200 lines)."""
     def loop(should_stop) -> None:
-        from .pull import run_loop
+        from .pullloop import run_loop
 
         log_path = Path(store.root) / "pull" / "loop.log"
         lines: list[str] = []

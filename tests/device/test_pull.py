@@ -151,6 +151,27 @@ def test_gate_failure_keeps_the_old_version(setup, models):
 
 
 @both
+def test_gated_return_to_the_kept_previous_version_is_measured(setup, models):
+    """A rollout's gates hold for a version the board ran before, as over SSH."""
+    board, bucket = setup
+    key = Path(bucket.signing_key)
+    first = signed(models["int8"], key, 100)
+    second = signed(models["float32"], key, 200)
+    for b in (first, second):
+        publish(bucket, b)
+        board.poll()
+    assert board.current() == second.version
+    publish(bucket, first, gates=("p50_ms<=0.000001",))
+    res = board.poll()["status"]["results"]["digits"]
+    assert res["outcome"] == "gate_failed" and res["figures"]["p50_ms"] > 0
+    assert board.current() == second.version  # kept: the gate failed
+    publish(bucket, first, gates=("p99_ms<=100000",))
+    res = board.poll()["status"]["results"]["digits"]
+    assert res["outcome"] == "committed" and res["figures"]["p99_ms"] > 0
+    assert board.current() == first.version
+
+
+@both
 def test_tampered_bundle_is_refused_store_unchanged(setup, models):
     board, bucket = setup
     key = Path(bucket.signing_key)

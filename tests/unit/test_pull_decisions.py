@@ -6,7 +6,7 @@ import json
 import pytest
 
 from edgedeploy.device import desired as dz
-from edgedeploy.device.pull import next_delay
+from edgedeploy.device.pullloop import next_delay
 from edgedeploy.device.trust import merge_signers, release_verdict, signer_line
 from edgedeploy.errors import InputError
 from edgedeploy.host.bucket import desired_after, next_serial, stale
@@ -42,6 +42,17 @@ def test_plan_model(current, previous, installed, last, action):
     t = target(allow_downgrade=True) if action == "install" and last and \
         last["outcome"] == "refused" else target()
     assert dz.plan_model(t, current, previous, installed, last).action == action
+
+
+def test_a_gated_target_is_measured_even_when_it_is_the_kept_previous():
+    """As an SSH rollout measures a version the board already holds: gates are the rollout's
+    word, not skipped because the board ran that version before (only an ungated target, e.g.
+    a publish of the old version, goes straight back)."""
+    gated = target(gates=("p99_ms<=50",))
+    assert dz.plan_model(gated, "v3", "v2", {"v2", "v3"}, None).action == "activate"
+    assert dz.plan_model(target(max_latency_increase=10.0), "v3", "v2", {"v2", "v3"},
+                         None).action == "activate"
+    assert dz.plan_model(target(), "v3", "v2", {"v2", "v3"}, None).action == "rollback"
 
 
 def test_target_digest_ignores_the_board_list():
