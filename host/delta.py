@@ -28,7 +28,9 @@ most preferred first — its current one):
    changed value inside a table) becomes an ADD, short runs beside it join it, and runs that
    continue each other become one COPY: an unchanged layout is a handful of ops.
 6. The op, literal and difference streams are compressed each with whichever of lzma / zlib /
-   none is smallest.
+   none is smallest — or a faster one to decode when it is within 1 % of that
+   (``delta_format.pick_codec``: a full retrain's literals, near-incompressible int8 weights,
+   go as zlib, decoded on the board ~3x faster than lzma for 0.1 % more bytes).
 
 ``plan_transfer`` is the pure decision "delta or full": the delta only when it is smaller than
 the full file. Nothing here touches a board.

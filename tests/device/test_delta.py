@@ -101,6 +101,41 @@ def test_float32_from_int8_rebuilds_bit_exact(board_py, models, tmp_path):
     assert (tmp_path / "out.tflite").read_bytes() == new
 
 
+@pytest.fixture(scope="module")
+def imported(digits, retrained, tmp_path_factory) -> dict[str, Path]:
+    """The digits CNN and its head-retrained version converted by a bare TFLiteConverter
+    (float32, its defaults: no edgedeploy compile, no manifest, a dynamic batch): the kind of
+    .tflite a user brings from elsewhere. (Dynamic-range quantization would use op versions
+    tflite-runtime 2.14 cannot run.)"""
+    from edgedeploy.host.compiler.convert import import_tf
+
+    tf = import_tf()
+    import tf_keras as keras
+
+    out = tmp_path_factory.mktemp("imported")
+    files = {}
+    for label, src in (("old", digits / "digits.keras"),
+                       ("new", retrained.parent / "digits.keras")):
+        conv = tf.lite.TFLiteConverter.from_keras_model(keras.models.load_model(src))
+        files[label] = out / f"{label}.tflite"
+        files[label].write_bytes(conv.convert())
+    return files
+
+
+def test_imported_tflite_rebuilds_bit_exact(board_py, imported, tmp_path):
+    """No assumption that edgedeploy compiled either version."""
+    new = imported["new"].read_bytes()
+    assert new != imported["old"].read_bytes()
+    d = make_patch(imported["new"], {"v1": imported["old"]}, tmp_path / "p.delta")
+    assert d.stats.copied_regions >= 4, d.stats
+    assert plan_transfer(len(new), d).kind == "delta"
+    assert d.size < len(new) * 0.1, d.stats
+    got = apply_on_board(board_py, tmp_path / "p.delta", tmp_path / "out.tflite",
+                         {"v1": imported["old"]}, hashlib.sha256(new).hexdigest())
+    assert got["ok"], got
+    assert (tmp_path / "out.tflite").read_bytes() == new
+
+
 def test_refusals_leave_no_output(board_py, models, retrained, tmp_path):
     make_patch(retrained, {"v1": models["int8"]}, tmp_path / "p.delta")
     good = (tmp_path / "p.delta").read_bytes()

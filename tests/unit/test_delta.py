@@ -106,6 +106,18 @@ def test_two_bases_and_backward_offsets(tmp_path):
     assert out == target
 
 
+@pytest.mark.parametrize("sizes, want", [
+    ({"lzma": 100, "zlib": 120, "none": 300}, "lzma"),
+    ({"lzma": 1000, "zlib": 1010, "none": 3000}, "zlib"),   # within 1 %: decodes faster
+    ({"lzma": 1000, "zlib": 1011, "none": 1005}, "none"),
+    ({"lzma": 757363, "zlib": 758084, "none": 784750}, "zlib"),  # int8 full retrain's literals
+    ({"lzma": 0, "zlib": 8, "none": 0}, "none"),
+    ({"lzma": 50}, "lzma"),
+])
+def test_pick_codec(sizes, want):
+    assert wire.pick_codec(sizes) == want
+
+
 @pytest.mark.parametrize("codec", ["lzma", "zlib", "none"])
 def test_each_codec(tmp_path, codec):
     target = b"x" * 5000
