@@ -323,7 +323,7 @@ class AgentLink:
                 free = self.free_kb(folder.rsplit("/", 1)[0])
                 why = exc.message.split(": ", 1)[-1]
                 raise BoardError(self.name, f"upload of {rel} failed: {why}" + (
-                    f" (the board has {free} KB free there: disk full?)"
+                    f" (the board has {free} KiB free there: disk full?)"
                     if free is not None else ""),
                     hint="the board keeps its active model") from exc
         return sent

@@ -18,6 +18,7 @@ turns its Report into HTML. Sizes in KiB, times in µs below 1 ms (units.py).
 from __future__ import annotations
 
 import html
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,7 +167,14 @@ def _val(text: str) -> str:
     return _td(text, "missing", "not measured") if text == units.DASH else _td(text)
 
 
+_PATH = re.compile(r"(?<![^\s'\"(=])/(?:[^/\s:'\"]+/)+([^/\s:'\"]+)")
+
+
 def _short(msg: str, n: int = 140) -> str:
+    """The cell's text: absolute paths cut to their last part (the board's store path is long
+    and says nothing the row does not), then at most N characters; the cell's title keeps the
+    whole message."""
+    msg = _PATH.sub(r"\1", msg)
     return msg if len(msg) <= n else msg[:n - 1] + "…"
 
 
