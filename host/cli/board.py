@@ -1,7 +1,7 @@
 """The board-facing subcommands' parsers (push, bench, eval, status, rollback, remove,
-bootstrap, targets) and the handlers of push, remove, bootstrap and targets; bench, eval,
-status, rollback and targets check run on one board or many in fleetwide.py. Each ``run_*`` unpacks the command line
-once; the ``*_command`` functions take typed values and do the work through host/deploy.py (one
+bootstrap, targets) and the handlers of push, bootstrap and targets; bench, eval, status,
+rollback, remove and targets check run on one board or many in fleetwide.py. Each ``run_*``
+unpacks the command line once; the ``*_command`` functions take typed values and do the work through host/deploy.py (one
 board) or host/fleet (many)."""
 
 from __future__ import annotations
@@ -84,6 +84,7 @@ ROLLBACK_EXAMPLES = """examples:
 REMOVE_EXAMPLES = """examples:
   edgedeploy remove b0 digits@3f2a9c1b0d4e      # one version (not the active one)
   edgedeploy remove b0 digits --fleet fleet.toml  # the whole model, the active version too
+  edgedeploy remove --group canary digits@3f2a9c1b0d4e   # that version off every canary board
 """ + EXAMPLES
 BOOTSTRAP_EXAMPLES = """examples:
   edgedeploy wheelhouse --for pi-kitchen -d wheels/pi-kitchen   # the wheels that board needs
@@ -199,15 +200,15 @@ def register(sub: Any) -> None:
     add_selection_options(r, model="NAME")
     r.set_defaults(func=fleetwide.run_rollback)
 
-    rm = sub.add_parser("remove", help="delete a model version from a board (or the whole model)",
-                        description="Delete NAME@VERSION from BOARD's store (not the active "
-                                    "version: activate or roll back first), or, with NAME "
-                                    "alone, every version of the model and its pointer — a "
-                                    "`serve` there stops serving it.",
+    rm = sub.add_parser("remove", help="delete a model version from one board or many (or "
+                                       "the whole model)",
+                        description="Delete NAME@VERSION from each board's store (not the "
+                                    "active version: activate or roll back first), or, with "
+                                    "NAME alone, every version of the model and its pointer — "
+                                    "a `serve` there stops serving it.",
                         epilog=REMOVE_EXAMPLES, formatter_class=RAW)
-    add_board_options(rm)
-    rm.add_argument("model", metavar="NAME[@VERSION]")
-    rm.set_defaults(func=run_remove)
+    add_selection_options(rm, model="NAME[@VERSION]")
+    rm.set_defaults(func=fleetwide.run_remove)
 
     bs = sub.add_parser("bootstrap", help="set a board up: agent + runtime wheels in a venv "
                                           "(offline with --wheelhouse)",
@@ -322,22 +323,6 @@ def _push_many(bundle: Any, names: list[str], where: Boards, *, activate: bool,
     emit(as_json, summary, f"{len(boards) - failed} of {len(boards)} boards on {bundle.name} "
                            f"{bundle.version}; {failed} failed; {summary['seconds']:.2f} s")
     return 1 if failed else 0
-
-
-def run_remove(a: argparse.Namespace) -> int:
-    return remove_command(a.board, a.model, Boards.from_args(a), as_json=a.json)
-
-
-def remove_command(board: str, spec: str, where: Boards, *, as_json: bool) -> int:
-    name, _, version = spec.partition("@")
-    if not name:
-        raise InputError(f"{spec!r}: name the model (NAME or NAME@VERSION)")
-    with where.session(board) as s:
-        r = s.remove(name, version or None)
-    gone = ", ".join(r.versions) or "no version"
-    emit(as_json, r.raw, f"{board}: removed {name} " + (f"version {version}" if version else
-                                                         f"(every version: {gone})"))
-    return 0
 
 
 # -- bootstrap ---------------------------------------------------------------------------

@@ -338,6 +338,56 @@ def rollback_command(sel: Selection, where: Boards, *, parallel: int, as_json: b
     return result.exit_code()
 
 
+# -- remove ------------------------------------------------------------------------------
+def run_remove(a: argparse.Namespace) -> int:
+    where = Boards.from_args(a)
+    sel = where.pick(a.targets, every=a.all, group=a.group, tag=a.tag, model="NAME[@VERSION]")
+    if not sel.model:
+        raise InputError("name the model to remove: BOARD… NAME[@VERSION]")
+    return remove_command(sel, where, parallel=a.parallel, as_json=a.json)
+
+
+def remove_command(sel: Selection, where: Boards, *, parallel: int, as_json: bool) -> int:
+    """NAME@VERSION (not the active one) off each board, or with NAME alone the whole model."""
+    spec = str(sel.model)
+    name, _, version = spec.partition("@")
+    if not name:
+        raise InputError(f"{spec!r}: name the model (NAME or NAME@VERSION)")
+
+    def work(board: str) -> Any:
+        with where.session(board) as s:
+            return s.remove(name, version or None)
+
+    def said(board: str, r: Any) -> str:
+        gone = ", ".join(r.versions) or "no version"
+        return f"{board}: removed {name} " + (f"version {version}" if version else
+                                              f"(every version: {gone})")
+
+    result = _run(sel, work, parallel, as_json)
+    rows: list[dict[str, Any]] = []
+    cells: list[tuple] = []
+    for o in result.outcomes:
+        if o.error is not None:
+            rows.append(_failure(o.board, o.error))
+            cells.append((o.board, o.error))
+        else:
+            r = o.get()
+            rows.append({"board": o.board, **r.raw, "versions": list(r.versions)})
+            cells.append((o.board, [name, ", ".join(r.versions) or "–"]))
+    if not sel.many:
+        r = result.outcomes[0].get()
+        emit(as_json, r.raw, said(sel.names[0], r))
+        return 0
+    summary = _summary(result, rows, set(result.failed))
+    if as_json:
+        emit(True, summary, "")
+    else:
+        fleet_table(f"remove of {spec} on {len(sel.names)} board(s)",
+                    ["board", "model", "versions removed"], cells)
+        _end(summary)
+    return result.exit_code()
+
+
 # -- targets check -----------------------------------------------------------------------
 def targets_check(sel: Selection, where: Boards, *, parallel: int, as_json: bool) -> int:
     """Each board's arch, Python, runtime against its profile (installs our agent where it is
@@ -377,4 +427,4 @@ def targets_check(sel: Selection, where: Boards, *, parallel: int, as_json: bool
     return 1 if bad else 0
 
 
-__all__ = ["run_bench", "run_eval", "run_status", "run_rollback", "targets_check"]
+__all__ = ["run_bench", "run_eval", "run_status", "run_rollback", "run_remove", "targets_check"]

@@ -165,6 +165,29 @@ def test_rollback_many_boards_and_the_hint_names_the_host_command(fleet, models,
     assert "edgedeploy-agent" not in p.stderr
 
 
+def test_remove_a_version_from_many_boards_past_an_unreachable_one(fleet, inventory, models,
+                                                                  tmp_path):
+    db = tmp_path / "r.db"
+    f32, v32 = _bundle(models, "float32", "fwrm", tmp_path)
+    i8, v8 = _bundle(models, "int8", "fwrm", tmp_path)
+    for folder in (f32, i8):
+        ed("push", folder, "b0", "b1", "--fleet", fleet, db=db, check=True)
+    p = ed("remove", "b0", "b1", "gone", f"fwrm@{v32}", "--fleet", inventory, "--json", db=db)
+    assert p.returncode == 1, p.stderr
+    r = json.loads(p.stdout)
+    assert (r["boards"], r["ok"], r["failed_boards"]) == (3, 2, ["gone"])
+    assert {x["board"]: x["versions"] for x in r["results"] if "versions" in x} == \
+        {"b0": [v32], "b1": [v32]}
+    for board in ("b0", "b1"):   # gone from the board; the active version stays
+        m = next(m for m in ed_json("status", board, "--fleet", fleet, db=db)["models"]
+                 if m["name"] == "fwrm")
+        assert m["current"] == v8 and v32 not in [v["version"] for v in m["versions"]]
+    p = ed("remove", "b0", "b1", f"fwrm@{v8}", "--fleet", fleet, db=db)  # the active one
+    assert p.returncode == 1 and "0 of 2 boards ok" in p.stdout and "active" in p.stdout
+    r = ed_json("remove", "--all", "fwrm", "--fleet", fleet, db=db)      # the whole model
+    assert r["ok"] == 2 and all(x["versions"] == [v8] for x in r["results"])
+
+
 def test_eval_and_targets_check_fan_out(fleet, inventory, models, tmp_path):
     db = tmp_path / "r.db"
     folder, version = _bundle(models, "int8", "fweval", tmp_path)
