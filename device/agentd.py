@@ -39,6 +39,8 @@ Pull mode (``--pull-every S``): the daemon also polls the object store every S s
 the settings ``edgedeploy-agent pull … --save`` stored (device/pullloop.py's ``run_loop``, in a
 thread: it backs off while the store is down); it then never ends for being idle. A poll cut
 short by the daemon's end leaves the store as after a kill -9: whole.
+
+(A little past 400 lines: one daemon's life — lock, socket, hello, uploads, exits — in order.)
 """
 
 from __future__ import annotations

@@ -38,6 +38,9 @@ gets an error answer. The connection stays open when the stream is still in step
 line, a bad shape, a refused frame whose declared length was read and dropped) and is closed
 right after the answer when it isn't (a line past the limit, a frame length that is missing or
 past the cap). At most ``max_connections`` clients at once; the next one gets a "busy" answer.
+
+(Past 400 lines: the NDJSON endpoint and the hot swap, which share the model slots; framing is
+wire.py's, shared memory shm.py's, tensors tensors.py's, HTTP oip.py's, metrics metrics.py's.)
 """
 
 from __future__ import annotations

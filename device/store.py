@@ -45,6 +45,10 @@ version whose stored manifest still verifies — the version kept as ``previous`
 ran here). Activation refuses a release lower than the highest the model has been activated at
 (``allow_downgrade`` lets it, the ``previous`` version is let anyway); the highest release is
 recorded before the switch. ``rollback`` asks nothing: it goes back to what ran before.
+
+(Past 400 lines on purpose: the invariants above hold only if install, activate, rollback,
+remove and the sweeps are read together; bundle intake (intake.py), file-system helpers
+(fsio.py), the lock (lock.py) and trust (trust.py) are already apart.)
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ On the board (ROOT is the inventory's ``root``, default ``~/.edgedeploy``)::
     ROOT/agent/edgedeploy-agent.pyz   replaced when its content hash differs from ours
     ROOT/store/                       the agent's store (device/store.py): where uploads and
                                       eval data go there, the agent says (State.incoming/.data)
+
+(A little past 400 lines: the two ways to reach the agent — the resident socket and a batch
+process — with their fallback from one to the other, which is one decision read in one place.)
 """
 
 from __future__ import annotations

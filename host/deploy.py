@@ -15,6 +15,10 @@ Unreachable (exit 5) with the last version it was known to run.
 
 Whether the model travels whole or as a delta against a version the board stores is
 host/transfer.py's; a delta the board refuses is followed by the full file, once.
+
+(Past 400 lines: one session's operations on one board; what they share — the plan, the
+lost-answer read-back every store change goes through — would be split across modules that
+only make sense together. The link itself is agent_link.py's; transfers are transfer.py's.)
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ output (and ``--json``) is what it always was, and its error keeps its own exit 
 
 Results land in the history from this (the main) thread: SQLite connections stay in the thread
 that made them. A bench or eval that fails is recorded as failed, so the report marks it.
+
+(A little past 400 lines: six verbs that share the fan-out, the summary and the one-table
+ending; each verb is a short handler plus its table cells.)
 """
 
 from __future__ import annotations
