@@ -14,6 +14,15 @@ import pytest
 from tests.conftest import REPO, run_cli
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """The emulated ARM boards' tests run last: on a fresh machine scripts/test builds their
+    roots (scripts/armroot, minutes of qemu CPU) in the background while everything else runs,
+    and test_arm.py's fleet waits for them; run first, that wait would be idle time."""
+    arm = [i for i in items if i.path.name == "test_arm.py"]
+    if arm:
+        items[:] = [i for i in items if i.path.name != "test_arm.py"] + arm
+
+
 def fleet_up(d: Path, n: int, *extra: str, timeout: float = 900) -> Path:
     p = subprocess.run([sys.executable, str(REPO / "scripts" / "fleet"), "up", str(n), "--dir",
                         str(d), *extra], capture_output=True, text=True, timeout=timeout)
