@@ -419,12 +419,14 @@ def targets_check(sel: Selection, where: Boards, *, parallel: int, as_json: bool
         emit(True, out, "")
     else:
         fleet_table(f"targets check of {len(out)} board(s)",
-                    ["board", "arch", "Python", "runtime", "numpy", "Edge TPU"],
+                    ["board", "arch", "Python", "runtime", "numpy"],
                     [(r["board"], [r["arch"] + (" (emulated)" if r.get("emulated") else ""),
-                                   r["python"], r["runtime"], r["numpy"],
-                                   (r.get("edgetpu") or {}).get("line", "–")])
+                                   r["python"], r["runtime"], r["numpy"]])
                      if r["ok"] else (r["board"], InputError("; ".join(r["problems"])))
                      for r in out])
+        for r in out:  # whole lines, never wrapped by the table: whether the Edge TPU is there
+            if r.get("edgetpu"):
+                print(f"{r['board']}: {r['edgetpu']['line']}")
         print(f"{len(out) - len(bad)} of {len(out)} boards match their profile"
               + (f"; mismatched or unreachable: {', '.join(bad)}" if bad else ""))
     return 1 if bad else 0
