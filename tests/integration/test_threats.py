@@ -101,15 +101,16 @@ def test_a_cert_authority_line_is_skipped_with_a_warning(fleet, tmp_path):
 
 
 class _FakeServer:
-    """A TCP port on loopback that is not SSH: it answers like a web server, or says nothing."""
+    """A TCP port on loopback that is not SSH: it answers like a web server, or says nothing, or
+    says its reply (an SSH banner) and then nothing (hold)."""
 
-    def __init__(self, reply: bytes | None) -> None:
+    def __init__(self, reply: bytes | None, hold: bool = False) -> None:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(8)
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
-        self.reply, self.stop = reply, threading.Event()
+        self.reply, self.hold, self.stop = reply, hold, threading.Event()
         self.conns: list[socket.socket] = []
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -122,9 +123,10 @@ class _FakeServer:
                 continue
             if self.reply is not None:
                 c.sendall(self.reply)
+            if self.reply is not None and not self.hold:
                 c.close()
             else:
-                self.conns.append(c)  # hold it open, silent
+                self.conns.append(c)  # hold it open, silent (after its reply, if any)
 
     def close(self) -> None:
         self.stop.set()
@@ -147,6 +149,22 @@ def test_a_port_that_is_not_ssh_is_one_line_and_exit_5(fleet, tmp_path, reply):
     assert p.returncode == 5
     line = _one_line(p)
     assert "web" in line and f"127.0.0.1:{srv.port}" in line and "not as an SSH server" in line
+
+
+def test_a_port_that_stalls_after_its_ssh_banner_is_one_line_and_exit_5(fleet, tmp_path):
+    """paramiko gives up waiting for the negotiation silently; its later "No existing session"
+    (and, under load, a silent port's too: the race of its two timeouts) is one clear line."""
+    srv = _FakeServer(b"SSH-2.0-OpenSSH_9.2p1 stalled\r\n", hold=True)
+    try:
+        inv = _one_board(fleet, tmp_path / "stall.toml", "stall", host="127.0.0.1",
+                         port=srv.port, connect_timeout=1)
+        p = ed("status", "stall", "--fleet", inv, db=tmp_path / "r.db")
+    finally:
+        srv.close()
+    assert p.returncode == 5
+    line = _one_line(p)
+    assert "stall" in line and f"127.0.0.1:{srv.port}" in line
+    assert "handshake did not finish in time" in line and "No existing session" not in line
 
 
 def test_an_unknown_host_key_is_one_line_every_time(fleet, tmp_path):
