@@ -17,6 +17,7 @@ from pathlib import Path
 from ..errors import EdgeDeployError, InputError
 from . import protocol
 from .batch import batch, stdout_gone  # noqa: F401  (agent.batch: the deployer's protocol)
+from .fsio import checkpoint
 
 EXAMPLES = """examples:
   edgedeploy-agent info
@@ -235,6 +236,7 @@ def cmd_bench(a, store) -> dict:
                          op_profile=a.op_profile, edgetpu_model=edgetpu, runtime=rt)
     if a.no_samples:
         result["timing"].pop("samples_ms", None)
+    checkpoint("bench:measured")  # tests: a slow gate measurement (no store lock held)
     return protocol.ok("bench", model=info, runtime=_runtime_info(rt), **result)
 
 

@@ -223,7 +223,7 @@ def test_a_manifest_path_out_of_the_bundle_reads_and_sends_nothing(fleet, models
     assert [x for x in tmp_path.rglob("loot.key")] == [loot]
     if resident:
         assert rchar() - before < 64_000  # not the 1 MB loot
-        assert not list((root / "incoming").iterdir())
+        assert not list((root / "store" / "incoming").iterdir())  # ROOT/store: the store
     else:
         assert not root.exists() and not (tmp_path / "board").exists()  # nothing reached it
 
@@ -421,20 +421,31 @@ def test_a_push_during_a_rollout_is_refused_unless_forced(fleet, models, tmp_pat
     import sqlite3
 
     inv = _fresh_roots(fleet, tmp_path / "f.toml", tmp_path)
+    # b0 (the canary) measures its gate slowly: 30 s after its bench, no store lock held
+    # (the window for the pushes below, whatever the machine's load; a long bench was not)
+    text = inv.read_text()
+    real = text.split("[boards.b0]")[1].split("python = ")[1].split("\n")[0].strip('"')
+    wrapper = tmp_path / "slow-gate-python"
+    wrapper.write_text(f"#!/bin/sh\nEDGEDEPLOY_AGENT_PAUSE_AT=bench:measured:30 "
+                       f"exec {real} \"$@\"\n")
+    wrapper.chmod(0o755)
+    inv.write_text(text.replace(f'python = "{real}"', f'python = "{wrapper}"', 1))
     journal = tmp_path / "rollouts.db"
     db = tmp_path / "r.db"
     ed_json("push", models["float32"], "b0", "b1", "--fleet", inv, db=db)
     ro = _rollout(models["int8"], "--fleet", inv, "--journal", journal, "--canary", "1",
-                  "--gate", "p99_ms<=100000", "--bench-runs", "60000", "--json", db=db)
+                  "--gate", "p99_ms<=100000", "--bench-runs", "100", "--json", db=db)
     try:
         deadline = time.monotonic() + 300
         while True:  # b0 (the canary) activated: its gate is being measured now
             assert time.monotonic() < deadline and ro.poll() is None, ro.communicate()
-            if journal.exists():
-                row = sqlite3.connect(journal).execute(
+            try:  # the journal may exist before its tables do (being created)
+                row = sqlite3.connect(f"file:{journal}?mode=ro", uri=True).execute(
                     "SELECT state FROM boards WHERE board = 'b0'").fetchone()
-                if row and row[0] == "activated":
-                    break
+            except sqlite3.OperationalError:
+                row = None
+            if row and row[0] == "activated":
+                break
             time.sleep(0.1)
         p = ed("push", models["float32"], "b0", "--fleet", inv, "--journal", journal, db=db)
         assert p.returncode == 4 and "--force" in _one_line(p) and "rollout" in p.stderr
