@@ -16,6 +16,7 @@ import time
 from ..errors import EdgeDeployError, InputError
 from . import protocol
 from .batch import batch, stdout_gone  # noqa: F401  (agent.batch: the deployer's protocol)
+from .fsio import checkpoint
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line (agent_args.py)."""
@@ -144,6 +145,7 @@ def cmd_bench(a, store) -> dict:
                          manifest=m, allow_cpu=a.allow_cpu)
     if a.no_samples:
         result["timing"].pop("samples_ms", None)
+    checkpoint("bench:measured")  # tests: a slow gate measurement (no store lock held)
     return protocol.ok("bench", model=info, runtime=_runtime_info(rt), **result)
 
 

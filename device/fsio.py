@@ -6,7 +6,7 @@ reaches :func:`checkpoint` ``(POINT)``; ``POINT@FILE`` does it once (the first p
 create FILE). ``EDGEDEPLOY_AGENT_PAUSE_AT=POINT:SECONDS`` makes it sleep there instead (a slow
 board, or a link cut while the answer is on its way: the lost-answer tests). Points are named
 after the step just finished (``install:copied``, ``pointer:written``, ``activate:switched``,
-…: see store.py and intake.py).
+…: see store.py and intake.py; ``bench:measured`` in agent.py, a slow gate).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ benches, on the board) and *committed* or *rolled back* at once. After the wave 
 rule decides (policy.py): a failed canary, or too many failures, aborts — every board this
 rollout activated goes back to its previous version. A board's journal row is written before
 the board is touched (journal.py), so a run cut short is resumed from where each board really
-is (``recover``).
+is (``recover``). An activation whose answer was lost but which happened (read back, see
+host/deploy.py) is not confirmed: that board is rolled back, the report saying what happened.
 """
 
 from __future__ import annotations
@@ -144,13 +145,20 @@ class Runner:
     def activate(self, name: str) -> None:
         self.record(name, S.ACTIVATING)
 
+        lost: list[str] = []
+
         def step() -> None:
             with self.session(name) as s:
                 s.activate(self.bundle.name, self.bundle.version)
+                if s.note:  # its answer was lost (agent died, link cut); read back: switched
+                    lost.append(s.note)
         try:
             self.with_retries(step)
         except EdgeDeployError as exc:
             self.roll_back(name, f"activation: {exc}")
+            return
+        if lost:  # switched, but never confirmed: back, as an unconfirmed update is (Mender)
+            self.roll_back(name, f"activation: {lost[-1]}, but never confirmed")
             return
         self.record(name, S.ACTIVATED)
 

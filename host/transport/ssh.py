@@ -254,6 +254,8 @@ def _connect_failure(host: str, port: int, exc: BaseException) -> str:
         return f"{host}:{port} answers, but not as an SSH server ({text})"
     if isinstance(exc, socket.timeout):
         return f"SSH to {host}:{port}: no answer in time ({text})"
+    if "No existing session" in text:  # the negotiation did not finish in time (see _connect)
+        return f"SSH to {host}:{port}: the SSH handshake did not finish in time"
     return f"SSH to {host}:{port} failed ({type(exc).__name__}: {text})"
 
 
@@ -309,8 +311,11 @@ class SshTransport(Transport):
             return err
 
         try:
+            # with sock given, paramiko uses timeout only to wait for the negotiation, and
+            # returns *silently* when it runs out ("No existing session" follows): it must
+            # outlast banner_timeout, or a silent port races into that non-answer under load
             client.connect(self.host, port=self.port, username=self.user,
-                           key_filename=self.keys or None, sock=sock, timeout=self.timeout,
+                           key_filename=self.keys or None, sock=sock, timeout=2 * self.timeout,
                            banner_timeout=self.timeout, auth_timeout=self.timeout,
                            allow_agent=True, look_for_keys=not self.keys)
         except paramiko.BadHostKeyException as exc:

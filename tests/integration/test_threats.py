@@ -101,15 +101,16 @@ def test_a_cert_authority_line_is_skipped_with_a_warning(fleet, tmp_path):
 
 
 class _FakeServer:
-    """A TCP port on loopback that is not SSH: it answers like a web server, or says nothing."""
+    """A TCP port on loopback that is not SSH: it answers like a web server, or says nothing, or
+    says its reply (an SSH banner) and then nothing (hold)."""
 
-    def __init__(self, reply: bytes | None) -> None:
+    def __init__(self, reply: bytes | None, hold: bool = False) -> None:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(8)
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
-        self.reply, self.stop = reply, threading.Event()
+        self.reply, self.hold, self.stop = reply, hold, threading.Event()
         self.conns: list[socket.socket] = []
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -122,9 +123,10 @@ class _FakeServer:
                 continue
             if self.reply is not None:
                 c.sendall(self.reply)
+            if self.reply is not None and not self.hold:
                 c.close()
             else:
-                self.conns.append(c)  # hold it open, silent
+                self.conns.append(c)  # hold it open, silent (after its reply, if any)
 
     def close(self) -> None:
         self.stop.set()
@@ -147,6 +149,22 @@ def test_a_port_that_is_not_ssh_is_one_line_and_exit_5(fleet, tmp_path, reply):
     assert p.returncode == 5
     line = _one_line(p)
     assert "web" in line and f"127.0.0.1:{srv.port}" in line and "not as an SSH server" in line
+
+
+def test_a_port_that_stalls_after_its_ssh_banner_is_one_line_and_exit_5(fleet, tmp_path):
+    """paramiko gives up waiting for the negotiation silently; its later "No existing session"
+    (and, under load, a silent port's too: the race of its two timeouts) is one clear line."""
+    srv = _FakeServer(b"SSH-2.0-OpenSSH_9.2p1 stalled\r\n", hold=True)
+    try:
+        inv = _one_board(fleet, tmp_path / "stall.toml", "stall", host="127.0.0.1",
+                         port=srv.port, connect_timeout=1)
+        p = ed("status", "stall", "--fleet", inv, db=tmp_path / "r.db")
+    finally:
+        srv.close()
+    assert p.returncode == 5
+    line = _one_line(p)
+    assert "stall" in line and f"127.0.0.1:{srv.port}" in line
+    assert "handshake did not finish in time" in line and "No existing session" not in line
 
 
 def test_an_unknown_host_key_is_one_line_every_time(fleet, tmp_path):
@@ -205,7 +223,7 @@ def test_a_manifest_path_out_of_the_bundle_reads_and_sends_nothing(fleet, models
     assert [x for x in tmp_path.rglob("loot.key")] == [loot]
     if resident:
         assert rchar() - before < 64_000  # not the 1 MB loot
-        assert not list((root / "incoming").iterdir())
+        assert not list((root / "store" / "incoming").iterdir())  # ROOT/store: the store
     else:
         assert not root.exists() and not (tmp_path / "board").exists()  # nothing reached it
 
@@ -403,20 +421,31 @@ def test_a_push_during_a_rollout_is_refused_unless_forced(fleet, models, tmp_pat
     import sqlite3
 
     inv = _fresh_roots(fleet, tmp_path / "f.toml", tmp_path)
+    # b0 (the canary) measures its gate slowly: 30 s after its bench, no store lock held
+    # (the window for the pushes below, whatever the machine's load; a long bench was not)
+    text = inv.read_text()
+    real = text.split("[boards.b0]")[1].split("python = ")[1].split("\n")[0].strip('"')
+    wrapper = tmp_path / "slow-gate-python"
+    wrapper.write_text(f"#!/bin/sh\nEDGEDEPLOY_AGENT_PAUSE_AT=bench:measured:30 "
+                       f"exec {real} \"$@\"\n")
+    wrapper.chmod(0o755)
+    inv.write_text(text.replace(f'python = "{real}"', f'python = "{wrapper}"', 1))
     journal = tmp_path / "rollouts.db"
     db = tmp_path / "r.db"
     ed_json("push", models["float32"], "b0", "b1", "--fleet", inv, db=db)
     ro = _rollout(models["int8"], "--fleet", inv, "--journal", journal, "--canary", "1",
-                  "--gate", "p99_ms<=100000", "--bench-runs", "60000", "--json", db=db)
+                  "--gate", "p99_ms<=100000", "--bench-runs", "100", "--json", db=db)
     try:
         deadline = time.monotonic() + 300
         while True:  # b0 (the canary) activated: its gate is being measured now
             assert time.monotonic() < deadline and ro.poll() is None, ro.communicate()
-            if journal.exists():
-                row = sqlite3.connect(journal).execute(
+            try:  # the journal may exist before its tables do (being created)
+                row = sqlite3.connect(f"file:{journal}?mode=ro", uri=True).execute(
                     "SELECT state FROM boards WHERE board = 'b0'").fetchone()
-                if row and row[0] == "activated":
-                    break
+            except sqlite3.OperationalError:
+                row = None
+            if row and row[0] == "activated":
+                break
             time.sleep(0.1)
         p = ed("push", models["float32"], "b0", "--fleet", inv, "--journal", journal, db=db)
         assert p.returncode == 4 and "--force" in _one_line(p) and "rollout" in p.stderr

@@ -92,3 +92,21 @@ def test_resume_after_the_host_died_mid_staging_sweeps_its_upload(tmp_path):
     rep = fleet.resume(journal, "r1", new)
     assert rep.counts == {"committed": 1}
     assert not left.exists() and list(left.parent.iterdir()) == []
+
+
+def test_a_rollouts_activation_whose_answer_is_lost_is_rolled_back(tmp_path):
+    """In a rollout, an activation whose answer was lost (the agent died after the switch, or
+    the link was cut) but which happened is never confirmed: the board goes back, the report
+    says what happened."""
+    from edgedeploy.host.fleet import Journal, Options, rollout_bundle
+
+    fleet = FakeFleet(tmp_path / "boards", ["b0"])
+    old = load_bundle(tiny_model(tmp_path / "old"))
+    fleet.install_all(old)
+    new = rollout_bundle(tiny_model(tmp_path / "new", "bad"), None)
+    fleet["b0"].lose = {"activate"}
+    rep = fleet.start(Journal(tmp_path / "rollouts.db"), new, Options(min_sample=1))
+    (b,) = rep.boards
+    assert b.state.value == "rolled_back", rep
+    assert "was lost" in b.error and "it happened" in b.error and "never confirmed" in b.error
+    assert fleet["b0"].current("tiny") == old.version
