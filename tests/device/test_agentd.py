@@ -169,6 +169,7 @@ def test_upload_then_install_over_the_socket(agent, tmp_path, models):
             # a client that dies mid-upload leaves no part behind
             s.sendall((json.dumps(["upload", str(incoming), "partial", 1000]) + "\n").encode()
                       + b"y" * 10)
+            s.shutdown(socket.SHUT_RDWR)  # the client dies (close alone waits for `f` to go)
         _wait(lambda: not (incoming / "partial").exists(), "the partial file to go")
         assert agent("list")["models"][0]["current"] == inst["current"]
     finally:
