@@ -12,6 +12,7 @@ from __future__ import annotations
 import operator
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 from ..errors import InputError
 
@@ -19,8 +20,8 @@ METRICS = {"accuracy": "eval top-1 on the gate data (0..1)",
            "agreement": "top-1 agreement with the reference outputs in the gate data (0..1)",
            "p50_ms": "bench median latency", "p90_ms": "bench p90 latency",
            "p99_ms": "bench p99 latency"}
-OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt,
-       "==": operator.eq}
+OPS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
 GATE_FILE = "gate.npz"  # the gate data travels in the bundle under this name
 
 
@@ -32,6 +33,9 @@ class Gate:
 
     def __str__(self) -> str:
         return f"{self.metric}{self.op}{self.value:g}"
+
+    def passes(self, measured: float) -> bool:
+        return OPS[self.op](measured, self.value)
 
 
 def parse_gate(text: str) -> Gate:
@@ -58,7 +62,7 @@ def check_gates(gates: list[Gate], figures: dict, old: dict | None, *,
         v = figures.get(g.metric)
         if v is None:
             failed.append(f"{g}: not measured")
-        elif not OPS[g.op](v, g.value):
+        elif not g.passes(v):
             failed.append(f"{g}: measured {v:.4g}")
     if old:
         if max_accuracy_drop is not None and old.get("accuracy") is not None:

@@ -315,28 +315,43 @@ def rollback_command(sel: Selection, where: Boards, *, parallel: int, as_json: b
                                      f"keeps; push a version to have one to go back to") \
                     from exc
 
-    result = _run(sel, work, parallel, as_json)
+    def row(sw: Any) -> dict[str, Any]:
+        return {"name": sw.name, "current": sw.current, "previous": sw.previous}
+
+    return _changed_on_boards(
+        sel, _run(sel, work, parallel, as_json), as_json=as_json, row=row,
+        cells=lambda sw: [model, str(sw.current), str(sw.previous)],
+        one=lambda board, sw: (row(sw), f"{board}: {model} now {sw.current} (was "
+                                        f"{sw.previous})"),
+        title=f"rollback of {model} on {len(sel.names)} board(s)",
+        columns=["board", "model", "now", "was"])
+
+
+def _changed_on_boards(sel: Selection, result: FanOut, *, as_json: bool,
+                       row: Callable[[Any], dict], cells: Callable[[Any], list],
+                       one: Callable[[str, Any], tuple[Any, str]], title: str,
+                       columns: list[str]) -> int:
+    """How a verb that changes each board's store ends: on one board alone, ONE's (JSON,
+    line); on many, ROW per board (JSON) or one table of CELLS, failures named, exit 1 if any
+    board failed."""
     rows: list[dict[str, Any]] = []
-    cells: list[tuple] = []
+    table: list[tuple] = []
     for o in result.outcomes:
         if o.error is not None:
             rows.append(_failure(o.board, o.error))
-            cells.append((o.board, o.error))
+            table.append((o.board, o.error))
         else:
-            sw = o.get()
-            rows.append({"board": o.board, "name": sw.name, "current": sw.current,
-                         "previous": sw.previous})
-            cells.append((o.board, [model, str(sw.current), str(sw.previous)]))
+            rows.append({"board": o.board, **row(o.get())})
+            table.append((o.board, cells(o.get())))
     if not sel.many:
-        r = {k: v for k, v in rows[0].items() if k != "board"}
-        emit(as_json, r, f"{sel.names[0]}: {model} now {r['current']} (was {r['previous']})")
+        data, line = one(sel.names[0], result.outcomes[0].get())
+        emit(as_json, data, line)
         return 0
     summary = _summary(result, rows, set(result.failed))
     if as_json:
         emit(True, summary, "")
     else:
-        fleet_table(f"rollback of {model} on {len(sel.names)} board(s)",
-                    ["board", "model", "now", "was"], cells)
+        fleet_table(title, columns, table)
         _end(summary)
     return result.exit_code()
 
@@ -366,29 +381,13 @@ def remove_command(sel: Selection, where: Boards, *, parallel: int, as_json: boo
         return f"{board}: removed {name} " + (f"version {version}" if version else
                                               f"(every version: {gone})")
 
-    result = _run(sel, work, parallel, as_json)
-    rows: list[dict[str, Any]] = []
-    cells: list[tuple] = []
-    for o in result.outcomes:
-        if o.error is not None:
-            rows.append(_failure(o.board, o.error))
-            cells.append((o.board, o.error))
-        else:
-            r = o.get()
-            rows.append({"board": o.board, **r.raw, "versions": list(r.versions)})
-            cells.append((o.board, [name, ", ".join(r.versions) or "–"]))
-    if not sel.many:
-        r = result.outcomes[0].get()
-        emit(as_json, r.raw, said(sel.names[0], r))
-        return 0
-    summary = _summary(result, rows, set(result.failed))
-    if as_json:
-        emit(True, summary, "")
-    else:
-        fleet_table(f"remove of {spec} on {len(sel.names)} board(s)",
-                    ["board", "model", "versions removed"], cells)
-        _end(summary)
-    return result.exit_code()
+    return _changed_on_boards(
+        sel, _run(sel, work, parallel, as_json), as_json=as_json,
+        row=lambda r: {**r.raw, "versions": list(r.versions)},
+        cells=lambda r: [name, ", ".join(r.versions) or "–"],
+        one=lambda board, r: (r.raw, said(board, r)),
+        title=f"remove of {spec} on {len(sel.names)} board(s)",
+        columns=["board", "model", "versions removed"])
 
 
 # -- targets check -----------------------------------------------------------------------

@@ -13,48 +13,16 @@ boards, more failed ones than ``max_failures`` (a count or a percentage) abort t
 from __future__ import annotations
 
 import math
-import operator
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
+# gates are judged alike on the board (pull mode) and here: one definition, device/gates.py
+from ...device.gates import GATE_FILE, METRICS, OPS, Gate, check_gates, parse_gate
 from ...errors import InputError
 
-METRICS = {"accuracy": "eval top-1 on the gate data (0..1)",
-           "agreement": "top-1 agreement with the reference outputs in the gate data (0..1)",
-           "p50_ms": "bench median latency", "p90_ms": "bench p90 latency",
-           "p99_ms": "bench p99 latency"}
-OPS: dict[str, Callable[[float, float], bool]] = {
-    ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
-GATE_FILE = "gate.npz"  # the gate data's name inside the bundle
-
-
-@dataclass(frozen=True)
-class Gate:
-    metric: str
-    op: str
-    value: float
-
-    def __str__(self) -> str:
-        return f"{self.metric}{self.op}{self.value:g}"
-
-    def passes(self, measured: float) -> bool:
-        return OPS[self.op](measured, self.value)
-
-
-def parse_gate(text: str) -> Gate:
-    m = re.fullmatch(r"\s*([a-z0-9_]+)\s*(>=|<=|==|>|<)\s*([0-9.eE+-]+)\s*", text)
-    if not m:
-        raise InputError(f"gate {text!r}: expected METRIC OP NUMBER, e.g. accuracy>=0.97")
-    metric, op, value = m.groups()
-    if metric not in METRICS:
-        raise InputError(f"gate {text!r}: unknown metric {metric!r}",
-                         hint=f"metrics: {', '.join(METRICS)}")
-    try:
-        return Gate(metric, op, float(value))
-    except ValueError as exc:
-        raise InputError(f"gate {text!r}: {value!r} is not a number") from exc
+__all__ = ["GATE_FILE", "METRICS", "OPS", "FailureLimit", "Gate", "Options", "check_gates",
+           "count_of", "npz_keys", "parse_gate", "plan_waves", "too_many_failures",
+           "wave_verdict"]
 
 
 def count_of(text: str, total: int, what: str) -> int:
@@ -102,32 +70,6 @@ def plan_waves(names: list[str], canary: str = "1", waves: str = "10%,50%,100%"
     return plan
 
 
-def check_gates(gates: list[Gate], figures: dict[str, float], old: dict[str, float] | None, *,
-                max_accuracy_drop: float | None, max_latency_increase: float | None
-                ) -> list[str]:
-    """Pure: the gates FIGURES fail (empty: passed). Relative gates compare with OLD (the
-    version being replaced, measured on the same board); with no old version they pass."""
-    failed = []
-    for g in gates:
-        v = figures.get(g.metric)
-        if v is None:
-            failed.append(f"{g}: not measured")
-        elif not g.passes(v):
-            failed.append(f"{g}: measured {v:.4g}")
-    if old:
-        if max_accuracy_drop is not None and old.get("accuracy") is not None:
-            drop = 100 * (old["accuracy"] - figures["accuracy"])
-            if drop > max_accuracy_drop:
-                failed.append(f"accuracy dropped {drop:.2f} points (max {max_accuracy_drop:g}): "
-                              f"{old['accuracy']:.4f} → {figures['accuracy']:.4f}")
-        if max_latency_increase is not None and old.get("p99_ms"):
-            inc = 100 * (figures["p99_ms"] / old["p99_ms"] - 1)
-            if inc > max_latency_increase:
-                failed.append(f"p99 latency up {inc:.1f}% (max {max_latency_increase:g}%): "
-                              f"{old['p99_ms']:.3f} → {figures['p99_ms']:.3f} ms")
-    return failed
-
-
 @dataclass(frozen=True)
 class FailureLimit:
     """``max_failures`` parsed: a count, or a percentage of the finished boards."""
@@ -160,6 +102,23 @@ def too_many_failures(failed: int, finished: int, max_failures: str, min_sample:
     if finished < max(min_sample, 1):
         return False
     return FailureLimit.parse(max_failures).exceeded(failed, finished)
+
+
+def wave_verdict(rows: list, wave: int, max_failures: str, min_sample: int) -> str | None:
+    """Pure: why the rollout stops after WAVE (ROWS: its journal's board rows), or None — a
+    failed canary, or too many failed boards among the finished ones. SSH and pull rollouts
+    judge alike."""
+    from .journal import BAD, FINAL, BoardState
+
+    rows = [b for b in rows if b.state != BoardState.SKIPPED]
+    bad = [b for b in rows if b.state in BAD]
+    canary = next((b for b in bad if b.wave == 0), None)
+    if wave == 0 and canary is not None:
+        return f"the canary {canary.board} failed: {canary.error}"
+    finished = [b for b in rows if b.state in FINAL]
+    if too_many_failures(len(bad), len(finished), max_failures, min_sample):
+        return f"{len(bad)} of {len(finished)} finished boards failed (max {max_failures})"
+    return None
 
 
 @dataclass

@@ -41,8 +41,8 @@ from ..bundle import Bundle
 from ..deploy import board_problems, model_problems
 from ..pullwatch import observe, observe_back
 from ..signing import sign_bundle
-from .journal import BAD, FINAL, BoardRow, BoardState, Journal, RolloutState
-from .policy import Options, too_many_failures
+from .journal import FINAL, BoardRow, BoardState, Journal, RolloutState
+from .policy import Options, wave_verdict
 
 S = BoardState
 T = TypeVar("T")
@@ -261,17 +261,8 @@ class PullRunner:
             self.bucket.close()
 
     def verdict(self, wave: int) -> str | None:
-        rows = [b for b in self.journal.boards(self.rollout_id) if b.state != S.SKIPPED]
-        bad = [b for b in rows if b.state in BAD]
-        canary = next((b for b in bad if b.wave == 0), None)
-        if wave == 0 and canary is not None:
-            return f"the canary {canary.board} failed: {canary.error}"
-        finished = [b for b in rows if b.state in FINAL]
-        if too_many_failures(len(bad), len(finished), self.options.max_failures,
-                             self.options.min_sample):
-            return (f"{len(bad)} of {len(finished)} finished boards failed (max "
-                    f"{self.options.max_failures})")
-        return None
+        return wave_verdict(self.journal.boards(self.rollout_id), wave,
+                            self.options.max_failures, self.options.min_sample)
 
     def abort(self, why: str) -> None:
         """Every board this rollout moved goes back in the desired state; the committed ones

@@ -25,8 +25,8 @@ from ...errors import Conflict, EdgeDeployError, Unreachable
 from ...targets import Board
 from ..bundle import Bundle
 from ..deploy import BoardSession
-from .journal import BAD, FINAL, NEVER_ACTIVATED, BoardRow, BoardState, Journal, RolloutState
-from .policy import GATE_FILE, Options, check_gates, npz_keys, too_many_failures
+from .journal import FINAL, NEVER_ACTIVATED, BoardRow, BoardState, Journal, RolloutState
+from .policy import GATE_FILE, Options, check_gates, npz_keys, wave_verdict
 
 S = BoardState
 T = TypeVar("T")
@@ -316,17 +316,8 @@ class Runner:
                     self.roll_back(n, f"unreachable after an interruption: {exc}")
 
     def verdict(self, wave: int) -> str | None:
-        rows = [b for b in self.journal.boards(self.rollout_id) if b.state != S.SKIPPED]
-        bad = [b for b in rows if b.state in BAD]
-        canary = next((b for b in bad if b.wave == 0), None)
-        if wave == 0 and canary is not None:
-            return f"the canary {canary.board} failed: {canary.error}"
-        finished = [b for b in rows if b.state in FINAL]
-        if too_many_failures(len(bad), len(finished), self.options.max_failures,
-                             self.options.min_sample):
-            return (f"{len(bad)} of {len(finished)} finished boards failed (max "
-                    f"{self.options.max_failures})")
-        return None
+        return wave_verdict(self.journal.boards(self.rollout_id), wave,
+                            self.options.max_failures, self.options.min_sample)
 
     def abort(self, why: str) -> None:
         back = [b.board for b in self.journal.boards(self.rollout_id)
