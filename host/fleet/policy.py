@@ -22,7 +22,7 @@ from ...errors import InputError
 
 __all__ = ["GATE_FILE", "METRICS", "OPS", "FailureLimit", "Gate", "Options", "check_gates",
            "count_of", "npz_keys", "parse_gate", "plan_waves", "too_many_failures",
-           "wave_verdict"]
+           "rollout_end", "wave_verdict"]
 
 
 def count_of(text: str, total: int, what: str) -> int:
@@ -119,6 +119,18 @@ def wave_verdict(rows: list, wave: int, max_failures: str, min_sample: int) -> s
     if too_many_failures(len(bad), len(finished), max_failures, min_sample):
         return f"{len(bad)} of {len(finished)} finished boards failed (max {max_failures})"
     return None
+
+
+def rollout_end(rows: list) -> tuple:
+    """Pure: how a rollout that ran every wave ends (ROWS: its journal's board rows):
+    (RolloutState.SUCCEEDED, None), or PARTIAL with the boards not updated."""
+    from .journal import BoardState, RolloutState
+
+    bad = [b.board for b in rows if b.state not in (BoardState.COMMITTED, BoardState.SKIPPED)]
+    if bad:
+        return (RolloutState.PARTIAL, f"{len(bad)} board(s) not updated (under "
+                                      f"--max-failures): {', '.join(bad[:10])}")
+    return RolloutState.SUCCEEDED, None
 
 
 @dataclass

@@ -42,7 +42,7 @@ from ..deploy import board_problems, model_problems
 from ..pullwatch import observe, observe_back
 from ..signing import sign_bundle
 from .journal import FINAL, BoardRow, BoardState, Journal, RolloutState
-from .policy import Options, wave_verdict
+from .policy import Options, rollout_end, wave_verdict
 
 S = BoardState
 T = TypeVar("T")
@@ -250,13 +250,7 @@ class PullRunner:
                 if verdict:
                     self.abort(verdict)
                     return self.finish(RolloutState.ABORTED, verdict)
-            bad = [b.board for b in self.journal.boards(self.rollout_id)
-                   if b.state not in (S.COMMITTED, S.SKIPPED)]
-            if bad:
-                return self.finish(RolloutState.PARTIAL,
-                                   f"{len(bad)} board(s) not updated (under --max-failures): "
-                                   f"{', '.join(bad[:10])}")
-            return self.finish(RolloutState.SUCCEEDED, None)
+            return self.finish(*rollout_end(self.journal.boards(self.rollout_id)))
         finally:
             self.bucket.close()
 

@@ -26,7 +26,7 @@ from ...targets import Board
 from ..bundle import Bundle
 from ..deploy import BoardSession
 from .journal import FINAL, NEVER_ACTIVATED, BoardRow, BoardState, Journal, RolloutState
-from .policy import GATE_FILE, Options, check_gates, npz_keys, wave_verdict
+from .policy import GATE_FILE, Options, check_gates, npz_keys, rollout_end, wave_verdict
 
 S = BoardState
 T = TypeVar("T")
@@ -273,13 +273,7 @@ class Runner:
                     self.abort(verdict)
                     return self.finish(RolloutState.ABORTED, verdict)
                 self.close_sessions()  # a wave's connections end with it
-            bad = [b.board for b in self.journal.boards(self.rollout_id)
-                   if b.state not in (S.COMMITTED, S.SKIPPED)]
-            if bad:
-                return self.finish(RolloutState.PARTIAL,
-                                   f"{len(bad)} board(s) not updated (under --max-failures): "
-                                   f"{', '.join(bad[:10])}")
-            return self.finish(RolloutState.SUCCEEDED, None)
+            return self.finish(*rollout_end(self.journal.boards(self.rollout_id)))
         finally:
             self.pool.shutdown(wait=True)
             self.close_sessions()
