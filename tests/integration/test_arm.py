@@ -29,6 +29,10 @@ import pytest
 
 from tests.integration.conftest import ed, ed_json, fleet_down, fleet_up
 
+# emulated boards: minutes each (and the ARM roots, built once): `scripts/test` runs them,
+# `scripts/test --ci` (CI, within its time limit) does not
+pytestmark = pytest.mark.slow
+
 WHEELHOUSES = Path(os.path.expanduser("~/.cache/edgedeploy/wheelhouse"))
 
 

@@ -105,21 +105,23 @@ def test_bench_a_board_benches_every_active_model_past_one_that_fails(fleet, mod
     store = Store(fleet.parent / "b1" / "home" / ".edgedeploy" / "store")
     with store.locked():
         store.activate("fwbad", store.install(bad).version)
-
-    p = ed("bench", "b1", "--runs", 10, "--fleet", fleet, "--json", db=db)
-    assert p.returncode == 1, p.stderr
-    rows = json.loads(p.stdout)
-    ok = {x["model"]["name"] for x in rows if "timing" in x}
-    failed = {x["model"]: x for x in rows if "error" in x}
-    assert "fwgood" in ok and set(failed) == {"fwbad"}       # went on past the broken one
-    assert failed["fwbad"]["code"] == "model_load_failed"
-    # the failure is in the history: the report marks it failed
-    rep = ed_json("report", "--model", "fwbad", db=db)
-    (line,) = rep["rows"]
-    assert line["board"] == "b1" and "cannot load" in line["bench_error"]
-    # one board, one model that fails: its own error and exit code, as always
-    p = ed("bench", "b1", "fwbad", "--runs", 10, "--fleet", fleet, db=db)
-    assert p.returncode == 2 and "cannot load" in p.stderr
+    try:
+        p = ed("bench", "b1", "--runs", 10, "--fleet", fleet, "--json", db=db)
+        assert p.returncode == 1, p.stderr
+        rows = json.loads(p.stdout)
+        ok = {x["model"]["name"] for x in rows if "timing" in x}
+        failed = {x["model"]: x for x in rows if "error" in x}
+        assert "fwgood" in ok and set(failed) == {"fwbad"}       # went on past the broken one
+        assert failed["fwbad"]["code"] == "model_load_failed"
+        # the failure is in the history: the report marks it failed
+        rep = ed_json("report", "--model", "fwbad", db=db)
+        (line,) = rep["rows"]
+        assert line["board"] == "b1" and "cannot load" in line["bench_error"]
+        # one board, one model that fails: its own error and exit code, as always
+        p = ed("bench", "b1", "fwbad", "--runs", 10, "--fleet", fleet, db=db)
+        assert p.returncode == 2 and "cannot load" in p.stderr
+    finally:  # the fleet is shared: no other test may find b1 with a model it can't load
+        ed("remove", "b1", "fwbad", "--fleet", fleet, db=db, check=True)
 
 
 def test_status_of_many_boards_is_one_table_with_mode_and_label(fleet, inventory, models,

@@ -223,6 +223,7 @@ def landmarker(tmp_path_factory) -> dict:
     return {"bare": bare, "data": out / "frames.npz", "reference": out / "host_outputs.npz"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("board", ["b0", "b1"])
 def test_bare_several_output_float16_pushed_benched_evald(fleet, landmarker, tmp_path, board):
     db = tmp_path / "r.db"

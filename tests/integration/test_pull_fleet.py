@@ -168,6 +168,7 @@ def test_1_rollout_through_the_store_never_touches_ssh(pf, variants):
         assert b["old"] == version_of(variants[0]) and b["new"] == version_of(variants[1])
 
 
+@pytest.mark.slow
 def test_2_gate_failed_on_the_canary_aborts_and_keeps_every_board(pf, variants):
     before = currents(pf)
     r = rollout(pf, variants[2], "--gate", "p50_ms<=0.000001", ok=False)
@@ -180,6 +181,7 @@ def test_2_gate_failed_on_the_canary_aborts_and_keeps_every_board(pf, variants):
     assert currents(pf) == before
 
 
+@pytest.mark.slow
 def test_3_abort_puts_committed_boards_back(pf, variants):
     before = currents(pf)
     old = before["b0"]
@@ -199,6 +201,7 @@ def test_3_abort_puts_committed_boards_back(pf, variants):
     assert board_state(pf["dir"], "b3")["current"] == old
 
 
+@pytest.mark.slow
 def test_4_board_offline_during_the_rollout_catches_up(pf, variants):
     veth = pf["state"]["b2"]["veth"]
     sh("ip", "link", "set", veth, "down")
@@ -216,6 +219,7 @@ def test_4_board_offline_during_the_rollout_catches_up(pf, variants):
     assert b2["models"]["digits"]["current"] == new and not b2["stale"]
 
 
+@pytest.mark.slow
 def test_5_tampered_bundle_or_desired_state_refused_by_every_board(pf, variants):
     before = currents(pf)
     b = bucket(pf)
@@ -247,6 +251,7 @@ def test_5_tampered_bundle_or_desired_state_refused_by_every_board(pf, variants)
     b.close()
 
 
+@pytest.mark.slow
 def test_6_store_down_every_board_keeps_its_version_and_backs_off(pf, variants):
     r = rollout(pf, variants[6])  # a clean desired state again
     assert r["state"] == "succeeded", r
@@ -272,6 +277,7 @@ def test_6_store_down_every_board_keeps_its_version_and_backs_off(pf, variants):
     b.close()
 
 
+@pytest.mark.slow
 def test_7_cut_download_resumes_with_range(pf, variants, tmp_path):
     veth = pf["state"]["b1"]["veth"]
     new = version_of(variants[7])
@@ -304,6 +310,7 @@ def test_7_cut_download_resumes_with_range(pf, variants, tmp_path):
     b.close()
 
 
+@pytest.mark.slow
 def test_8_controller_killed_mid_rollout_resumes(pf, variants):
     import sqlite3
 

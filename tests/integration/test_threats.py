@@ -289,6 +289,7 @@ def _current(root: Path) -> str | None:
         return None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("src", ["b0", "b1"])
 def test_a_store_locked_on_the_board_is_named_and_nothing_changes(fleet, models, tmp_path, src):
     """A local process on the board holds the store lock: the rollback is refused at once
@@ -325,6 +326,7 @@ def _link(dev: str, up: bool) -> None:
 
 @pytest.mark.parametrize("src, restored", [("b0", True), ("b1", False)],
                          ids=["link-back-litert", "link-stays-down-tflrt"])
+@pytest.mark.slow
 def test_a_link_cut_during_install_reports_the_truth(fleet, models, tmp_path, src, restored):
     """The link is cut while the board installs and activates (the agent pauses just after the
     switch, so the answer is still on its way). Before: "the agent crashed" (exit 1) while the
@@ -413,6 +415,7 @@ def test_two_rollouts_started_at_once_only_one_runs(fleet, models, tmp_path):
     assert sqlite3.connect(journal).execute("SELECT count(*) FROM rollouts").fetchone()[0] == 1
 
 
+@pytest.mark.slow
 def test_a_push_during_a_rollout_is_refused_unless_forced(fleet, models, tmp_path):
     """Before, a push during a rollout was overwritten silently: the rollout marked the board
     committed with a version it no longer ran. Now the push is refused (exit 4) unless
@@ -501,6 +504,7 @@ def test_an_unreachable_board_in_a_rollouts_preflight_is_exit_5(fleet, models, t
     assert line.count("gone:") == 1 and "can't be reached" in line and "cannot connect" in line
 
 
+@pytest.mark.slow
 def test_a_gated_rollout_with_the_default_root(user_fleet, models, tmp_path):
     """root = "~/.edgedeploy" (the default): the gate's data was looked for at a path with a
     `~` no shell expanded ("gate not measured"); the agent now says where things are. On an

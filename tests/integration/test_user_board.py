@@ -20,6 +20,7 @@ def _manifest(model) -> Manifest:
     return Manifest.load(model.with_name(model.name[:-len(".tflite")] + ".manifest.json"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("board", ["b0", "b1"])
 def test_unprivileged_user_with_the_default_root(user_fleet, models, tmp_path, board):
     assert "root =" not in user_fleet.read_text() and 'user = "edgeuser"' in user_fleet.read_text()
