@@ -53,14 +53,19 @@ def board_state(d: Path, name: str) -> dict:
     py = fleet.split(f"[boards.{name}]")[1].split("python = ")[1].split("\n")[0].strip('"')
     store = d / name / "home" / ".edgedeploy" / "store"
     pyz = d / name / "home" / ".edgedeploy" / "agent" / "edgedeploy-agent.pyz"
-    out = subprocess.run([py, str(pyz), "--store", str(store), "list"], capture_output=True,
-                         text=True, check=True)
-    e = next((m for m in json.loads(out.stdout)["models"] if m["name"] == "digits"), None)
-    if e is None:
-        return {"current": None}
-    v = subprocess.run([py, str(pyz), "--store", str(store), "verify", f"digits@{e['current']}"],
-                       capture_output=True, text=True)
-    assert json.loads(v.stdout)["valid"], v.stdout
+    for _ in range(10):  # a pull-mode board may switch between the two reads: read again
+        out = subprocess.run([py, str(pyz), "--store", str(store), "list"], capture_output=True,
+                             text=True, check=True)
+        e = next((m for m in json.loads(out.stdout)["models"] if m["name"] == "digits"), None)
+        if e is None:
+            return {"current": None}
+        v = subprocess.run([py, str(pyz), "--store", str(store), "verify",
+                            f"digits@{e['current']}"], capture_output=True, text=True)
+        answer = json.loads(v.stdout)
+        if answer.get("ok"):
+            break
+        time.sleep(0.5)
+    assert answer.get("valid"), v.stdout
     return {"current": e["current"], "previous": e["previous"],
             "versions": [x["version"] for x in e["versions"]]}
 
