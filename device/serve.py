@@ -60,6 +60,7 @@ import numpy as np
 
 from ..errors import EdgeDeployError, HashMismatch, InputError, NotFound
 from . import protocol, tensors
+from .evaluate import dequantize, quantize
 from .metrics import Metrics
 from .shm import Regions
 from .wire import Closed, Conn, LineTooLong
@@ -80,11 +81,13 @@ class Slot:
     shapes: list = field(default_factory=list)    # per input, as numpy reports a.shape
     dtypes: list = field(default_factory=list)
     caps: list = field(default_factory=list)      # per input: most bytes a request may carry
+    plain_out: list = field(default_factory=list)  # per output: float32, nothing to dequantize
 
     def __post_init__(self) -> None:
         self.shapes = [tuple(int(s) for s in d["shape"]) for d in self.inputs]
         self.dtypes = [np.dtype(d["dtype"]) for d in self.inputs]
         self.caps = [tensors.count(s) * 8 for s in self.shapes]
+        self.plain_out = [np.dtype(d["dtype"]) == np.float32 for d in self.outputs]
 
 
 class Registry:
@@ -100,6 +103,7 @@ class Registry:
         self.failed: dict[str, str] = {}  # name → version that failed to load (not retried)
         self.failures: dict[str, int] = {}
         self.swaps: dict[str, int] = {}
+        self.largest = 0  # bytes of the largest request any served model takes (see refresh)
         self._refresh_lock = threading.Lock()
 
     def _load(self, name: str, version: str) -> Slot:
@@ -142,6 +146,7 @@ class Registry:
                                              f"{have.version if have else 'nothing'}: {exc}")
                     continue
                 self.slots[name] = slot  # the switch: one reference assignment
+                self.largest = self.largest_request()
                 self.failed.pop(name, None)
                 self.last_error[name] = None
                 self.swaps[name] = self.swaps.get(name, 0) + (1 if have else 0)
@@ -164,8 +169,6 @@ class Registry:
         return max((sum(s.caps) for s in list(self.slots.values())), default=0)
 
     def predict(self, name: str, arrays: list) -> tuple[str, list, float]:
-        from .evaluate import dequantize, quantize
-
         slot = self.slot(name)
         if len(arrays) != len(slot.inputs):
             raise InputError(f"model {name} takes {len(slot.inputs)} inputs, got {len(arrays)}")
@@ -185,7 +188,10 @@ class Registry:
             for d, a in zip(slot.inputs, ready):
                 slot.interp.set_tensor(d["index"], a)
             slot.interp.invoke()
-            outs = [dequantize(slot.interp.get_tensor(d["index"]), d) for d in slot.outputs]
+            # get_tensor copies; a float32 output needs nothing more
+            outs = [slot.interp.get_tensor(d["index"]) if plain else
+                    dequantize(slot.interp.get_tensor(d["index"]), d)
+                    for d, plain in zip(slot.outputs, slot.plain_out)]
             ms = (time.perf_counter_ns() - t0) / 1e6
         return slot.version, outs, ms
 
@@ -203,7 +209,7 @@ class Service:
         self.started = time.time()
 
     def line_limit(self) -> int:
-        return BASE_LINE + (4 * self.registry.largest_request() + 2) // 3
+        return BASE_LINE + (4 * self.registry.largest + 2) // 3
 
     def handle(self, line: bytes, conn: Conn, regions: Regions) -> tuple[dict, list, bool]:
         """One request line (and the frames it announces) → (answer, raw output buffers,
@@ -266,13 +272,13 @@ class Service:
         if "output_shm" in req:
             placed = regions.place_outputs(req["output_shm"], outs)
         out_heads, blobs = [], []
-        for o, p in zip(outs, placed):
+        for o, p in zip(outs, placed):     # outputs are float32 arrays get_tensor made
             if p is not None:
                 out_heads.append(p)
             elif binary:
-                h, raw = tensors.header(o)
-                out_heads.append(h)
-                blobs.append(raw)
+                out_heads.append({"dtype": "float32", "shape": list(o.shape),
+                                  "nbytes": o.nbytes})
+                blobs.append(o.data.cast("B") if o.nbytes else b"")
             else:
                 out_heads.append(tensors.encode_b64(o))
         msg = protocol.ok("predict", id=req.get("id"), model=model, version=version,
@@ -298,7 +304,7 @@ class Service:
             sizes.append(n)
         declared = sum(n for n in sizes if n)
         slot = self.registry.slots.get(model) if isinstance(model, str) else None
-        cap = sum(slot.caps) if slot is not None else self.registry.largest_request()
+        cap = sum(slot.caps) if slot is not None else self.registry.largest
         if declared > cap:
             raise _OutOfStep(f"predict: the request declares {declared} bytes of input, more "
                              f"than {'model ' + model if slot else 'any served model'} takes "

@@ -31,7 +31,7 @@ import numpy as np
 from ..errors import InputError
 from .tensors import count, parse_dtype, parse_nbytes, parse_shape
 
-MAX_REGIONS = 4
+MAX_REGIONS = 16
 MAX_SIZE = 1 << 32
 ALIGN = 64
 

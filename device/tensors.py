@@ -49,10 +49,14 @@ def loads(text: bytes | str) -> Any:
         raise InputError(f"not a JSON object ({type(exc).__name__}: {str(exc)[:120]})") from None
 
 
+_DTYPE = {name: np.dtype(name) for name in DTYPES}
+
+
 def parse_dtype(value: Any, where: str = "tensor") -> np.dtype:
-    if not isinstance(value, str) or value not in DTYPES:
+    dtype = _DTYPE.get(value) if isinstance(value, str) else None
+    if dtype is None:
         raise InputError(f"{where}: dtype {str(value)[:40]!r} is not one of {', '.join(DTYPES)}")
-    return np.dtype(value)
+    return dtype
 
 
 def parse_shape(value: Any, where: str = "tensor") -> tuple[int, ...]:

@@ -34,6 +34,7 @@ class Conn:
         self.fds: list[int] = []        # received, not yet claimed (oldest first)
         self.fds_refused = 0
         self._scan = 0                  # buf[:_scan] holds no newline
+        self._chunk = memoryview(bytearray(CHUNK))   # one receive buffer, reused
 
     # -- reading ---------------------------------------------------------------------------
     def _recv_into(self, view: memoryview) -> int:
@@ -72,13 +73,12 @@ class Conn:
             self._scan = len(self.buf)
             if len(self.buf) >= limit:
                 raise LineTooLong(limit)
-            chunk = bytearray(min(CHUNK, limit - len(self.buf) + 1))
-            n = self._recv_into(memoryview(chunk))
+            n = self._recv_into(self._chunk[:min(CHUNK, limit - len(self.buf) + 1)])
             if n == 0:
                 if self.buf:
                     raise Closed("the connection closed mid-line")
                 return None
-            self.buf += memoryview(chunk)[:n]
+            self.buf += self._chunk[:n]
 
     def read_into(self, view: memoryview) -> None:
         """Fill VIEW (a writable byte view) exactly: buffered bytes first, then from the

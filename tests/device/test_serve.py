@@ -172,3 +172,41 @@ def test_shared_memory_binary_frames_and_base64_give_the_same_answers(served, mo
         (o,) = reply["outputs"]
         assert o["shm"] == r.name and o["offset"] == 4096 and o["nbytes"] == 40
         np.testing.assert_array_equal(r.read(o), a.predict("digits", x[:1]).outputs[0])
+
+
+def test_zero_copy_arrays_are_read_where_the_app_wrote_them(served, models):
+    """Client.shared_like: the app fills an array that lives in shared memory and predict
+    sends only a header. Answers match the frames path for every sample written in place; the
+    client made no copy region (nothing was copied); plain arrays and shared ones alternate on
+    one model; a client without shared memory (TCP, or shm=False) is refused; past the server's region limit the register is
+    refused and the connection keeps answering."""
+    from edgedeploy.device import shm
+    from edgedeploy.device.client import SHARED
+
+    sock = served.ready["socket"]
+    x = np.load(models["test"])["x"][:12].astype(np.float32)
+    with Client(socket=sock) as c, Client(socket=sock, shm=False) as ref:
+        xs = c.shared_like(x[:1])
+        assert xs.shape == x[:1].shape and xs.dtype == np.float32
+        np.testing.assert_array_equal(xs, x[:1])
+        for i in range(len(x)):
+            xs[...] = x[i:i + 1]                       # written in place, then predicted
+            got = c.predict("digits", xs).outputs[0]
+            np.testing.assert_array_equal(got, ref.predict("digits", x[i:i + 1]).outputs[0])
+        assert c._plans["digits"].where == [SHARED]
+        assert c._region is None                       # no copy region: nothing was copied
+        plain = c.predict("digits", x[3:4]).outputs[0]  # a plain array on the same model
+        np.testing.assert_array_equal(plain, ref.predict("digits", x[3:4]).outputs[0])
+        xs[...] = x[5:6]
+        np.testing.assert_array_equal(c.predict("digits", xs).outputs[0],
+                                      ref.predict("digits", x[5:6]).outputs[0])
+        # the server's limit: regions per connection
+        more = []
+        with pytest.raises(InputError, match="at most 16 regions"):
+            for _ in range(shm.MAX_REGIONS + 1):
+                more.append(c.shared_like(x[:1]))
+        assert len(more) == shm.MAX_REGIONS - 1        # + the first one
+        np.testing.assert_array_equal(c.predict("digits", xs).outputs[0],
+                                      ref.predict("digits", x[5:6]).outputs[0])
+    with Client(socket=sock, shm=False) as no_shm, pytest.raises(InputError):
+        no_shm.shared_like(x[:1])
