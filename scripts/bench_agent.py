@@ -9,11 +9,15 @@ benchmarks/agent.json.
    same board env) minus the p50 of an in-process set_tensor + invoke + get_tensor on the same
    model. Goals: ≤ 0.2 ms on the tiny model, ≤ 5 % of the in-process time on the large one.
    Side by side in the same rounds: the default client (shared memory for large tensors,
-   adaptive polling) and the client as it was before (binary frames through the socket, a fixed
-   2 ms busy poll: ``shm=False, spin_ms=2``); on the tiny model also an HTTP (KServe v2, binary
-   tensors, keep-alive) round trip, for information. All variants run in one client process,
-   each once per iteration in rotating order (so they share every moment of a busy machine);
-   p50 per variant per round, median over rounds.
+   adaptive polling), zero copy (the input filled in place in ``Client.shared_like``'s array),
+   the client as it was before (binary frames through the socket, a fixed 2 ms busy poll:
+   ``shm=False, spin_ms=2``), the floor (a bare two-process hand-off: memfd input, one line each
+   way, no checks -- what the machine charges any endpoint in another process) and, on the tiny
+   model, an HTTP (KServe v2, binary tensors, keep-alive) round trip, for information. All
+   variants run in one client process, each once per iteration in a fresh random order (so they
+   share every moment of a busy machine, and none always follows the same one); p50 per variant per round, median over rounds. ``--awake``
+   keeps idle CPUs from halting meanwhile (a SCHED_IDLE spinner per CPU): on a VM a halted
+   vCPU takes ~0.1 ms to wake, a bare-metal board microseconds.
 3. Start-up: ``python3 edgedeploy-agent.pyz version`` against ``python3 -c pass``, medians.
 """
 
@@ -72,7 +76,7 @@ print(json.dumps({"p50_ms": float(np.median(s))}))
 """
 
 SIDE_BY_SIDE = r"""
-# One process, one model: every iteration runs each variant once, in rotating order, so all of
+# One process, one model: every iteration runs each variant once, in a random order, so all of
 # them see the same moment of the machine. p50 per variant.
 import sys, os, time, json, http.client, mmap, socket
 sys.path.insert(0, sys.argv[1])
@@ -147,9 +151,11 @@ names = list(variants)
 samples = {k: [] for k in names}
 clock = time.perf_counter_ns
 warm = max(20, runs // 10)
+order = np.random.default_rng(1)
 for i in range(warm + runs):
-    k = i % len(names)
-    for name in names[k:] + names[:k]:
+    # a fresh random order every iteration: a fixed rotation would put the same variant after
+    # in_process (whose invoke leaves the caches cold) almost every time
+    for name in order.permutation(names):
         t0 = clock(); variants[name](); t = (clock() - t0) / 1e6
         if i >= warm:
             samples[name].append(t)
@@ -248,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     for col in ("env", "agent version s", "python -c pass s", "agent extra s"):
         startup.add_column(col, justify="right")
 
-    endpoint.caption = ("one process per round runs every variant once per iteration, rotating "
-                        "the order; default = Client.predict(array): shared memory for large "
+    endpoint.caption = ("one process per round runs every variant once per iteration, in a "
+                        "random order; default = Client.predict(array): shared memory for large "
                         "tensors + adaptive polling; zero_copy = the same with the input filled "
                         "in place in Client.shared_like's array; before = binary frames "
                         "through the socket + fixed 2 ms busy poll (the old client's defaults "
