@@ -59,6 +59,7 @@ SPIN_BELOW_NS = 1_000_000      # answers expected sooner than this: poll the who
 SLACK_NS = 200_000             # poll this long past the expected arrival (at least)
 WINDOW_NS = 300_000            # longer answers: poll this long around the expected time
 PROBE_EVERY = 16              # while polling doesn't pay, still try it every 16th call
+MAX_SHARED = 15               # shared_like arrays per client: the server's 16 regions, less one
 
 
 @dataclass
@@ -71,13 +72,13 @@ class _Plan:
     region: Any          # the region copies and outputs use, or None
     out_bytes: int       # what the plan expected the outputs to take
 
-    def fits(self, arrays) -> bool:
+    def fits(self, arrays, shared: dict) -> bool:
         if len(arrays) != len(self.sig):
             return False
         for a, s in zip(arrays, self.sig):
             if type(s) is tuple:
                 if (type(a) is not np.ndarray or a.shape != s[0] or a.dtype != s[1]
-                        or not a.flags.c_contiguous):
+                        or not a.flags.c_contiguous or (shared and id(a) in shared)):
                     return False
             elif a is not s:
                 return False
@@ -133,6 +134,7 @@ class Client:
         self._shared: dict[int, tuple] = {}        # id(array) → (array, its input header)
         self._shared_regions: list = []
         self._plans: dict[str, _Plan] = {}
+        self._copy_region_refused = False
         self._next_id = 0
 
     # -- requests ----------------------------------------------------------------------------
@@ -185,7 +187,7 @@ class Client:
         """Run MODEL on INPUTS (one array, or a list with one per input)."""
         arrays = inputs if isinstance(inputs, (list, tuple)) else (inputs,)
         plan = self._plans.get(model)
-        if plan is None or not plan.fits(arrays):
+        if plan is None or not plan.fits(arrays, self._shared):
             arrays = [a if self._shared.get(id(a), (None,))[0] is a else
                       np.ascontiguousarray(a) for a in arrays]
             plan = self._plan(model, arrays)
@@ -198,6 +200,14 @@ class Client:
             elif at >= 0 and a.nbytes:
                 plan.region.mm[at:at + a.nbytes] = a.data.cast("B")
         reply = self._roundtrip(parts, model)
+        if reply.get("id") != self._next_id:
+            # an earlier call was cut off between its request and its answer (a signal, a
+            # timeout): what comes now answers something else, and so would everything after
+            self.close()
+            raise EnvironmentProblem(f"the endpoint answered request {reply.get('id')} where "
+                                     f"{self._next_id} was expected (an earlier call was "
+                                     f"interrupted): connection closed",
+                                     hint="make a new Client")
         outs = []
         try:
             for o in reply["outputs"]:
@@ -238,9 +248,17 @@ class Client:
         use_out = self._shm and out_bytes >= max(self._shm_threshold, 1)
         region = None
         req: dict = {"op": "predict", "model": model, "binary": True, "inputs": heads}
-        if use_in or use_out:
-            region = self._region_for(copies + 64 * len(arrays) if use_in else 0,
-                                      out_bytes if use_out else 0)
+        if (use_in or use_out) and not self._copy_region_refused:
+            try:
+                region = self._region_for(copies + 64 * len(arrays) if use_in else 0,
+                                          out_bytes if use_out else 0)
+            except InputError:
+                # the server takes no more regions (an older one takes 4): frames instead
+                self._copy_region_refused = True
+                use_in = use_out = False
+        else:
+            use_in = use_out = False
+        if region is not None:
             at = 0
             for i, a in enumerate(arrays):
                 if where[i] == FRAME and use_in:
@@ -264,14 +282,21 @@ class Client:
         """An array in shared memory with A's shape, dtype and values (Unix socket only).
         Fill it in place (``x[...] = frame``, or decode straight into it) and pass it to
         ``predict``: its bytes then reach the server without being copied on this side. Each
-        call makes one region (at most ``shm.MAX_REGIONS - 1`` per client, one is kept for
-        copies and outputs); the array stays valid until ``close``."""
+        call makes one region: at most ``MAX_SHARED`` per client (the server takes
+        ``shm.MAX_REGIONS`` per connection and one is kept for copies and outputs);
+        ``release(array)`` gives one back. The array stays valid until then or ``close``."""
         from .shm import ClientRegion
 
         if not self._shm:
             raise InputError("shared_like needs a Unix socket endpoint (Client(socket=...)) "
                              "with shm enabled")
         a = np.asarray(a)
+        if str(a.dtype) not in tensors.DTYPES:
+            raise InputError(f"shared_like: dtype {a.dtype} can't travel; one of "
+                             f"{', '.join(tensors.DTYPES)}")
+        if len(self._shared_regions) >= MAX_SHARED:
+            raise InputError(f"shared_like: at most {MAX_SHARED} shared arrays per client",
+                             hint="release(array) one you no longer use")
         self._regions_made += 1
         region = ClientRegion(f"s{self._regions_made}", max(-(-a.nbytes // 4096) * 4096, 4096))
         try:
@@ -286,6 +311,21 @@ class Client:
         self._shared[id(view)] = (view, {"dtype": str(a.dtype), "shape": list(a.shape),
                                          "shm": region.name, "offset": 0, "nbytes": a.nbytes})
         return view
+
+    def release(self, array: np.ndarray) -> None:
+        """Give back the region of an array shared_like made (the array must not be used
+        afterwards)."""
+        entry = self._shared.get(id(array))
+        if entry is None or entry[0] is not array:
+            raise InputError("release: not an array this client's shared_like made")
+        name = entry[1]["shm"]
+        del self._shared[id(array)]
+        self._plans.clear()
+        self._copy_region_refused = False
+        self.call({"op": "shm_unregister", "region": name})
+        for r in [r for r in self._shared_regions if r.name == name]:
+            self._shared_regions.remove(r)
+            r.close()
 
     def _region_for(self, in_bytes: int, out_bytes: int):
         from .shm import ClientRegion

@@ -31,6 +31,12 @@ requests, answered in order::
                              "models": {"digits": {"requests", "errors", "swaps"}}}
     → {"op": "reload"}   ← {"kind": "reload", "models": {...as health...}}
 
+Prepared requests: a predict whose inputs are all in shared memory, and whose line ends with
+its integer id (``…, "id": 7}``, as Client writes it), is remembered per connection once it ran;
+the same line with another id then runs without being parsed and validated again (the regions
+it names are the same objects: any shm_register/shm_unregister forgets every prepared request;
+the model's shapes are still checked on each call). At most ``PREPARED_MAX`` per connection.
+
 Limits (hardening): a request line is at most ``BASE_LINE`` (64 KiB) plus the base64 size of
 the largest model's inputs at 8 bytes per element; the raw bytes a binary request declares are
 at most what the named model's inputs can hold (8 bytes per element). Every malformed request
@@ -67,6 +73,18 @@ from .wire import Closed, Conn, LineTooLong
 
 BASE_LINE = 64 * 1024
 MAX_INPUTS = 64
+ID_MARK = b', "id": '   # how Client ends a request line: ..., "id": 7}
+PREPARED_MAX = 8        # prepared requests per connection
+_ABSENT = object()      # a request without "output_shm"
+
+
+@dataclass
+class Prepared:
+    """A validated shared-memory predict, kept per connection (see Service._prepare)."""
+    model: str
+    arrays: list        # views into the connection's regions
+    out_spec: Any
+    binary: bool
 
 
 @dataclass
@@ -215,6 +233,10 @@ class Service:
         """One request line (and the frames it announces) → (answer, raw output buffers,
         keep the connection)."""
         t0 = time.perf_counter_ns()
+        if regions.prepared:
+            fast = self._handle_prepared(line, regions, t0)
+            if fast is not None:
+                return fast
         model, invoke_ms, keep = None, None, True
         blobs: list = []
         req: Any = None
@@ -225,7 +247,7 @@ class Service:
             op = req.get("op")
             if op == "predict":
                 model = req.get("model") if isinstance(req.get("model"), str) else None
-                msg, blobs, invoke_ms = self._predict(req, conn, regions)
+                msg, blobs, invoke_ms = self._predict(req, conn, regions, line)
             elif op == "health":
                 msg = protocol.ok("health", models=self.registry.health(),
                                   uptime_s=round(time.time() - self.started, 3), pid=os.getpid())
@@ -255,7 +277,29 @@ class Service:
                             invoke_ms=invoke_ms)
         return msg, blobs, keep
 
-    def _predict(self, req: dict, conn: Conn, regions: Regions) -> tuple[dict, list, float]:
+    def _handle_prepared(self, line: bytes, regions: Regions, t0: int) -> tuple | None:
+        """A predict whose line, but for its id, was seen and validated on this connection
+        against the same regions (shared-memory inputs only, see ``_prepare``): run it without
+        parsing or validating it again. None: not such a line."""
+        i = line.rfind(ID_MARK)
+        tail = line[i + len(ID_MARK):-1]
+        if i < 0 or line[-1:] != b"}" or not 0 < len(tail) <= 18 or not tail.isdigit() \
+                or (tail[:1] == b"0" and tail != b"0"):     # JSON has no leading zeros
+            return None
+        e = regions.prepared.get(line[:i])
+        if not isinstance(e, Prepared):
+            return None
+        rid = int(tail)
+        try:
+            msg, blobs, ms = self._run(rid, e.model, e.arrays, e.out_spec, e.binary, regions)
+        except EdgeDeployError as exc:
+            self.metrics.record(e.model, False, (time.perf_counter_ns() - t0) / 1e6)
+            return protocol.error(exc.code, str(exc), id=rid), [], True
+        self.metrics.record(e.model, True, (time.perf_counter_ns() - t0) / 1e6, invoke_ms=ms)
+        return msg, blobs, True
+
+    def _predict(self, req: dict, conn: Conn, regions: Regions,
+                 line: bytes = b"") -> tuple[dict, list, float]:
         model = req.get("model")
         heads = req.get("inputs")
         binary = req.get("binary") is True
@@ -267,10 +311,36 @@ class Service:
         arrays = self._read_inputs(model, heads, binary, conn, regions)
         if not isinstance(model, str):
             raise InputError("predict needs \"model\": a model name")
+        out_spec = req["output_shm"] if "output_shm" in req else _ABSENT
+        answer = self._run(req.get("id"), model, arrays, out_spec, binary, regions)
+        self._prepare(line, req, model, arrays, out_spec, binary, regions)
+        return answer
+
+    @staticmethod
+    def _prepare(line: bytes, req: dict, model: str, arrays: list, out_spec: Any,
+                 binary: bool, regions: Regions) -> None:
+        """Remember a predict that ran, when all its inputs are in shared memory and its line
+        ends with its integer id: the same line with another id then skips parsing and
+        validation (it can only mean the same thing while the regions are the same; any
+        register or unregister forgets them all)."""
+        i = line.rfind(ID_MARK)
+        if i < 0 or type(req.get("id")) is not int or line[i:] != \
+                ID_MARK + str(req["id"]).encode() + b"}":
+            return
+        if not all(isinstance(h, dict) and "shm" in h for h in req["inputs"]):
+            return
+        if len(regions.prepared) >= PREPARED_MAX:
+            regions.prepared.clear()
+        regions.prepared[line[:i]] = Prepared(model, arrays, out_spec, binary)
+
+    def _run(self, rid: Any, model: str, arrays: list, out_spec: Any, binary: bool,
+             regions: Regions) -> tuple[dict, list, float]:
+        """Invoke MODEL on ARRAYS and lay out the answer (outputs into the region OUT_SPEC
+        names while they fit, else frames or base64)."""
         version, outs, ms = self.registry.predict(model, arrays)
         placed: list = [None] * len(outs)
-        if "output_shm" in req:
-            placed = regions.place_outputs(req["output_shm"], outs)
+        if out_spec is not _ABSENT:
+            placed = regions.place_outputs(out_spec, outs)
         out_heads, blobs = [], []
         for o, p in zip(outs, placed):     # outputs are float32 arrays get_tensor made
             if p is not None:
@@ -281,7 +351,7 @@ class Service:
                 blobs.append(o.data.cast("B") if o.nbytes else b"")
             else:
                 out_heads.append(tensors.encode_b64(o))
-        msg = protocol.ok("predict", id=req.get("id"), model=model, version=version,
+        msg = protocol.ok("predict", id=rid, model=model, version=version,
                           outputs=out_heads, latency_ms=round(ms, 4),
                           **({"binary": True} if binary else {}))
         return msg, blobs, ms

@@ -15,7 +15,8 @@ predict may ask for its outputs there with ``"output_shm": {"region": "r0", "off
 "nbytes": M}`` and gets ``{"dtype", "shape", "shm", "offset", "nbytes"}`` back for each output
 that fits (64-byte aligned, in order; an output that doesn't fit comes as a binary frame).
 Refused: a descriptor that is not a regular file, unsealed (shrinkable), smaller than ``size``;
-more than ``MAX_REGIONS`` per connection; slices outside the region. Stdlib + numpy.
+more than ``MAX_REGIONS`` per connection or ``MAX_TOTAL`` bytes of them together (the budget
+is 4 regions of the largest size, shared by up to 16); slices outside the region. Stdlib + numpy.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .tensors import count, parse_dtype, parse_nbytes, parse_shape
 
 MAX_REGIONS = 16
 MAX_SIZE = 1 << 32
+MAX_TOTAL = 1 << 34     # all of one connection's regions together (16 GiB, 4 of MAX_SIZE)
 ALIGN = 64
 
 
@@ -54,8 +56,12 @@ class Regions:
 
     def __init__(self) -> None:
         self.by_name: dict[str, Region] = {}
+        # requests validated against these regions (serve.Prepared, by their line without
+        # the id); forgotten whenever a region comes or goes, before any mapping is closed
+        self.prepared: dict[bytes, object] = {}
 
     def register(self, name: object, size: object, fd: int | None) -> Region:
+        self.prepared.clear()
         try:
             if not isinstance(name, str) or not 0 < len(name) <= 64:
                 raise InputError("shm_register needs \"region\": a name of 1 … 64 characters")
@@ -69,6 +75,11 @@ class Regions:
                 raise InputError(f"shm_register: region {name!r} exists; unregister it first")
             if len(self.by_name) >= MAX_REGIONS:
                 raise InputError(f"shm_register: at most {MAX_REGIONS} regions per connection")
+            held = sum(r.size for r in self.by_name.values())
+            if held + size > MAX_TOTAL:
+                raise InputError(f"shm_register: at most {MAX_TOTAL} bytes of regions per "
+                                 f"connection ({held} held)",
+                                 hint="shm_unregister a region first")
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise InputError("shm_register: the descriptor is not a regular file (memfd)")
@@ -91,6 +102,7 @@ class Regions:
         return region
 
     def unregister(self, name: object) -> None:
+        self.prepared.clear()
         region = self.by_name.pop(name, None) if isinstance(name, str) else None
         if region is None:
             raise InputError(f"shm_unregister: no region {str(name)[:64]!r}")
@@ -137,6 +149,7 @@ class Regions:
         return placed
 
     def close(self) -> None:
+        self.prepared.clear()
         for region in self.by_name.values():
             _close(region.mm)
         self.by_name.clear()

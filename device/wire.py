@@ -34,7 +34,7 @@ class Conn:
         self.fds: list[int] = []        # received, not yet claimed (oldest first)
         self.fds_refused = 0
         self._scan = 0                  # buf[:_scan] holds no newline
-        self._chunk = memoryview(bytearray(CHUNK))   # one receive buffer, reused
+        self._chunk: memoryview | None = None      # one receive buffer, made on first read
 
     # -- reading ---------------------------------------------------------------------------
     def _recv_into(self, view: memoryview) -> int:
@@ -73,6 +73,8 @@ class Conn:
             self._scan = len(self.buf)
             if len(self.buf) >= limit:
                 raise LineTooLong(limit)
+            if self._chunk is None:
+                self._chunk = memoryview(bytearray(CHUNK))
             n = self._recv_into(self._chunk[:min(CHUNK, limit - len(self.buf) + 1)])
             if n == 0:
                 if self.buf:

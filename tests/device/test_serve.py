@@ -178,10 +178,10 @@ def test_zero_copy_arrays_are_read_where_the_app_wrote_them(served, models):
     """Client.shared_like: the app fills an array that lives in shared memory and predict
     sends only a header. Answers match the frames path for every sample written in place; the
     client made no copy region (nothing was copied); plain arrays and shared ones alternate on
-    one model; a client without shared memory (TCP, or shm=False) is refused; past the server's region limit the register is
-    refused and the connection keeps answering."""
-    from edgedeploy.device import shm
-    from edgedeploy.device.client import SHARED
+    one model and the shared one goes back to zero copy; the client's limit on shared arrays,
+    release, and a dtype that can't travel (refused before a region is made); a client
+    without shared memory (TCP, or shm=False) is refused."""
+    from edgedeploy.device.client import MAX_SHARED, SHARED
 
     sock = served.ready["socket"]
     x = np.load(models["test"])["x"][:12].astype(np.float32)
@@ -200,13 +200,102 @@ def test_zero_copy_arrays_are_read_where_the_app_wrote_them(served, models):
         xs[...] = x[5:6]
         np.testing.assert_array_equal(c.predict("digits", xs).outputs[0],
                                       ref.predict("digits", x[5:6]).outputs[0])
-        # the server's limit: regions per connection
+        # shared → plain → shared: the shared array goes back to sending only its header
+        c.predict("digits", x[:1])
+        c.predict("digits", xs)
+        assert c._plans["digits"].where == [SHARED]
+        # the client's limit (the server's regions, less one kept for copies); release
         more = []
-        with pytest.raises(InputError, match="at most 16 regions"):
-            for _ in range(shm.MAX_REGIONS + 1):
+        with pytest.raises(InputError, match=f"at most {MAX_SHARED} shared arrays"):
+            for _ in range(MAX_SHARED):
                 more.append(c.shared_like(x[:1]))
-        assert len(more) == shm.MAX_REGIONS - 1        # + the first one
+        assert len(more) == MAX_SHARED - 1             # + the first one
+        c.release(more.pop())
+        more.append(c.shared_like(x[:1]))
+        with pytest.raises(InputError, match="not an array this client"):
+            c.release(x[:1])
+        # a dtype that can't travel is refused before any region is made
+        with pytest.raises(InputError, match="can't travel"):
+            c.shared_like(np.array(["a"], dtype=object))
+        assert len(c._shared_regions) == MAX_SHARED
         np.testing.assert_array_equal(c.predict("digits", xs).outputs[0],
                                       ref.predict("digits", x[5:6]).outputs[0])
     with Client(socket=sock, shm=False) as no_shm, pytest.raises(InputError):
         no_shm.shared_like(x[:1])
+
+
+def test_prepared_requests_answer_each_id_and_forget_a_gone_region(served, models):
+    """A shared-memory predict line seen once runs again without being parsed (serve.py's
+    prepared requests): each id is answered with its own id and the right outputs, a line with
+    an id JSON would refuse (a leading zero) is refused, and once the region is unregistered
+    the same line gets a clear error instead of reading unmapped memory."""
+    sock = served.ready["socket"]
+    x = np.load(models["test"])["x"][:3].astype(np.float32)
+    with Client(socket=sock) as c, Client(socket=sock, shm=False) as ref:
+        xs = c.shared_like(x[:1])
+        want = ref.predict("digits", x[:1]).outputs[0]
+        c.predict("digits", xs)
+        c.predict("digits", xs)                        # laid out for its outputs, validated
+        head = c._plans["digits"].head
+        for rid in (41, 0, 10 ** 17):
+            reply = c._roundtrip([head + str(rid).encode() + b"}\n"], "")
+            assert reply["id"] == rid and reply["model"] == "digits"
+            got = np.empty(reply["outputs"][0]["shape"], np.float32)
+            c._conn.read_into(got.data.cast("B"))
+            np.testing.assert_array_equal(got, want)
+        with pytest.raises(InputError, match="not a JSON object"):
+            c._roundtrip([head + b"041}\n"], "")
+        xs[...] = x[2:3]                               # the prepared line reads the new bytes
+        np.testing.assert_array_equal(c.predict("digits", xs).outputs[0],
+                                      ref.predict("digits", x[2:3]).outputs[0])
+        region = c._plans["digits"].sig[0]
+        name = c._shared[id(region)][1]["shm"]
+        c.call({"op": "shm_unregister", "region": name})
+        with pytest.raises(InputError, match=f"no shared-memory region '{name}'"):
+            c._roundtrip([head + b"42}\n"], "")
+        assert c.health()["ok"]                        # the connection keeps answering
+
+
+def test_server_region_limits_and_an_interrupted_call(served, models):
+    """The server's shared-memory budget per connection: 16 regions, 16 GiB together (sparse
+    memfds: nothing is allocated); refused registers leave the connection answering. A call
+    cut off between its request and its answer makes the next predict fail loudly (the
+    answers are out of step) instead of returning the previous request's outputs."""
+    from edgedeploy.device import shm
+    from edgedeploy.errors import EnvironmentProblem
+
+    sock = served.ready["socket"]
+    x = np.load(models["test"])["x"][:2].astype(np.float32)
+    with Client(socket=sock) as c:
+        regions = []
+        try:
+            for i in range(4):                         # 4 × 4 GiB: the whole byte budget
+                r = shm.ClientRegion(f"big{i}", shm.MAX_SIZE)
+                regions.append(r)
+                c.call({"op": "shm_register", "region": r.name, "size": r.size}, fds=[r.fd])
+            r = shm.ClientRegion("one-more", 4096)
+            regions.append(r)
+            with pytest.raises(InputError, match="bytes of regions per connection"):
+                c.call({"op": "shm_register", "region": r.name, "size": r.size}, fds=[r.fd])
+            for i in range(4):
+                c.call({"op": "shm_unregister", "region": f"big{i}"})
+            for i in range(shm.MAX_REGIONS):
+                r = shm.ClientRegion(f"small{i}", 4096)
+                regions.append(r)
+                c.call({"op": "shm_register", "region": r.name, "size": r.size}, fds=[r.fd])
+            r = shm.ClientRegion("seventeenth", 4096)
+            regions.append(r)
+            with pytest.raises(InputError, match="at most 16 regions per connection"):
+                c.call({"op": "shm_register", "region": r.name, "size": r.size}, fds=[r.fd])
+            assert c.predict("digits", x[:1]).outputs[0].shape == (1, 10)
+        finally:
+            for r in regions:
+                r.close()
+    with Client(socket=sock) as c:
+        c.predict("digits", x[:1])
+        c.predict("digits", x[:1])
+        plan = c._plans["digits"]
+        c._next_id += 1                                # a request whose answer nobody reads
+        c._conn_send([plan.head + str(c._next_id).encode() + b"}\n", x[1:2].data.cast("B")])
+        with pytest.raises(EnvironmentProblem, match="answered request"):
+            c.predict("digits", x[:1])
