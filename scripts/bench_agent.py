@@ -15,9 +15,9 @@ benchmarks/agent.json.
    way, no checks -- what the machine charges any endpoint in another process) and, on the tiny
    model, an HTTP (KServe v2, binary tensors, keep-alive) round trip, for information. All
    variants run in one client process, each once per iteration in a fresh random order (so they
-   share every moment of a busy machine, and none always follows the same one); p50 per variant per round, median over rounds. ``--awake``
-   keeps idle CPUs from halting meanwhile (a SCHED_IDLE spinner per CPU): on a VM a halted
-   vCPU takes ~0.1 ms to wake, a bare-metal board microseconds.
+   share every moment of a busy machine, and none always follows the same one); p50 per
+   variant per round, median over rounds; the goals are graded for default and zero copy, the
+   floor is printed as the reference.
 3. Start-up: ``python3 edgedeploy-agent.pyz version`` against ``python3 -c pass``, medians.
 """
 
@@ -215,11 +215,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="run the endpoint's server and client under SCHED_FIFO PRIO (chrt; "
                         "root): on a machine shared with other work, a board's quiet CPU is "
                         "emulated by putting both ahead of everything else (0: off)")
-    p.add_argument("--awake", action="store_true",
-                   help="keep idle CPUs from halting while the endpoint is measured (one "
-                        "SCHED_IDLE spinner per CPU, which runs only when nothing else wants "
-                        "the CPU): on a VM, waking a halted vCPU costs ~0.1 ms (measured here "
-                        "on Firecracker), where a bare-metal board leaves WFI in microseconds")
     a = p.parse_args(argv)
     parts = set(a.parts.split(","))
 
@@ -249,9 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"goals": GOALS, "runs": a.runs, "rounds": a.rounds, "envs": {},
                      "load_average_at_start": os.getloadavg(),
                      "endpoint_scheduling": f"SCHED_FIFO {a.realtime}" if a.realtime
-                     else "normal (SCHED_OTHER)",
-                     "endpoint_idle_cpus": "kept awake (a SCHED_IDLE spinner per CPU)"
-                     if a.awake else "halt when idle"}
+                     else "normal (SCHED_OTHER)"}
 
     fidelity = Table(title=f"agent bench p50 vs a bare invoke loop (median of {a.rounds} "
                            f"alternating rounds, {a.runs} runs each)")
@@ -353,19 +346,12 @@ def _endpoint(a, py, pyz, env, store, work, res, endpoint) -> None:
     srv = subprocess.Popen([*rt, py, pyz, "--store", str(store), "serve", "--socket", sock,
                             "--http-port", "0"], stdout=subprocess.PIPE, text=True,
                            env={"PATH": "/usr/bin:/bin"})
-    spinners: list = []
     res["endpoint"] = {}
     try:
         assert srv.stdout is not None
         ready = json.loads(srv.stdout.readline())
         assert ready["kind"] == "serving", ready
         http_port = ready["http"].rsplit(":", 1)[1]
-        for cpu in sorted(os.sched_getaffinity(0)) if a.awake else ():
-            # chrt and taskset exec, so the spinner's parent is this process; it stops when
-            # this process is gone, however that happens
-            spinners.append(subprocess.Popen(["chrt", "-i", "0", "taskset", "-c", str(cpu),
-                                              sys.executable, "-c", "import os\nwhile "
-                                              f"os.getppid() == {os.getpid()}: pass"]))
         for model, shape in ENDPOINT_MODELS.items():
             runs = a.runs if model == "digits" else max(100, a.runs // 10)
             path = str(work / "models" / f"{model}.float32.tflite")
@@ -391,13 +377,12 @@ def _endpoint(a, py, pyz, env, store, work, res, endpoint) -> None:
                                  f"{ip:.4f}", k, f"{med[k]:.4f}", f"{med[k] - ip:+.4f}",
                                  f"{100 * (med[k] - ip) / ip:+.1f}")
     finally:
-        for proc in (*spinners, srv):
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        srv.terminate()
+        try:
+            srv.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            srv.kill()
+            srv.wait()
 
 
 def _startup(py, pyz, env, store, res, startup) -> None:
