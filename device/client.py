@@ -285,8 +285,6 @@ class Client:
         call makes one region: at most ``MAX_SHARED`` per client (the server takes
         ``shm.MAX_REGIONS`` per connection and one is kept for copies and outputs);
         ``release(array)`` gives one back. The array stays valid until then or ``close``."""
-        from .shm import ClientRegion
-
         if not self._shm:
             raise InputError("shared_like needs a Unix socket endpoint (Client(socket=...)) "
                              "with shm enabled")
@@ -297,14 +295,7 @@ class Client:
         if len(self._shared_regions) >= MAX_SHARED:
             raise InputError(f"shared_like: at most {MAX_SHARED} shared arrays per client",
                              hint="release(array) one you no longer use")
-        self._regions_made += 1
-        region = ClientRegion(f"s{self._regions_made}", max(-(-a.nbytes // 4096) * 4096, 4096))
-        try:
-            self.call({"op": "shm_register", "region": region.name, "size": region.size},
-                      fds=[region.fd])
-        except EdgeDeployError:
-            region.close()
-            raise
+        region = self._register("s", max(-(-a.nbytes // 4096) * 4096, 4096))
         self._shared_regions.append(region)
         view = np.frombuffer(region.mm, dtype=a.dtype, count=a.size).reshape(a.shape)
         view[...] = a
@@ -328,8 +319,6 @@ class Client:
             r.close()
 
     def _region_for(self, in_bytes: int, out_bytes: int):
-        from .shm import ClientRegion
-
         need = in_bytes + out_bytes + 64
         if self._region is not None and self._region.size >= need:
             return self._region
@@ -338,15 +327,21 @@ class Client:
             self.call({"op": "shm_unregister", "region": self._region.name})
             self._region.close()
             self._region = None
+        self._region = self._register("r", -(-need // (1 << 20)) * (1 << 20))
+        return self._region
+
+    def _register(self, prefix: str, size: int):
+        """A new region of SIZE bytes, registered with the server (closed if refused)."""
+        from .shm import ClientRegion
+
         self._regions_made += 1
-        region = ClientRegion(f"r{self._regions_made}", -(-need // (1 << 20)) * (1 << 20))
+        region = ClientRegion(f"{prefix}{self._regions_made}", size)
         try:
             self.call({"op": "shm_register", "region": region.name, "size": region.size},
                       fds=[region.fd])
         except EdgeDeployError:
             region.close()
             raise
-        self._region = region
         return region
 
     # -- waiting -----------------------------------------------------------------------------

@@ -268,25 +268,23 @@ def test_server_region_limits_and_an_interrupted_call(served, models):
     x = np.load(models["test"])["x"][:2].astype(np.float32)
     with Client(socket=sock) as c:
         regions = []
+
+        def register(name, size):
+            r = shm.ClientRegion(name, size)
+            regions.append(r)
+            c.call({"op": "shm_register", "region": r.name, "size": r.size}, fds=[r.fd])
+
         try:
             for i in range(4):                         # 4 × 4 GiB: the whole byte budget
-                r = shm.ClientRegion(f"big{i}", shm.MAX_SIZE)
-                regions.append(r)
-                c.call({"op": "shm_register", "region": r.name, "size": r.size}, fds=[r.fd])
-            r = shm.ClientRegion("one-more", 4096)
-            regions.append(r)
+                register(f"big{i}", shm.MAX_SIZE)
             with pytest.raises(InputError, match="bytes of regions per connection"):
-                c.call({"op": "shm_register", "region": r.name, "size": r.size}, fds=[r.fd])
+                register("one-more", 4096)
             for i in range(4):
                 c.call({"op": "shm_unregister", "region": f"big{i}"})
             for i in range(shm.MAX_REGIONS):
-                r = shm.ClientRegion(f"small{i}", 4096)
-                regions.append(r)
-                c.call({"op": "shm_register", "region": r.name, "size": r.size}, fds=[r.fd])
-            r = shm.ClientRegion("seventeenth", 4096)
-            regions.append(r)
+                register(f"small{i}", 4096)
             with pytest.raises(InputError, match="at most 16 regions per connection"):
-                c.call({"op": "shm_register", "region": r.name, "size": r.size}, fds=[r.fd])
+                register("seventeenth", 4096)
             assert c.predict("digits", x[:1]).outputs[0].shape == (1, 10)
         finally:
             for r in regions:
