@@ -152,14 +152,14 @@ class Client:
             return self._answer("", 0)
         return self._roundtrip([line, *(blobs or [])], "")
 
-    def _roundtrip(self, parts: list, key: str) -> dict:
+    def _roundtrip(self, parts: list, key: str, rid: int | None = None) -> dict:
         try:
             self._conn_send(parts)
         except OSError as exc:
             raise EnvironmentProblem(f"edgedeploy endpoint connection failed ({exc})") from exc
-        return self._answer(key, time.perf_counter_ns())
+        return self._answer(key, time.perf_counter_ns(), rid)
 
-    def _answer(self, key: str, sent: int) -> dict:
+    def _answer(self, key: str, sent: int, rid: int | None = None) -> dict:
         """Wait for and parse the answer's header line; learn when answers for KEY come."""
         try:
             caught = self._await(key, sent) if key else 0
@@ -175,6 +175,13 @@ class Client:
             old = self._expect_ns.get(key)
             self._expect_ns[key] = seen if old is None else 0.8 * old + 0.2 * seen
         reply = json.loads(raw)
+        if rid is not None and reply.get("id") != rid:
+            # an earlier call was cut off between its request and its answer (a signal, a
+            # timeout): what comes now answers something else, and so would everything after
+            self.close()
+            raise EnvironmentProblem(f"the endpoint answered request {reply.get('id')} where "
+                                     f"{rid} was expected (an earlier call was interrupted): "
+                                     f"connection closed", hint="make a new Client")
         if not reply.get("ok"):
             raise from_message(reply.get("code", "error"), reply.get("message", "failed"))
         return reply
@@ -199,15 +206,7 @@ class Client:
                     parts.append(a.data.cast("B"))
             elif at >= 0 and a.nbytes:
                 plan.region.mm[at:at + a.nbytes] = a.data.cast("B")
-        reply = self._roundtrip(parts, model)
-        if reply.get("id") != self._next_id:
-            # an earlier call was cut off between its request and its answer (a signal, a
-            # timeout): what comes now answers something else, and so would everything after
-            self.close()
-            raise EnvironmentProblem(f"the endpoint answered request {reply.get('id')} where "
-                                     f"{self._next_id} was expected (an earlier call was "
-                                     f"interrupted): connection closed",
-                                     hint="make a new Client")
+        reply = self._roundtrip(parts, model, self._next_id)
         outs = []
         try:
             for o in reply["outputs"]:

@@ -35,7 +35,8 @@ Prepared requests: a predict whose inputs are all in shared memory, and whose li
 its integer id (``…, "id": 7}``, as Client writes it), is remembered per connection once it ran;
 the same line with another id then runs without being parsed and validated again (the regions
 it names are the same objects: any shm_register/shm_unregister forgets every prepared request;
-the model's shapes are still checked on each call). At most ``PREPARED_MAX`` per connection.
+the model's shapes are still checked on each call). At most ``PREPARED_MAX`` per connection,
+of lines up to ``PREPARED_LINE`` bytes.
 
 Limits (hardening): a request line is at most ``BASE_LINE`` (64 KiB) plus the base64 size of
 the largest model's inputs at 8 bytes per element; the raw bytes a binary request declares are
@@ -75,6 +76,7 @@ BASE_LINE = 64 * 1024
 MAX_INPUTS = 64
 ID_MARK = b', "id": '   # how Client ends a request line: ..., "id": 7}
 PREPARED_MAX = 8        # prepared requests per connection
+PREPARED_LINE = 16384   # longest line kept as prepared (Client's: a few hundred bytes/input)
 _ABSENT = object()      # a request without "output_shm"
 
 
@@ -324,11 +326,14 @@ class Service:
         validation (it can only mean the same thing while the regions are the same; any
         register or unregister forgets them all)."""
         i = line.rfind(ID_MARK)
-        if i < 0 or type(req.get("id")) is not int or line[i:] != \
+        if not 0 < i <= PREPARED_LINE or type(req.get("id")) is not int or line[i:] != \
                 ID_MARK + str(req["id"]).encode() + b"}":
             return
         if not all(isinstance(h, dict) and "shm" in h for h in req["inputs"]):
             return
+        if isinstance(out_spec, dict):  # it ran, so it is valid: keep only what it says
+            out_spec = {"region": out_spec.get("region"), "offset": out_spec.get("offset", 0),
+                        "nbytes": out_spec.get("nbytes")}
         if len(regions.prepared) >= PREPARED_MAX:
             regions.prepared.clear()
         regions.prepared[line[:i]] = Prepared(model, arrays, out_spec, binary)

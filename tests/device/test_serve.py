@@ -297,3 +297,10 @@ def test_server_region_limits_and_an_interrupted_call(served, models):
         c._conn_send([plan.head + str(c._next_id).encode() + b"}\n", x[1:2].data.cast("B")])
         with pytest.raises(EnvironmentProblem, match="answered request"):
             c.predict("digits", x[:1])
+    with Client(socket=sock) as c:                     # the unread answer is an error
+        c.predict("digits", x[:1])
+        c._next_id += 1
+        c._conn_send([json.dumps({"op": "predict", "model": "nope", "id": c._next_id,
+                                  "inputs": []}).encode() + b"\n"])
+        with pytest.raises(EnvironmentProblem, match="answered request"):
+            c.predict("digits", x[:1])
