@@ -31,11 +31,12 @@ requests, answered in order::
                              "models": {"digits": {"requests", "errors", "swaps"}}}
     → {"op": "reload"}   ← {"kind": "reload", "models": {...as health...}}
 
-Prepared requests: a predict whose inputs are all in shared memory, and whose line ends with
-its integer id (``…, "id": 7}``, as Client writes it), is remembered per connection once it ran;
-the same line with another id then runs without being parsed and validated again (the regions
-it names are the same objects: any shm_register/shm_unregister forgets every prepared request;
-the model's shapes are still checked on each call). At most ``PREPARED_MAX`` per connection,
+Prepared requests: a predict whose inputs are in shared memory or binary frames, and whose line
+ends with its integer id (``…, "id": 7}``, as Client writes it), is remembered per connection
+once it ran; the same line with another id then runs without being parsed and validated again:
+its frames are read with the sizes checked the first time, as long as the model's slot is the
+same (a hot swap means parsing and checking again), and the regions it names are the same
+objects (any shm_register/shm_unregister forgets every prepared request). At most ``PREPARED_MAX`` per connection,
 of lines up to ``PREPARED_LINE`` bytes.
 
 Limits (hardening): a request line is at most ``BASE_LINE`` (64 KiB) plus the base64 size of
@@ -82,9 +83,11 @@ _ABSENT = object()      # a request without "output_shm"
 
 @dataclass
 class Prepared:
-    """A validated shared-memory predict, kept per connection (see Service._prepare)."""
+    """A validated predict, kept per connection (see Service._prepare)."""
     model: str
-    arrays: list        # views into the connection's regions
+    arrays: list        # per input: a view into the connection's regions, or None (a frame)
+    frames: list        # per input: (dtype, shape, nbytes) of its frame, or None (shared)
+    slot: Any           # the Slot its frame sizes were checked against
     out_spec: Any
     binary: bool
 
@@ -236,7 +239,7 @@ class Service:
         keep the connection)."""
         t0 = time.perf_counter_ns()
         if regions.prepared:
-            fast = self._handle_prepared(line, regions, t0)
+            fast = self._handle_prepared(line, conn, regions, t0)
             if fast is not None:
                 return fast
         model, invoke_ms, keep = None, None, True
@@ -279,21 +282,32 @@ class Service:
                             invoke_ms=invoke_ms)
         return msg, blobs, keep
 
-    def _handle_prepared(self, line: bytes, regions: Regions, t0: int) -> tuple | None:
+    def _handle_prepared(self, line: bytes, conn: Conn, regions: Regions,
+                         t0: int) -> tuple | None:
         """A predict whose line, but for its id, was seen and validated on this connection
-        against the same regions (shared-memory inputs only, see ``_prepare``): run it without
-        parsing or validating it again. None: not such a line."""
+        against the same regions and model slot (see ``_prepare``): read its frames, if any,
+        and run it without parsing or validating it again. None: not such a line (nothing of
+        the connection was read)."""
         i = line.rfind(ID_MARK)
         tail = line[i + len(ID_MARK):-1]
         if i < 0 or line[-1:] != b"}" or not 0 < len(tail) <= 18 or not tail.isdigit() \
                 or (tail[:1] == b"0" and tail != b"0"):     # JSON has no leading zeros
             return None
         e = regions.prepared.get(line[:i])
-        if not isinstance(e, Prepared):
-            return None
+        if not isinstance(e, Prepared) or self.registry.slots.get(e.model) is not e.slot:
+            return None     # unknown, or the model was swapped since: parse and check again
         rid = int(tail)
+        arrays = e.arrays
+        if any(f is not None for f in e.frames):
+            arrays = []
+            for a, f in zip(e.arrays, e.frames):
+                if f is not None:
+                    a = np.empty(f[1], f[0])
+                    if f[2]:
+                        conn.read_into(a.data.cast("B"))
+                arrays.append(a)
         try:
-            msg, blobs, ms = self._run(rid, e.model, e.arrays, e.out_spec, e.binary, regions)
+            msg, blobs, ms = self._run(rid, e.model, arrays, e.out_spec, e.binary, regions)
         except EdgeDeployError as exc:
             self.metrics.record(e.model, False, (time.perf_counter_ns() - t0) / 1e6)
             return protocol.error(exc.code, str(exc), id=rid), [], True
@@ -318,25 +332,33 @@ class Service:
         self._prepare(line, req, model, arrays, out_spec, binary, regions)
         return answer
 
-    @staticmethod
-    def _prepare(line: bytes, req: dict, model: str, arrays: list, out_spec: Any,
+    def _prepare(self, line: bytes, req: dict, model: str, arrays: list, out_spec: Any,
                  binary: bool, regions: Regions) -> None:
-        """Remember a predict that ran, when all its inputs are in shared memory and its line
-        ends with its integer id: the same line with another id then skips parsing and
-        validation (it can only mean the same thing while the regions are the same; any
-        register or unregister forgets them all)."""
+        """Remember a predict that ran, when each input is in shared memory or a binary frame
+        and its line ends with its integer id: the same line with another id then skips parsing
+        and validation. It can only mean the same thing while the regions are the same (any
+        register or unregister forgets them all) and, for frame sizes checked against the
+        model's, while the model's slot is the same (checked on each use)."""
         i = line.rfind(ID_MARK)
         if not 0 < i <= PREPARED_LINE or type(req.get("id")) is not int or line[i:] != \
                 ID_MARK + str(req["id"]).encode() + b"}":
             return
-        if not all(isinstance(h, dict) and "shm" in h for h in req["inputs"]):
-            return
+        frames: list = []
+        for h, a in zip(req["inputs"], arrays):
+            if isinstance(h, dict) and "shm" in h:
+                frames.append(None)
+            elif binary:                    # it ran: the header is valid, nbytes matches
+                frames.append((a.dtype, a.shape, a.nbytes))
+            else:
+                return                      # base64 in the line: nothing to gain
+        arrays = [None if f is not None else a for a, f in zip(arrays, frames)]
         if isinstance(out_spec, dict):  # it ran, so it is valid: keep only what it says
             out_spec = {"region": out_spec.get("region"), "offset": out_spec.get("offset", 0),
                         "nbytes": out_spec.get("nbytes")}
         if len(regions.prepared) >= PREPARED_MAX:
             regions.prepared.clear()
-        regions.prepared[line[:i]] = Prepared(model, arrays, out_spec, binary)
+        regions.prepared[line[:i]] = Prepared(model, arrays, frames,
+                                              self.registry.slots.get(model), out_spec, binary)
 
     def _run(self, rid: Any, model: str, arrays: list, out_spec: Any, binary: bool,
              regions: Regions) -> tuple[dict, list, float]:

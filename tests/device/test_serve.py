@@ -225,10 +225,12 @@ def test_zero_copy_arrays_are_read_where_the_app_wrote_them(served, models):
 
 
 def test_prepared_requests_answer_each_id_and_forget_a_gone_region(served, models):
-    """A shared-memory predict line seen once runs again without being parsed (serve.py's
-    prepared requests): each id is answered with its own id and the right outputs, a line with
-    an id JSON would refuse (a leading zero) is refused, and once the region is unregistered
-    the same line gets a clear error instead of reading unmapped memory."""
+    """A predict line seen once runs again without being parsed (serve.py's prepared
+    requests): each id is answered with its own id and the right outputs, a line with an id
+    JSON would refuse (a leading zero) is refused, once the region is unregistered the same
+    line gets a clear error instead of reading unmapped memory; with binary frames, every
+    sample's answer matches base64's (the hot swap under load covers a prepared frames line
+    meeting a new model slot)."""
     sock = served.ready["socket"]
     x = np.load(models["test"])["x"][:3].astype(np.float32)
     with Client(socket=sock) as c, Client(socket=sock, shm=False) as ref:
@@ -254,6 +256,15 @@ def test_prepared_requests_answer_each_id_and_forget_a_gone_region(served, model
         with pytest.raises(InputError, match=f"no shared-memory region '{name}'"):
             c._roundtrip([head + b"42}\n"], "")
         assert c.health()["ok"]                        # the connection keeps answering
+    # frames: the line is the same for every sample, the bytes after it differ
+    from edgedeploy.device import tensors
+    x = np.load(models["test"])["x"][:8].astype(np.float32)
+    with Client(socket=sock, shm=False) as f:
+        for i in range(len(x)):
+            got = f.predict("digits", x[i:i + 1]).outputs[0]
+            j = f.call({"op": "predict", "model": "digits",
+                        "inputs": [tensors.encode_b64(x[i:i + 1])]})
+            np.testing.assert_array_equal(got, tensors.decode_b64(j["outputs"][0]))
 
 
 def test_server_region_limits_and_an_interrupted_call(served, models):
