@@ -42,9 +42,10 @@ def quantize(x: np.ndarray, detail: dict) -> np.ndarray:
 
 
 def dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
+    """An output as float32 (Y itself when it already is: get_tensor's arrays are copies)."""
     scale, zero_point = detail.get("quantization", (0.0, 0))
     if np.dtype(detail["dtype"]).kind == "f" or not scale:
-        return y.astype(np.float32)
+        return y.astype(np.float32, copy=False)
     return (y.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
 
 

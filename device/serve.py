@@ -104,13 +104,11 @@ class Slot:
     shapes: list = field(default_factory=list)    # per input, as numpy reports a.shape
     dtypes: list = field(default_factory=list)
     caps: list = field(default_factory=list)      # per input: most bytes a request may carry
-    plain_out: list = field(default_factory=list)  # per output: float32, nothing to dequantize
 
     def __post_init__(self) -> None:
         self.shapes = [tuple(int(s) for s in d["shape"]) for d in self.inputs]
         self.dtypes = [np.dtype(d["dtype"]) for d in self.inputs]
         self.caps = [tensors.count(s) * 8 for s in self.shapes]
-        self.plain_out = [np.dtype(d["dtype"]) == np.float32 for d in self.outputs]
 
 
 class Registry:
@@ -211,10 +209,7 @@ class Registry:
             for d, a in zip(slot.inputs, ready):
                 slot.interp.set_tensor(d["index"], a)
             slot.interp.invoke()
-            # get_tensor copies; a float32 output needs nothing more
-            outs = [slot.interp.get_tensor(d["index"]) if plain else
-                    dequantize(slot.interp.get_tensor(d["index"]), d)
-                    for d, plain in zip(slot.outputs, slot.plain_out)]
+            outs = [dequantize(slot.interp.get_tensor(d["index"]), d) for d in slot.outputs]
             ms = (time.perf_counter_ns() - t0) / 1e6
         return slot.version, outs, ms
 
