@@ -233,56 +233,59 @@ class Service:
         """One request line (and the frames it announces) → (answer, raw output buffers,
         keep the connection)."""
         t0 = time.perf_counter_ns()
-        if regions.prepared:
-            fast = self._handle_prepared(line, conn, regions, t0)
-            if fast is not None:
-                return fast
-        model, invoke_ms, keep = None, None, True
+        model, invoke_ms, keep, rid = None, None, True, None
         blobs: list = []
-        req: Any = None
+        prepared = self._prepared(line, regions) if regions.prepared else None
         try:
-            req = tensors.loads(line)
-            if not isinstance(req, dict):
-                raise InputError("a request is a JSON object with an \"op\"")
-            op = req.get("op")
-            if op == "predict":
-                model = req.get("model") if isinstance(req.get("model"), str) else None
-                msg, blobs, invoke_ms = self._predict(req, conn, regions, line)
-            elif op == "health":
-                msg = protocol.ok("health", models=self.registry.health(),
-                                  uptime_s=round(time.time() - self.started, 3), pid=os.getpid())
-            elif op == "metrics":
-                return protocol.ok("metrics", **self.metrics.snapshot(self.registry.swaps)), \
-                    [], True
-            elif op == "reload":
-                self.registry.refresh()
-                msg = protocol.ok("reload", models=self.registry.health())
-            elif op == "shm_register":
-                r = regions.register(req.get("region"), req.get("size"), conn.take_fd())
-                msg = protocol.ok("shm_register", region=r.name, size=r.size)
-            elif op == "shm_unregister":
-                regions.unregister(req.get("region"))
-                msg = protocol.ok("shm_unregister", region=req.get("region"))
+            if prepared is not None:
+                e, rid = prepared
+                model = e.model
+                msg, blobs, invoke_ms = self._run_prepared(e, rid, conn, regions)
             else:
-                raise InputError(f"unknown op {str(op)[:40]!r}",
-                                 hint="predict, health, metrics, reload, shm_register or "
-                                      "shm_unregister")
+                req = tensors.loads(line)
+                if not isinstance(req, dict):
+                    raise InputError("a request is a JSON object with an \"op\"")
+                rid = req.get("id")
+                if req.get("op") == "predict":
+                    model = req.get("model") if isinstance(req.get("model"), str) else None
+                    msg, blobs, invoke_ms = self._predict(req, conn, regions, line)
+                elif req.get("op") == "metrics":
+                    return protocol.ok("metrics", **self.metrics.snapshot(
+                        self.registry.swaps)), [], True
+                else:
+                    msg = self._other(req, conn, regions)
         except EdgeDeployError as exc:
             keep = not isinstance(exc, _OutOfStep)
             self.metrics.record(model, False, (time.perf_counter_ns() - t0) / 1e6)
-            rid = req.get("id") if isinstance(req, dict) else None
             return protocol.error(exc.code, str(exc), **({"id": rid} if rid is not None
                                                           else {})), [], keep
         self.metrics.record(model, True, (time.perf_counter_ns() - t0) / 1e6,
                             invoke_ms=invoke_ms)
         return msg, blobs, keep
 
-    def _handle_prepared(self, line: bytes, conn: Conn, regions: Regions,
-                         t0: int) -> tuple | None:
-        """A predict whose line, but for its id, was seen and validated on this connection
-        against the same regions and model slot (see ``_prepare``): read its frames, if any,
-        and run it without parsing or validating it again. None: not such a line (nothing of
-        the connection was read)."""
+    def _other(self, req: dict, conn: Conn, regions: Regions) -> dict:
+        """The answer to a request that is neither predict nor metrics."""
+        op = req.get("op")
+        if op == "health":
+            return protocol.ok("health", models=self.registry.health(),
+                               uptime_s=round(time.time() - self.started, 3), pid=os.getpid())
+        if op == "reload":
+            self.registry.refresh()
+            return protocol.ok("reload", models=self.registry.health())
+        if op == "shm_register":
+            r = regions.register(req.get("region"), req.get("size"), conn.take_fd())
+            return protocol.ok("shm_register", region=r.name, size=r.size)
+        if op == "shm_unregister":
+            regions.unregister(req.get("region"))
+            return protocol.ok("shm_unregister", region=req.get("region"))
+        raise InputError(f"unknown op {str(op)[:40]!r}",
+                         hint="predict, health, metrics, reload, shm_register or "
+                              "shm_unregister")
+
+    def _prepared(self, line: bytes, regions: Regions) -> tuple[Prepared, int] | None:
+        """The prepared request LINE is, but for its id, and that id: a predict seen and
+        validated on this connection against the same regions and model slot (see
+        ``_prepare``). None: not such a line (parse and check it)."""
         i = line.rfind(ID_MARK)
         tail = line[i + len(ID_MARK):-1]
         if i < 0 or line[-1:] != b"}" or not 0 < len(tail) <= 18 or not tail.isdigit() \
@@ -291,7 +294,11 @@ class Service:
         e = regions.prepared.get(line[:i])
         if not isinstance(e, Prepared) or self.registry.slots.get(e.model) is not e.slot:
             return None     # unknown, or the model was swapped since: parse and check again
-        rid = int(tail)
+        return e, int(tail)
+
+    def _run_prepared(self, e: Prepared, rid: int, conn: Conn,
+                      regions: Regions) -> tuple[dict, list, float]:
+        """Read a prepared request's frames, if any, and run it."""
         arrays = e.arrays
         if any(f is not None for f in e.frames):
             arrays = []
@@ -301,13 +308,7 @@ class Service:
                     if f[2]:
                         conn.read_into(a.data.cast("B"))
                 arrays.append(a)
-        try:
-            msg, blobs, ms = self._run(rid, e.model, arrays, e.out_spec, e.binary, regions)
-        except EdgeDeployError as exc:
-            self.metrics.record(e.model, False, (time.perf_counter_ns() - t0) / 1e6)
-            return protocol.error(exc.code, str(exc), id=rid), [], True
-        self.metrics.record(e.model, True, (time.perf_counter_ns() - t0) / 1e6, invoke_ms=ms)
-        return msg, blobs, True
+        return self._run(rid, e.model, arrays, e.out_spec, e.binary, regions)
 
     def _predict(self, req: dict, conn: Conn, regions: Regions,
                  line: bytes = b"") -> tuple[dict, list, float]:
