@@ -195,8 +195,8 @@ class Client:
         arrays = inputs if isinstance(inputs, (list, tuple)) else (inputs,)
         plan = self._plans.get(model)
         if plan is None or not plan.fits(arrays, self._shared):
-            arrays = [a if self._shared.get(id(a), (None,))[0] is a else
-                      np.ascontiguousarray(a) for a in arrays]
+            arrays = [a if self._shared_head(a) is not None else np.ascontiguousarray(a)
+                      for a in arrays]
             plan = self._plan(model, arrays)
         self._next_id += 1
         parts: list = [plan.head + str(self._next_id).encode() + b"}\n"]
@@ -232,10 +232,10 @@ class Client:
         where: list = []
         copies = 0
         for a in arrays:
-            h = self._shared.get(id(a))
-            if h is not None and h[0] is a:
+            h = self._shared_head(a)
+            if h is not None:
                 sig.append(a)
-                heads.append(h[1])
+                heads.append(h)
                 where.append(SHARED)
             else:
                 sig.append((a.shape, a.dtype))
@@ -302,13 +302,18 @@ class Client:
                                          "shm": region.name, "offset": 0, "nbytes": a.nbytes})
         return view
 
+    def _shared_head(self, a: Any) -> dict | None:
+        """The input header of an array shared_like made (None: any other object)."""
+        entry = self._shared.get(id(a))
+        return entry[1] if entry is not None and entry[0] is a else None
+
     def release(self, array: np.ndarray) -> None:
         """Give back the region of an array shared_like made (the array must not be used
         afterwards)."""
-        entry = self._shared.get(id(array))
-        if entry is None or entry[0] is not array:
+        h = self._shared_head(array)
+        if h is None:
             raise InputError("release: not an array this client's shared_like made")
-        name = entry[1]["shm"]
+        name = h["shm"]
         del self._shared[id(array)]
         self._plans.clear()
         self._copy_region_refused = False
