@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -48,7 +47,7 @@ import numpy as np
 from .. import __version__
 from ..errors import EdgeDeployError, EnvironmentProblem, InputError, NotFound
 from . import tensors
-from .wire import Conn
+from .wire import Conn, NoDelay
 
 _MODEL = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?/?$")
 HEADER_LIMIT = 64 * 1024
@@ -290,13 +289,8 @@ def make_server(service, host: str, port: int, max_connections: int = 64) -> Thr
                 raise InputError(f"model {slot.name}: missing input(s) {', '.join(missing)}")
             return arrays
 
-    class Server(ThreadingHTTPServer):
+    class Server(NoDelay, ThreadingHTTPServer):
         daemon_threads = True
         allow_reuse_address = True
-
-        def get_request(self):
-            sock, addr = super().get_request()
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return sock, addr
 
     return Server((host, port), Handler)

@@ -71,7 +71,7 @@ from . import protocol, tensors
 from .evaluate import dequantize, quantize
 from .metrics import Metrics
 from .shm import Regions
-from .wire import Closed, Conn, LineTooLong
+from .wire import Closed, Conn, LineTooLong, NoDelay
 
 BASE_LINE = 64 * 1024
 MAX_INPUTS = 64
@@ -480,14 +480,9 @@ class _Unix(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
 
-class _Tcp(socketserver.ThreadingMixIn, socketserver.TCPServer):
+class _Tcp(NoDelay, socketserver.ThreadingMixIn, socketserver.TCPServer):
     daemon_threads = True
     allow_reuse_address = True
-
-    def get_request(self):
-        sock, addr = super().get_request()
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock, addr
 
 
 def serve(store, *, socket_path: str | None = None, port: int | None = None, threads: int = 1,

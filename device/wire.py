@@ -18,6 +18,16 @@ CHUNK = 1 << 16
 MAX_FDS = 4           # descriptors one message may carry; more are closed and refused
 
 
+class NoDelay:
+    """A TCP server mixin: every accepted connection sends small answers at once
+    (TCP_NODELAY), not after Nagle's wait for the previous segment's ACK."""
+
+    def get_request(self):
+        sock, addr = super().get_request()  # type: ignore[misc]
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock, addr
+
+
 class LineTooLong(Exception):
     """No newline within the limit: the stream cannot be resynchronised."""
 
