@@ -94,6 +94,39 @@ def bare_convert(tf, keras_path: Path, mode: str, calib: np.ndarray, out: Path,
     out.write_bytes(conv.convert())
 
 
+def compile_side_by_side(tf, calib: np.ndarray, work: Path, model: str, prefix: str,
+                         modes: tuple, repeats: int, keras3: bool = False) -> dict:
+    """Per mode, `edgedeploy compile` and a bare converter call on work/data/MODEL, alternating
+    which goes first; round -1 is an untimed warm-up of both. {mode: {"edgedeploy_s": [...],
+    "bare_converter_s": [...]}}."""
+    from edgedeploy.device.runtime import CapturedNativeOutput
+    from edgedeploy.host.compiler import CompileOptions, compile_model
+
+    times: dict[str, dict[str, list[float]]] = {}
+    for mode in modes:
+        ours: list[float] = []
+        bare: list[float] = []
+        for i in range(-1, repeats):
+            order = [("ours", ours), ("bare", bare)] if i % 2 == 0 else \
+                [("bare", bare), ("ours", ours)]
+            for who, bucket in order:
+                gc.collect()
+                t0 = time.perf_counter()
+                if who == "ours":
+                    compile_model(CompileOptions(
+                        work / "data" / model, mode, work / f"{prefix}ct-{mode}",
+                        calib=work / "data" / "calib.npz" if mode == "int8" else None,
+                        io="uint8" if mode == "int8" else None))
+                else:
+                    with CapturedNativeOutput():
+                        bare_convert(tf, work / "data" / model, mode, calib,
+                                     work / f"{prefix}bare-{mode}.tflite", keras3=keras3)
+                if i >= 0:
+                    bucket.append(time.perf_counter() - t0)
+        times[mode] = {"edgedeploy_s": ours, "bare_converter_s": bare}
+    return times
+
+
 def cpu_facts() -> dict:
     """The CPU model and the SIMD extensions int8 kernels lean on (VNNI makes XNNPACK's int8
     several times faster than float32; with AVX2 alone int8 can be slower)."""
@@ -181,26 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     # 3. compile time: edgedeploy vs a bare converter call, alternating
     tf = import_tf()
     calib = np.load(work / "data" / "calib.npz")["x"]
-    compile_times: dict[str, dict[str, list[float]]] = {}
-    for mode in ("float32", "float16", "int8"):
-        ours, bare = [], []
-        for i in range(-1, a.compile_repeats):  # round -1: untimed warm-up of both paths
-            order = [("ours", ours), ("bare", bare)] if i % 2 == 0 else [("bare", bare), ("ours", ours)]
-            for who, bucket in order:
-                gc.collect()
-                t0 = time.perf_counter()
-                if who == "ours":
-                    compile_model(CompileOptions(
-                        work / "data" / "digits.keras", mode, work / f"ct-{mode}",
-                        calib=work / "data" / "calib.npz" if mode == "int8" else None,
-                        io="uint8" if mode == "int8" else None))
-                else:
-                    with CapturedNativeOutput():
-                        bare_convert(tf, work / "data" / "digits.keras", mode, calib,
-                                     work / f"bare-{mode}.tflite")
-                if i >= 0:
-                    bucket.append(time.perf_counter() - t0)
-        compile_times[mode] = {"edgedeploy_s": ours, "bare_converter_s": bare}
+    compile_times = compile_side_by_side(tf, calib, work, "digits.keras", "",
+                                         ("float32", "float16", "int8"), a.compile_repeats)
     ct = Table(title="compile time: edgedeploy compile vs a bare TFLiteConverter call "
                      f"(median of {a.compile_repeats} after a warm-up, alternating)")
     for col in ("mode", "edgedeploy s", "bare s", "ratio"):
@@ -232,27 +247,8 @@ def main(argv: list[str] | None = None) -> int:
             kt.add_row(r.label, f"{r.size / 1000:.1f}", f"{r.size / other.size:.4f}x",
                        f"{100 * r.accuracy:.2f}%", f"{100 * other.accuracy:.2f}%")
     console.print(kt)
-    k3_times: dict[str, dict[str, list[float]]] = {}
-    for mode in ("float32", "int8"):
-        ours, bare = [], []
-        for i in range(-1, a.keras3_repeats):
-            order = [("ours", ours), ("bare", bare)] if i % 2 == 0 else \
-                [("bare", bare), ("ours", ours)]
-            for who, bucket in order:
-                gc.collect()
-                t0 = time.perf_counter()
-                if who == "ours":
-                    compile_model(CompileOptions(
-                        work / "data" / "k3.keras", mode, work / f"k3ct-{mode}",
-                        calib=work / "data" / "calib.npz" if mode == "int8" else None,
-                        io="uint8" if mode == "int8" else None))
-                else:
-                    with CapturedNativeOutput():
-                        bare_convert(tf, work / "data" / "k3.keras", mode, calib,
-                                     work / f"k3bare-{mode}.tflite", keras3=True)
-                if i >= 0:
-                    bucket.append(time.perf_counter() - t0)
-        k3_times[mode] = {"edgedeploy_s": ours, "bare_converter_s": bare}
+    k3_times = compile_side_by_side(tf, calib, work, "k3.keras", "k3",
+                                    ("float32", "int8"), a.keras3_repeats, keras3=True)
     k3_ratios = {m: statistics.median(t["edgedeploy_s"]) / statistics.median(t["bare_converter_s"])
                  for m, t in k3_times.items()}
     for m, t in k3_times.items():
