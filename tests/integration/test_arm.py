@@ -49,24 +49,25 @@ def state(d: Path) -> dict:
     return {b["name"]: b for b in json.loads((d / "fleet-state.json").read_text())["boards"]}
 
 
+def _first(models, tmp_path_factory, n: int, folder: str, file: str) -> Path:
+    """The first N labelled test samples as their own .npz."""
+    with np.load(models["test"]) as z:
+        x, y = z["x"][:n], z["y"][:n]
+    p = tmp_path_factory.mktemp(folder) / file
+    np.savez(p, x=x, y=y)
+    return p
+
+
 @pytest.fixture(scope="module")
 def gate(models, tmp_path_factory) -> Path:
     """100 labelled test samples: enough for an accuracy gate, quick under emulation."""
-    with np.load(models["test"]) as z:
-        x, y = z["x"][:100], z["y"][:100]
-    p = tmp_path_factory.mktemp("armgate") / "gate.npz"
-    np.savez(p, x=x, y=y)
-    return p
+    return _first(models, tmp_path_factory, 100, "armgate", "gate.npz")
 
 
 @pytest.fixture(scope="module")
 def test250(models, tmp_path_factory) -> Path:
     """The first 250 test samples: top-1 compared sample for sample, at emulated speed."""
-    with np.load(models["test"]) as z:
-        x, y = z["x"][:250], z["y"][:250]
-    p = tmp_path_factory.mktemp("armtest") / "test250.npz"
-    np.savez(p, x=x, y=y)
-    return p
+    return _first(models, tmp_path_factory, 250, "armtest", "test250.npz")
 
 
 def test_arm_boards_are_fresh_pis_and_say_they_are_emulated(mixed, models, tmp_path):

@@ -44,10 +44,7 @@ def test_a_deadline_that_passes_during_the_probe_changes_nothing(tmp_path, step)
     if step == "rollback":
         with store.locked():
             store.activate("m", "2")
-    before = json.loads((store.models / "m" / "current.json").read_text())
-    store.runs = _slow_runs
-    store.guard = Guard(deadline=time.monotonic() + 0.1)
-    with pytest.raises(Expired, match="while model m .*probed; nothing was done"):
+    def change() -> None:
         with store.locked():
             if step == "install":
                 store.install(_bundle(tmp_path, "3", b"three"))
@@ -55,13 +52,13 @@ def test_a_deadline_that_passes_during_the_probe_changes_nothing(tmp_path, step)
                 store.activate("m", "2")
             else:
                 store.rollback("m")
+
+    before = json.loads((store.models / "m" / "current.json").read_text())
+    store.runs = _slow_runs
+    store.guard = Guard(deadline=time.monotonic() + 0.1)
+    with pytest.raises(Expired, match="while model m .*probed; nothing was done"):
+        change()
     assert json.loads((store.models / "m" / "current.json").read_text()) == before
     assert sorted(store.versions("m")) == ["1", "2"]
     store.guard = Guard()  # no deadline: the same change goes through
-    with store.locked():
-        if step == "install":
-            store.install(_bundle(tmp_path, "3", b"three"))
-        elif step == "activate":
-            store.activate("m", "2")
-        else:
-            store.rollback("m")
+    change()
