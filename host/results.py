@@ -69,13 +69,23 @@ class Results:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path)
             self.db.executescript(SCHEMA)
-            cols = {r[1] for r in self.db.execute("PRAGMA table_info(results)")}
-            if "profile" not in cols:
-                with self.db:
-                    self.db.execute("ALTER TABLE results ADD COLUMN profile TEXT")
+            if "profile" not in self._columns():
+                # checked again under the write lock: two processes opening an old file at
+                # once both saw the column missing ("duplicate column name: profile")
+                self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    if "profile" not in self._columns():
+                        self.db.execute("ALTER TABLE results ADD COLUMN profile TEXT")
+                    self.db.execute("COMMIT")
+                except BaseException:
+                    self.db.execute("ROLLBACK")
+                    raise
         except (sqlite3.DatabaseError, OSError) as exc:
             raise InputError(f"{self.path}: not a usable results database ({exc})",
                              hint="pass another file with --db") from exc
+
+    def _columns(self) -> set[str]:
+        return {r[1] for r in self.db.execute("PRAGMA table_info(results)")}
 
     def record(self, kind: str, board: str, payload: dict, *, model: str | None = None,
                version: str | None = None, label: str | None = None,

@@ -193,6 +193,9 @@ def migrate(c: sqlite3.Connection, path: Path) -> int:
     for step in range(version + 1, SCHEMA_VERSION + 1):
         c.execute("BEGIN IMMEDIATE")
         try:
+            if c.execute("PRAGMA user_version").fetchone()[0] >= step:
+                c.execute("COMMIT")     # another process took this step while we waited
+                continue
             for stmt in MIGRATIONS[step].split(";"):
                 if stmt.strip():
                     c.execute(stmt)
@@ -202,6 +205,21 @@ def migrate(c: sqlite3.Connection, path: Path) -> int:
             c.execute("ROLLBACK")
             raise
     return SCHEMA_VERSION
+
+
+def _wal(c: sqlite3.Connection, wait: float = 30.0) -> None:
+    """Put the file in WAL mode. Switching takes an exclusive lock and SQLite does not wait
+    for it (no busy handler): two operators opening a new journal at once saw "database is
+    locked". Retry until WAIT seconds have passed, as every other statement here waits."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            c.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 class Journal:
@@ -214,7 +232,7 @@ class Journal:
         self._lock = threading.Lock()
         with self._lock:
             c = self._db()
-            c.execute("PRAGMA journal_mode=WAL")
+            _wal(c)
             migrate(c, self.path)
 
     def _db(self) -> sqlite3.Connection:
